@@ -158,12 +158,17 @@ class Judge:
             confidence=dist.confidence,
             label_mass=final.label_mass,
             prompt_tokens=prompt_tokens,
+            logprobs=dict(zip(labels, result.logprobs, strict=True)) if request.return_logprobs else None,
             layers=per_layer,
         )
 
-    async def shutdown(self) -> None:
+    def begin_drain(self) -> None:
+        """Stop admitting new requests (503); admitted work still completes."""
         self.draining = True
         self.metrics.ready.set(0)
+
+    async def shutdown(self) -> None:
+        self.begin_drain()
         if self.queue is not None:
             await self.queue.close(self.settings.shutdown_grace_s)
         if self.engine is not None:

@@ -73,6 +73,7 @@ class ScoreRequest(_Wire):
     )
     method: Method = "final"
     return_layers: bool = Field(False, description="Add per-layer label distributions.")
+    return_logprobs: bool = Field(False, description="Add each label's raw log-probability.")
     layer_norm: bool | None = Field(
         None, description="LAGER: apply the final norm to each layer first; default from the server."
     )
@@ -116,6 +117,9 @@ class ItemScore(_Wire):
     confidence: float = Field(description="1 - entropy / log(number of labels), in [0, 1].")
     label_mass: float = Field(description="Probability of all labels before renormalising.")
     prompt_tokens: int
+    logprobs: dict[str, float] | None = Field(
+        None, description="Raw log-probability of each label over the full vocabulary (return_logprobs)."
+    )
     layers: list[dict[str, float]] | None = Field(
         None, description="Per-layer label distributions, embeddings first (return_layers)."
     )

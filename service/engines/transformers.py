@@ -39,6 +39,8 @@ class TransformersEngine:
         self.model: Any = None
         self.max_model_len = 0
         self._healthy = True
+        self._head_weight: torch.Tensor | None = None
+        self._head_bias: torch.Tensor | None = None
         # Forward passes are serialised: one model, one batch at a time.
         self._lock = threading.Lock()
 
@@ -51,15 +53,14 @@ class TransformersEngine:
 
     def _load(self) -> None:
         hf_logging.disable_progress_bar()
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            str(self.model_dir), dtype=self.dtype, local_files_only=True
-        )
+        model: Any = AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=self.dtype, local_files_only=True)
         self.model = model.to(self.device).eval()
         self.max_model_len = int(getattr(model.config, "max_position_embeddings", 2048))
         self._forward([ScoringTask(token_ids=(self.pad_token_id,) * 8, label_ids=(0,), want_layers=True)])
 
     async def close(self) -> None:
         self.model = None
+        self._head_weight = self._head_bias = None
 
     async def score(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
         return await asyncio.to_thread(self._forward, batch)
@@ -77,17 +78,22 @@ class TransformersEngine:
         # A plain forward counts positions from the first column; left padding needs
         # positions counted from each row's first real token.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        padded = any(task.length != width for task in batch)
         want_layers = any(task.want_layers for task in batch)
         with self._lock, torch.inference_mode():
-            out = self.model(
+            # The decoder alone: the LM head then runs on the scoring position only
+            # (what logits_to_keep=1 does), in float64 on CPU, so label log-probabilities
+            # carry no fp32 rounding from a 50k-wide matmul and log-softmax.
+            out = self.model.get_decoder()(
                 input_ids=input_ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                position_ids=positions.to(self.device),
-                logits_to_keep=1,
+                # Without padding, the plain causal path is the model's reference computation.
+                attention_mask=mask.to(self.device) if padded else None,
+                position_ids=positions.to(self.device) if padded else None,
                 output_hidden_states=want_layers,
                 use_cache=False,
             )
-            logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).cpu()
+            last = out.last_hidden_state[:, -1, :]
+            logprobs = torch.log_softmax(self._head(last), dim=-1).cpu()
             layers = self._layer_logits(out.hidden_states, batch) if want_layers else None
         return [
             LabelScores(
@@ -98,6 +104,16 @@ class TransformersEngine:
             for row, task in enumerate(batch)
         ]
 
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary logits of [B, H] hidden states, float64 on CPU."""
+        if self._head_weight is None:
+            head = self.model.get_output_embeddings()
+            dtype = torch.float64 if self.device.type == "cpu" else torch.float32
+            weight = head.weight.detach().to(dtype)
+            bias = head.bias.detach().to(dtype) if getattr(head, "bias", None) is not None else None
+            self._head_weight, self._head_bias = weight, bias
+        return torch.nn.functional.linear(hidden.to(self._head_weight.dtype), self._head_weight, self._head_bias)
+
     def _layer_logits(
         self, hidden_states: tuple[torch.Tensor, ...], batch: Sequence[ScoringTask]
     ) -> tuple[list[tuple[tuple[float, ...], ...]], list[tuple[tuple[float, ...], ...]]]:
@@ -106,15 +122,19 @@ class TransformersEngine:
         Only the label rows of the LM head are used: [layers, hidden] @ [hidden, labels].
         """
         assert self.model is not None
-        head = self.model.get_output_embeddings()
+        assert self._head_weight is not None
         norm = self.model.get_decoder().norm
         # hidden_states[-1] already carries the final norm; keep it as the model emits it.
-        last = torch.stack([h[:, -1, :] for h in hidden_states], dim=1).float()  # [B, L+1, H]
-        normed = torch.cat([norm(last[:, :-1, :]), last[:, -1:, :]], dim=1)
+        stacked = torch.stack([h[:, -1, :] for h in hidden_states], dim=1)  # [B, L+1, H]
+        normed = torch.cat([norm(stacked[:, :-1, :]), stacked[:, -1:, :]], dim=1)
+        stacked, normed = stacked.to(self._head_weight.dtype), normed.to(self._head_weight.dtype)
         raw_out, normed_out = [], []
         for row, task in enumerate(batch):
-            weight = head.weight[list(task.label_ids)].float()  # [K, H]
-            bias = head.bias[list(task.label_ids)].float() if getattr(head, "bias", None) is not None else 0
-            raw_out.append(tuple(map(tuple, (last[row] @ weight.T + bias).tolist())))
-            normed_out.append(tuple(map(tuple, (normed[row] @ weight.T + bias).tolist())))
+            ids = list(task.label_ids)
+            weight = self._head_weight[ids]  # [K, H]
+            bias = self._head_bias[ids] if self._head_bias is not None else None
+            raw = torch.nn.functional.linear(stacked[row], weight, bias)
+            lens = torch.nn.functional.linear(normed[row], weight, bias)
+            raw_out.append(tuple(map(tuple, raw.tolist())))
+            normed_out.append(tuple(map(tuple, lens.tolist())))
         return raw_out, normed_out

@@ -1,0 +1,122 @@
+"""Shared fixtures: real servers on loopback with the real default model, and an
+independent transformers reference loaded straight from the GGUF file."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import torch
+import uvicorn
+from fastapi import FastAPI
+
+from service.app import create_app
+from service.config import Settings
+from service.model_store import embedded_gguf_path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    """A real uvicorn server in a thread, with the app object for white-box checks."""
+
+    app: FastAPI
+    server: uvicorn.Server
+    thread: threading.Thread
+    url: str
+
+    @property
+    def judge(self) -> Any:
+        return self.app.state.judge
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 120), **kwargs)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+
+def start_server(**overrides: Any) -> RunningServer:
+    settings = Settings(port=free_port(), **overrides)
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    running = RunningServer(app, server, thread, f"http://127.0.0.1:{settings.port}")
+    deadline = time.monotonic() + 300
+    with running.client() as client:
+        while time.monotonic() < deadline:
+            try:
+                if client.get("/ready").status_code == 200:
+                    return running
+            except httpx.TransportError:
+                pass
+            if running.judge.failed:
+                break
+            time.sleep(0.1)
+    running.stop()
+    raise RuntimeError("test server did not become ready")
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[RunningServer]:
+    running = start_server()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server: RunningServer) -> Iterator[httpx.Client]:
+    with server.client() as c:
+        yield c
+
+
+class Reference:
+    """Direct transformers forward passes on the GGUF weights, one prompt at a time."""
+
+    def __init__(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf = embedded_gguf_path()
+        kwargs = {"gguf_file": gguf.name, "local_files_only": True}
+        self.tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
+        self.model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kwargs).eval()
+
+    def token_id(self, label: str) -> int:
+        (token,) = self.tokenizer.encode(label, add_special_tokens=False)
+        return int(token)
+
+    @torch.inference_mode()
+    def label_logprobs(self, prompt: str, labels: list[str]) -> list[float]:
+        """Log-softmax of the LM head applied in float64 to the final hidden state."""
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        out = self.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+        head = self.model.lm_head.weight.double()
+        logprobs = torch.log_softmax(out.hidden_states[-1][0, -1].double() @ head.T, dim=-1)
+        # The model's own fp32 logits agree up to fp32 rounding.
+        fp32 = torch.log_softmax(out.logits[0, -1].double(), dim=-1)
+        assert torch.allclose(fp32, logprobs, atol=1e-4)
+        return [float(logprobs[self.token_id(label)]) for label in labels]
+
+    @torch.inference_mode()
+    def hidden_states(self, prompt: str) -> tuple[torch.Tensor, ...]:
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        out = self.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+        return tuple(h[0, -1].double() for h in out.hidden_states)
+
+
+@pytest.fixture(scope="session")
+def reference() -> Reference:
+    return Reference()
