@@ -215,6 +215,8 @@ async def collect(
 ) -> list[LabelScores]:
     """Wait for every future until ``deadline``; cancel them all on failure or disconnect."""
     gathered = asyncio.gather(*futures)
+    # Its outcome is read below only on success; mark it retrieved for the other paths.
+    gathered.add_done_callback(lambda f: f.cancelled() or f.exception())
     watchers: set[asyncio.Future[Any]] = {gathered}
     watcher = asyncio.ensure_future(disconnected()) if disconnected else None
     if watcher is not None:

@@ -1,0 +1,172 @@
+"""The batching queue on a real transformers engine with a tiny seeded model."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from service.batching import BatchQueue, collect
+from service.engines.base import ScoringTask
+from service.engines.transformers import TransformersEngine
+from service.errors import ErrorKind, JudgeError
+from service.metrics import Metrics
+
+VOCAB = 64
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    path = tmp_path_factory.mktemp("tiny")
+    LlamaForCausalLM(config).save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> TransformersEngine:
+    engine = TransformersEngine(tiny_model_dir, "tiny", pad_token_id=0, device="cpu")
+    asyncio.run(engine.start())
+    return engine
+
+
+def task(length: int, first: int = 1) -> ScoringTask:
+    return ScoringTask(token_ids=tuple((first + i) % VOCAB for i in range(length)), label_ids=(1, 2, 3))
+
+
+def make_queue(engine: TransformersEngine, metrics: Metrics, **limits: float) -> BatchQueue:
+    options = {"max_queue": 64, "max_batch_tokens": 4096, "max_batch_size": 8, "max_wait_s": 0.0, **limits}
+    return BatchQueue(engine.score, metrics, **options)  # type: ignore[arg-type]
+
+
+def test_batched_equals_one_by_one(engine: TransformersEngine) -> None:
+    tasks = [task(3), task(40, 5), task(17, 9), task(1)]
+    batched = asyncio.run(engine.score(tasks))
+    for t, got in zip(tasks, batched, strict=True):
+        (alone,) = asyncio.run(engine.score([t]))
+        assert got.logprobs == pytest.approx(alone.logprobs, abs=1e-5)
+
+
+def test_batches_respect_token_budget_and_group_by_length(engine: TransformersEngine) -> None:
+    async def run() -> list[list[int]]:
+        seen: list[list[int]] = []
+
+        async def recording(batch):
+            seen.append([t.length for t in batch])
+            return await engine.score(batch)
+
+        queue = BatchQueue(recording, Metrics(), max_queue=64, max_batch_tokens=100, max_batch_size=4, max_wait_s=0)
+        lengths = [50, 5, 48, 6, 49, 4, 7]
+        futures = queue.submit([task(n) for n in lengths], time.monotonic() + 30)
+        queue.start()
+        await collect(futures, time.monotonic() + 30)
+        await queue.close(1)
+        return seen
+
+    seen = asyncio.run(run())
+    assert sorted(n for batch in seen for n in batch) == sorted([50, 5, 48, 6, 49, 4, 7])
+    for batch in seen:
+        assert max(batch) * len(batch) <= 100 or len(batch) == 1
+        assert len(batch) <= 4
+        # Short and long items are not mixed.
+        assert max(batch) < 10 or min(batch) > 40
+
+
+def test_admission_is_all_or_nothing(engine: TransformersEngine) -> None:
+    async def run() -> None:
+        queue = make_queue(engine, Metrics(), max_queue=4)
+        futures = queue.submit([task(4)] * 3, time.monotonic() + 30)
+        with pytest.raises(JudgeError) as refused:
+            queue.submit([task(4)] * 2, time.monotonic() + 30)
+        assert refused.value.kind is ErrorKind.QUEUE_FULL
+        assert queue.depth == 3
+        queue.start()
+        await collect(futures, time.monotonic() + 30)
+        assert queue.depth == 0
+        await queue.close(1)
+
+    asyncio.run(run())
+
+
+def test_engine_failure_fails_only_its_batch(engine: TransformersEngine) -> None:
+    async def run() -> None:
+        metrics = Metrics()
+        queue = make_queue(engine, metrics, max_batch_size=1)
+        # A token id outside the vocabulary makes the real model raise.
+        bad = ScoringTask(token_ids=(1, VOCAB + 5), label_ids=(1, 2))
+        futures = queue.submit([task(3), bad, task(5)], time.monotonic() + 30)
+        queue.start()
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert not isinstance(results[0], Exception) and not isinstance(results[2], Exception)
+        assert isinstance(results[1], JudgeError) and results[1].kind is ErrorKind.INTERNAL
+        # The loop keeps running.
+        (after,) = await collect(queue.submit([task(6)], time.monotonic() + 30), time.monotonic() + 30)
+        assert len(after.logprobs) == 3
+        assert metrics.batch_failures._value.get() == 1
+        await queue.close(1)
+
+    asyncio.run(run())
+
+
+def test_expired_and_cancelled_items_are_skipped_and_counted(engine: TransformersEngine) -> None:
+    async def run() -> None:
+        metrics = Metrics()
+        queue = make_queue(engine, metrics)
+        expired = queue.submit([task(3)], time.monotonic() - 1)
+        cancelled = queue.submit([task(3)], time.monotonic() + 30)
+        cancelled[0].cancel()
+        live = queue.submit([task(3)], time.monotonic() + 30)
+        queue.start()
+        await collect(live, time.monotonic() + 30)
+        with pytest.raises(JudgeError) as late:
+            await expired[0]
+        assert late.value.kind is ErrorKind.DEADLINE_EXCEEDED
+        skipped = metrics.items_skipped
+        assert skipped.labels(reason="deadline")._value.get() == 1
+        assert skipped.labels(reason="cancelled")._value.get() == 1
+        await queue.close(1)
+
+    asyncio.run(run())
+
+
+def test_close_drains_then_fails_with_503(engine: TransformersEngine) -> None:
+    async def run() -> None:
+        queue = make_queue(engine, Metrics())
+        done = queue.submit([task(8)], time.monotonic() + 30)
+        stranded = queue.submit([task(8)], time.monotonic() + 30)
+        # Never started: nothing can finish within the grace period.
+        await queue.close(0.05)
+        for future in (*done, *stranded):
+            with pytest.raises(JudgeError) as error:
+                await future
+            assert error.value.kind is ErrorKind.UNAVAILABLE
+        with pytest.raises(JudgeError):
+            queue.submit([task(1)], time.monotonic() + 30)
+
+    asyncio.run(run())
+
+
+def test_collect_times_out_with_504(engine: TransformersEngine) -> None:
+    async def run() -> None:
+        queue = make_queue(engine, Metrics())
+        futures = queue.submit([task(8)], time.monotonic() + 30)
+        with pytest.raises(JudgeError) as error:
+            await collect(futures, time.monotonic())
+        assert error.value.kind is ErrorKind.DEADLINE_EXCEEDED
+        assert futures[0].cancelled()
+        await queue.close(0)
+
+    asyncio.run(run())

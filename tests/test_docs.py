@@ -1,0 +1,43 @@
+"""The README matches the code: commands, settings and curl examples."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from service.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def bash_blocks() -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    commands = [block.strip() for block in bash_blocks()]
+    assert "make test" in commands and "make serve" in commands
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert "make test" in [line.strip() for line in ci]
+
+
+def test_every_setting_is_documented() -> None:
+    for name in Settings.model_fields:
+        assert f"`JUDGE_{name.upper()}`" in README, name
+        assert f"`--{name.replace('_', '-')}`" in README, name
+
+
+def test_readme_curl_examples_work(client) -> None:
+    bodies = [
+        json.loads(match)
+        for block in bash_blocks()
+        if block.startswith("curl") and "/v1/score" in block
+        for match in re.findall(r"-d '(.*?)'", block, flags=re.S)
+    ]
+    assert len(bodies) >= 3
+    for body in bodies:
+        response = client.post("/v1/score", json=body)
+        assert response.status_code == 200, response.text
+        assert len(response.json()["results"]) == len(body["items"])
