@@ -1,0 +1,141 @@
+"""Service overhead: the same judge items through (a) the engine in-process, (b) the HTTP
+service under concurrent load, (c) the HTTP service one request at a time.
+
+    .venv/bin/python bench/overhead.py [--items 256] [--concurrency 32]
+
+Prints items/s and p50/p99 latency for each path and the ratio b/a, and writes
+bench/results/overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from service.config import Settings  # noqa: E402
+from service.judge import Judge  # noqa: E402
+from service.metrics import Metrics  # noqa: E402
+from service.schemas import ScoreRequest  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "topical_chat_usr.jsonl"
+
+
+def load_items(path: Path, count: int) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = (rows * (count // len(rows) + 1))[:count]
+    return [{"id": f"{i}", "instruction": r["instruction"], "response": r["response"]} for i, r in enumerate(rows)]
+
+
+def summary(name: str, latencies: list[float], wall: float, items: int) -> dict:
+    ordered = sorted(latencies)
+    return {
+        "path": name,
+        "items_per_s": items / wall,
+        "p50_ms": 1000 * statistics.median(ordered),
+        "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+    }
+
+
+async def engine_direct(items: list[dict], batch_size: int) -> dict:
+    judge = Judge(Settings(max_items=len(items), max_queue=max(1024, len(items))), Metrics())
+    await judge.load()
+    assert judge.builder is not None and judge.engine is not None
+    _, tasks = judge.builder.build(ScoreRequest(items=items), want_layers=False)
+    ordered = sorted(tasks, key=lambda t: t.length)
+    latencies = []
+    started = time.perf_counter()
+    for i in range(0, len(ordered), batch_size):
+        t0 = time.perf_counter()
+        await judge.engine.score(ordered[i : i + batch_size])
+        latencies.append(time.perf_counter() - t0)
+    wall = time.perf_counter() - started
+    await judge.shutdown()
+    return summary("a: engine in-process", latencies, wall, len(items))
+
+
+async def http_load(url: str, items: list[dict], concurrency: int) -> dict:
+    latencies: list[float] = []
+    pending = list(items)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while pending:
+            item = pending.pop()
+            t0 = time.perf_counter()
+            response = await client.post("/v1/score", json={"items": [item]})
+            response.raise_for_status()
+            latencies.append(time.perf_counter() - t0)
+
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    name = f"b: HTTP, {concurrency} concurrent" if concurrency > 1 else "c: HTTP, one at a time"
+    return summary(name, latencies, wall, len(items))
+
+
+def start_server(port: int) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "JUDGE_PORT": str(port),
+        "JUDGE_LOG_LEVEL": "warning",
+        # CPU batches of long prompts take seconds; measure throughput, not deadlines.
+        "JUDGE_REQUEST_TIMEOUT_S": "3600",
+        "JUDGE_MAX_REQUEST_TIMEOUT_S": "3600",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=ROOT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not become ready")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--items", type=int, default=256)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "overhead.json")
+    args = parser.parse_args()
+    items = load_items(args.data, args.items)
+    batch_size = Settings().max_batch_size
+    direct = asyncio.run(engine_direct(items, batch_size))
+    server = start_server(args.port)
+    try:
+        url = f"http://127.0.0.1:{args.port}"
+        loaded = asyncio.run(http_load(url, items, args.concurrency))
+        serial = asyncio.run(http_load(url, items, 1))
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    rows = [direct, loaded, serial]
+    ratio = loaded["items_per_s"] / direct["items_per_s"]
+    for row in rows:
+        rate, p50, p99 = row["items_per_s"], row["p50_ms"], row["p99_ms"]
+        print(f"{row['path']:<28} {rate:8.1f} items/s  p50 {p50:8.1f} ms  p99 {p99:8.1f} ms")
+    print(f"ratio b/a (HTTP under load / engine in-process): {ratio:.3f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"items": len(items), "rows": rows, "ratio_b_over_a": ratio}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
