@@ -57,12 +57,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command")
     serve_parser = commands.add_parser("serve", help="Serve the HTTP API (the default command).")
     _add_setting_flags(serve_parser)
+    from service.commands import register
+
+    register(commands)
     words = list(sys.argv[1:] if argv is None else argv)
     if not words or (words[0].startswith("-") and words[0] not in ("-h", "--help")):
         words.insert(0, "serve")
     args = parser.parse_args(words)
     if args.command == "serve":
         serve(settings_from_args(args))
+    else:
+        configure_logging("warning")
+        args.handler(args)
 
 
 if __name__ == "__main__":

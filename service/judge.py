@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,20 +14,13 @@ from service.batching import BatchQueue, collect
 from service.config import Settings
 from service.engines import Engine, LabelScores, build_engine, choose_engine
 from service.errors import ErrorKind, JudgeError
+from service.lager import LayerWeights
 from service.metrics import Metrics
 from service.model_store import resolve_model
 from service.prompts import PromptBuilder
 from service.schemas import ItemScore, ScoreItem, ScoreRequest, ScoreResponse
 
 logger = logging.getLogger(__name__)
-
-
-def load_layer_weights(path: Path | None) -> list[float] | None:
-    """Raw per-layer LAGER weights from a JSON file written by ``fit-layers``."""
-    if path is None:
-        return None
-    data = json.loads(path.read_text())
-    return [float(w) for w in data["weights"]]
 
 
 class Judge:
@@ -40,7 +32,7 @@ class Judge:
         self.engine: Engine | None = None
         self.builder: PromptBuilder | None = None
         self.queue: BatchQueue | None = None
-        self.layer_weights = load_layer_weights(settings.layer_weights_file)
+        self.layer_weights = LayerWeights.load(settings.layer_weights_file) if settings.layer_weights_file else None
         self.ready = False
         self.draining = False
         self.failed = False
@@ -56,6 +48,11 @@ class Judge:
             model_dir, tokenizer = await asyncio.to_thread(self._load_tokenizer)
             engine = build_engine(self.settings, model_dir, tokenizer)
             await engine.start()
+            if self.layer_weights is not None and len(self.layer_weights.weights) != engine.num_layers:
+                raise ValueError(
+                    f"{self.settings.layer_weights_file} has {len(self.layer_weights.weights)} layer weights; "
+                    f"the model needs {engine.num_layers} (one per layer entry but the final normed one)"
+                )
             max_len = min(engine.max_model_len, self.settings.max_model_len or engine.max_model_len)
             self.builder = PromptBuilder(tokenizer, max_len, self.settings.max_items)
             wait_ms = self.settings.max_wait_ms
@@ -142,10 +139,15 @@ class Judge:
         final = scoring.from_logprobs(labels, result.logprobs, values)
         layers = result.layer_logits_normed if layer_norm else result.layer_logits
         dist = final
-        if request.method != "final":
+        if request.method == "lager":
             assert layers is not None
-            weights = self.layer_weights if request.method == "lager_weighted" else None
-            dist = scoring.distribution(labels, scoring.lager_logits(layers, weights), values)
+            dist = scoring.distribution(labels, scoring.lager_logits(layers), values)
+        elif request.method == "lager_weighted":
+            assert self.layer_weights is not None
+            # Weights apply to the layer variant they were fitted on.
+            fitted = result.layer_logits_normed if self.layer_weights.layer_norm else result.layer_logits
+            assert fitted is not None
+            dist = scoring.distribution(labels, scoring.lager_logits(fitted, self.layer_weights.weights), values)
         per_layer = None
         if request.return_layers and layers is not None:
             per_layer = [dict(zip(labels, scoring.softmax(row), strict=True)) for row in layers]

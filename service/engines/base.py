@@ -52,6 +52,8 @@ class Engine(Protocol):
 
     name: str
     max_model_len: int
+    # Decoder layers; layer_logits has num_layers + 1 rows (embeddings first).
+    num_layers: int
     # Whether the queue should send batches concurrently (the engine batches itself).
     concurrent_batches: bool
 

@@ -38,6 +38,7 @@ class TransformersEngine:
         self.pad_token_id = pad_token_id
         self.model: Any = None
         self.max_model_len = 0
+        self.num_layers = 0
         self._healthy = True
         self._head_weight: torch.Tensor | None = None
         self._head_bias: torch.Tensor | None = None
@@ -56,6 +57,7 @@ class TransformersEngine:
         model: Any = AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=self.dtype, local_files_only=True)
         self.model = model.to(self.device).eval()
         self.max_model_len = int(getattr(model.config, "max_position_embeddings", 2048))
+        self.num_layers = int(model.config.num_hidden_layers)
         self._forward([ScoringTask(token_ids=(self.pad_token_id,) * 8, label_ids=(0,), want_layers=True)])
 
     async def close(self) -> None:

@@ -1,0 +1,233 @@
+"""Alignment with human scores: collect per-layer label scores, fit, evaluate, report.
+
+Used by ``judge-service fit-layers`` and ``judge-service eval``. Scores come from the
+service itself, in-process or over HTTP, as one ``return_layers`` request per chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service import scoring
+from service.schemas import ItemScore, ScoreRequest, ScoreResponse
+
+Scorer = Callable[[ScoreRequest], Awaitable[ScoreResponse]]
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """One human-labelled item of a JSONL data set."""
+
+    id: str
+    instruction: str
+    response: str
+    reference: str | None
+    rubric: dict[str, Any] | None
+    human: float
+
+
+@dataclass(frozen=True)
+class Scored:
+    """The judge's view of one item: final log-probs and both per-layer matrices."""
+
+    item: Labelled
+    final_logprobs: tuple[float, ...]
+    layers: tuple[tuple[float, ...], ...]  # raw (no final norm on intermediate layers)
+    layers_normed: tuple[tuple[float, ...], ...]
+
+
+def read_dataset(path: Path) -> list[Labelled]:
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        data = json.loads(line)
+        try:
+            rows.append(
+                Labelled(
+                    id=str(data.get("id", number)),
+                    instruction=data["instruction"],
+                    response=data["response"],
+                    reference=data.get("reference_answer", data.get("reference")),
+                    rubric=data.get("rubric"),
+                    human=float(data["human_score"]),
+                )
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}:{number}: needs instruction, response and human_score ({exc})") from exc
+    return rows
+
+
+def split(items: Sequence[Labelled], fit_fraction: float, seed: int) -> tuple[list[Labelled], list[Labelled]]:
+    """A seeded, disjoint (fit, eval) split."""
+    order = list(items)
+    random.Random(seed).shuffle(order)
+    cut = round(len(order) * fit_fraction)
+    return order[:cut], order[cut:]
+
+
+def _log_rows(layers: Sequence[dict[str, float]], labels: Sequence[str]) -> tuple[tuple[float, ...], ...]:
+    # Per-layer log-probabilities; per-layer constants cancel in every softmax downstream.
+    return tuple(tuple(math.log(max(row[label], 1e-300)) for label in labels) for row in layers)
+
+
+async def collect_scores(
+    items: Sequence[Labelled], scorer: Scorer, chunk: int = 8, progress: bool = True
+) -> list[Scored]:
+    """Score every item, with per-layer label scores in both layer-norm variants."""
+    from tqdm import tqdm
+
+    scored: list[Scored] = []
+    bar = tqdm(total=len(items), disable=not progress, desc="scoring", unit="item")
+    groups: dict[str, list[Labelled]] = {}
+    for item in items:
+        groups.setdefault(json.dumps(item.rubric, sort_keys=True), []).append(item)
+    for rubric_key, group in groups.items():
+        rubric = json.loads(rubric_key)
+        for start in range(0, len(group), chunk):
+            part = group[start : start + chunk]
+            payload = {
+                "items": [
+                    {"id": it.id, "instruction": it.instruction, "response": it.response}
+                    | ({"reference_answer": it.reference} if it.reference is not None else {})
+                    for it in part
+                ],
+                "return_layers": True,
+                "return_logprobs": True,
+            }
+            if rubric is not None:
+                payload["rubric"] = rubric
+            raw, normed = await asyncio.gather(
+                scorer(ScoreRequest.model_validate({**payload, "layer_norm": False})),
+                scorer(ScoreRequest.model_validate({**payload, "layer_norm": True})),
+            )
+            for it, a, b in zip(part, raw.results, normed.results, strict=True):
+                scored.append(_scored(it, a, b))
+            bar.update(len(part))
+    bar.close()
+    by_id = {s.item.id: s for s in scored}
+    return [by_id[it.id] for it in items]
+
+
+def _scored(item: Labelled, raw: ItemScore, normed: ItemScore) -> Scored:
+    assert raw.logprobs is not None and raw.layers is not None and normed.layers is not None
+    labels = list(raw.logprobs)
+    return Scored(
+        item=item,
+        final_logprobs=tuple(raw.logprobs[label] for label in labels),
+        layers=_log_rows(raw.layers, labels),
+        layers_normed=_log_rows(normed.layers, labels),
+    )
+
+
+def correlations(pred: Sequence[float], human: Sequence[float]) -> dict[str, float]:
+    from scipy import stats
+
+    if len(set(pred)) < 2:
+        nan = float("nan")
+        return {"spearman": nan, "pearson": nan, "kendall": nan, "mae": _mae(pred, human)}
+    return {
+        "spearman": float(stats.spearmanr(pred, human).statistic),
+        "pearson": float(stats.pearsonr(pred, human).statistic),
+        "kendall": float(stats.kendalltau(pred, human).statistic),
+        "mae": _mae(pred, human),
+    }
+
+
+def _mae(pred: Sequence[float], human: Sequence[float]) -> float:
+    return sum(abs(p - h) for p, h in zip(pred, human, strict=True)) / len(pred)
+
+
+def calibration_error(
+    dists: Sequence[scoring.Distribution], human: Sequence[float], values: Sequence[float], bins: int = 10
+) -> float:
+    """Expected calibration error of the mode: |accuracy - confidence| over confidence bins,
+    where the mode is right when it is the label nearest the human score."""
+    total = 0.0
+    buckets: list[list[tuple[float, float]]] = [[] for _ in range(bins)]
+    for dist, target in zip(dists, human, strict=True):
+        top = max(dist.probs)
+        nearest = min(range(len(values)), key=lambda i: abs(values[i] - target))
+        correct = 1.0 if dist.probs.index(top) == nearest else 0.0
+        buckets[min(bins - 1, int(top * bins))].append((top, correct))
+    for bucket in buckets:
+        if bucket:
+            confidence = sum(c for c, _ in bucket) / len(bucket)
+            accuracy = sum(a for _, a in bucket) / len(bucket)
+            total += len(bucket) / len(dists) * abs(accuracy - confidence)
+    return total
+
+
+def method_rows(
+    scored: Sequence[Scored], labels: Sequence[str], values: Sequence[float], weights: Any | None
+) -> dict[str, dict[str, float]]:
+    """Agreement with humans of every method on ``scored``."""
+    human = [s.item.human for s in scored]
+    final = [scoring.from_logprobs(labels, s.final_logprobs, values) for s in scored]
+    variants: dict[str, list[scoring.Distribution]] = {}
+    for norm_name, attr in (("", "layers"), (" (layer_norm)", "layers_normed")):
+        variants["lager" + norm_name] = [
+            scoring.distribution(labels, scoring.lager_logits(getattr(s, attr)), values) for s in scored
+        ]
+    if weights is not None:
+        attr = "layers_normed" if weights.layer_norm else "layers"
+        variants["lager_weighted"] = [
+            scoring.distribution(labels, scoring.lager_logits(getattr(s, attr), weights.weights), values)
+            for s in scored
+        ]
+    argmax = [values[labels.index(d.mode)] for d in final]
+    rows = {"final (argmax)": {**correlations(argmax, human), "ece": calibration_error(final, human, values)}}
+    rows["final (expected)"] = {
+        **correlations([d.expected_score or 0.0 for d in final], human),
+        "ece": calibration_error(final, human, values),
+    }
+    for name, dists in variants.items():
+        rows[name] = {
+            **correlations([d.expected_score or 0.0 for d in dists], human),
+            "ece": calibration_error(dists, human, values),
+        }
+    return rows
+
+
+def per_layer_spearman(
+    scored: Sequence[Scored], labels: Sequence[str], values: Sequence[float], normed: bool
+) -> list[float]:
+    human = [s.item.human for s in scored]
+    count = len(scored[0].layers)
+    out = []
+    for layer in range(count):
+        preds = [
+            scoring.distribution(labels, (s.layers_normed if normed else s.layers)[layer], values).expected_score or 0.0
+            for s in scored
+        ]
+        out.append(correlations(preds, human)["spearman"])
+    return out
+
+
+def plot_layers(curves: dict[str, list[float]], reference: dict[str, float], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, curve in curves.items():
+        ax.plot(range(len(curve)), curve, marker="o", markersize=3, label=name)
+    styles = iter(["--", ":", "-."])
+    for name, value in reference.items():
+        ax.axhline(value, linestyle=next(styles, "--"), linewidth=1, color="grey", label=name)
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_ylabel("Spearman with human scores")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
