@@ -69,7 +69,8 @@ def fit_layer_weights(
     batch_size: int = 8,
     seed: int = 0,
 ) -> tuple[list[float], list[float]]:
-    """Fit weights; return (raw weights over all entries but the last, loss after each epoch)."""
+    """Fit weights; return (raw weights over all entries but the last, and the loss on the
+    whole set before training and after each epoch)."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -79,7 +80,8 @@ def fit_layer_weights(
     weights = torch.zeros(logits.shape[1], dtype=torch.float64, requires_grad=True)
     alpha = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.Adam([weights, alpha], lr=lr)
-    losses = []
+    with torch.no_grad():
+        losses = [float(layer_loss(weights, alpha, logits, target, value_t))]
     for _ in range(epochs):
         order = torch.randperm(len(target), generator=generator)
         for start in range(0, len(order), batch_size):
@@ -91,25 +93,3 @@ def fit_layer_weights(
         with torch.no_grad():
             losses.append(float(layer_loss(weights, alpha, logits, target, value_t)))
     return weights.detach().tolist(), losses
-
-
-def full_loss(
-    weights: Sequence[float],
-    layer_logits: Sequence[Sequence[Sequence[float]]],
-    human: Sequence[float],
-    values: Sequence[float],
-) -> float:
-    """The loss of given weights on a data set, with the gate at its starting value."""
-    import torch
-
-    logits = torch.tensor(layer_logits, dtype=torch.float64)[:, :-1, :]
-    with torch.no_grad():
-        return float(
-            layer_loss(
-                torch.tensor(weights, dtype=torch.float64),
-                torch.tensor(0.5, dtype=torch.float64),
-                logits,
-                torch.tensor(human, dtype=torch.float64),
-                torch.tensor(values, dtype=torch.float64),
-            )
-        )
