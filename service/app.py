@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from service import __version__
+from service.auth import ApiKeys
 from service.config import Settings
 from service.errors import install_error_handlers
 from service.judge import Judge
@@ -45,6 +46,12 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.judge = judge
+    app.state.api_keys = ApiKeys.from_settings(settings.api_keys, settings.api_keys_file)
+    if not app.state.api_keys.enabled:
+        logger.warning(
+            "NO API KEYS CONFIGURED: /v1/score accepts requests from anyone. "
+            "Set JUDGE_API_KEYS or JUDGE_API_KEYS_FILE to require a bearer key."
+        )
     install_error_handlers(app)
     app.include_router(router)
     # Outermost first: metrics see every status, including the body limit's 413.

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         False,
         description="LAGER default: apply the final norm to each layer before the LM head (logit lens).",
     )
+    api_keys: str | None = Field(
+        None, description="Comma-separated bearer API keys. Auth is off only when no keys are configured."
+    )
+    api_keys_file: Path | None = Field(None, description="File with one API key per line (a mounted Secret).")
+    metrics_auth: bool = Field(False, description="Require an API key on /metrics too.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
     @model_validator(mode="after")

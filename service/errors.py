@@ -18,6 +18,7 @@ class ErrorKind(enum.Enum):
     """Error kinds with their HTTP status; the only place statuses are chosen."""
 
     INVALID_REQUEST = 422
+    UNAUTHORIZED = 401
     PAYLOAD_TOO_LARGE = 413
     QUEUE_FULL = 429
     DEADLINE_EXCEEDED = 504
@@ -57,6 +58,9 @@ def error_response(kind: ErrorKind, message: str, details: Any = None) -> JSONRe
     headers = {}
     if kind in RETRY_AFTER_S:
         headers["Retry-After"] = str(RETRY_AFTER_S[kind])
+    if kind is ErrorKind.UNAUTHORIZED:
+        headers["WWW-Authenticate"] = 'Bearer realm="judge-service"'
+
     return JSONResponse(error_body(kind, message, details), status_code=kind.status, headers=headers)
 
 

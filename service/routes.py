@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.batching import ClientGone
@@ -21,6 +22,21 @@ def _judge(request: Request) -> Judge:
 
 
 JudgeDep = Annotated[Judge, Depends(_judge)]
+_bearer = HTTPBearer(auto_error=False, description="An API key, when the server has keys configured.")
+
+
+def _authorized(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    token = f"Bearer {credentials.credentials}" if credentials else None
+    request.app.state.api_keys.check(token)
+
+
+def _metrics_authorized(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    if request.app.state.settings.metrics_auth:
+        _authorized(request, credentials)
 
 
 def _error_doc(kind: ErrorKind, description: str) -> dict[str, Any]:
@@ -29,6 +45,7 @@ def _error_doc(kind: ErrorKind, description: str) -> dict[str, Any]:
 
 
 SCORE_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _error_doc(ErrorKind.UNAUTHORIZED, "Missing or invalid API key."),
     413: _error_doc(ErrorKind.PAYLOAD_TOO_LARGE, "Request body too large."),
     422: _error_doc(ErrorKind.INVALID_REQUEST, "Invalid request; the message names the field or label."),
     429: _error_doc(ErrorKind.QUEUE_FULL, "Queue full; retry after Retry-After seconds."),
@@ -44,7 +61,7 @@ async def _until_disconnect(request: Request) -> None:
         pass
 
 
-@router.post("/v1/score", response_model=ScoreResponse, responses=SCORE_ERRORS)
+@router.post("/v1/score", response_model=ScoreResponse, responses=SCORE_ERRORS, dependencies=[Depends(_authorized)])
 async def score(
     body: ScoreRequest,
     request: Request,
@@ -75,7 +92,7 @@ async def ready(judge: JudgeDep) -> Response | ReadyResponse:
     return ReadyResponse(status="ok", model=judge.settings.model, engine=judge.engine_kind)
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get("/metrics", include_in_schema=False, dependencies=[Depends(_metrics_authorized)])
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of the service's own registry."""
     registry = request.app.state.metrics.registry
