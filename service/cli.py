@@ -57,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command")
     serve_parser = commands.add_parser("serve", help="Serve the HTTP API (the default command).")
     _add_setting_flags(serve_parser)
+    prepare_parser = commands.add_parser("prepare", help="Convert the configured model into the cache, then exit.")
+    _add_setting_flags(prepare_parser)
     from service.commands import register
 
     register(commands)
@@ -66,6 +68,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(words)
     if args.command == "serve":
         serve(settings_from_args(args))
+    elif args.command == "prepare":
+        settings = settings_from_args(args)
+        configure_logging(settings.log_level)
+        from service.model_store import resolve_model
+
+        print(resolve_model(settings.model, settings.cache_dir))
     else:
         configure_logging("warning")
         args.handler(args)

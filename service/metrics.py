@@ -60,3 +60,11 @@ class Metrics:
         )
         self.model_info = Info("judge_model", "The loaded judge model.", registry=r)
         self.ready = Gauge("judge_ready", "1 when the service accepts scoring requests.", registry=r)
+        # Export every labelled series from the start, so dashboards and alerts see zeros, not gaps.
+        for outcome in (*OUTCOMES.values(), "error", "rejected"):
+            self.requests.labels(endpoint="score", outcome=outcome)
+        for reason in ("cancelled", "deadline"):
+            self.items_skipped.labels(reason=reason)
+        for method in ("final", "lager", "lager_weighted"):
+            self.items.labels(method=method)
+        self.request_duration.labels(endpoint="score")

@@ -66,9 +66,15 @@ def resolve_model(model: str, cache_dir: Path) -> Path:
 
 
 def _fingerprint(gguf: Path) -> str:
-    stat = gguf.stat()
-    key = f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
+    """Content key of a GGUF file: its size and first and last MiB. Independent of its
+    path and mtime, so a cache converted at image build time is found at run time."""
+    size = gguf.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with gguf.open("rb") as handle:
+        digest.update(handle.read(1 << 20))
+        handle.seek(max(0, size - (1 << 20)))
+        digest.update(handle.read(1 << 20))
+    return digest.hexdigest()[:12]
 
 
 def convert_gguf(gguf: Path, cache_dir: Path, name: str) -> Path:

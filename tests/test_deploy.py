@@ -1,0 +1,156 @@
+"""Container and Kubernetes manifests: schema-valid, linted, and in step with the code."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.app import create_app
+from service.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+K8S_VERSION = "1.37.0"
+CRD_KINDS = {"ServiceMonitor", "HTTPRoute"}
+
+
+def tool(name: str) -> str:
+    path = BIN / name
+    found = str(path) if path.exists() else shutil.which(name)
+    assert found, f"{name} is not installed; `make test` installs it"
+    return found
+
+
+def render(overlay: str) -> list[dict]:
+    out = subprocess.run(
+        [tool("kubectl"), "kustomize", str(ROOT / "deploy" / "overlays" / overlay)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def by_kind(docs: list[dict], kind: str) -> dict:
+    (doc,) = [d for d in docs if d["kind"] == kind]
+    return doc
+
+
+@pytest.fixture(scope="module", params=["cpu", "gpu"])
+def rendered(request: pytest.FixtureRequest) -> list[dict]:
+    return render(request.param)
+
+
+def test_every_manifest_validates(rendered: list[dict]) -> None:
+    kinds = {doc["kind"] for doc in rendered}
+    assert kinds >= {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "NetworkPolicy"}
+    assert kinds >= {"HorizontalPodAutoscaler", "ServiceMonitor", "HTTPRoute"}
+    for doc in rendered:
+        if doc["kind"] in CRD_KINDS:
+            continue
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_crds_are_structurally_sound(rendered: list[dict]) -> None:
+    monitor = by_kind(rendered, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    service = by_kind(rendered, "Service")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    port_names = {p["name"] for p in service["spec"]["ports"]}
+    assert all(e["port"] in port_names and e["path"] == "/metrics" for e in monitor["spec"]["endpoints"])
+    route = by_kind(rendered, "HTTPRoute")
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert route["spec"]["parentRefs"]
+    for rule in route["spec"]["rules"]:
+        for backend in rule["backendRefs"]:
+            assert backend["name"] == service["metadata"]["name"]
+            assert backend["port"] in {p["port"] for p in service["spec"]["ports"]}
+
+
+def test_probes_ports_and_env_match_the_service(rendered: list[dict]) -> None:
+    app = create_app(Settings())
+    paths = set(app.openapi()["paths"])
+    deployment = by_kind(rendered, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    port = container["ports"][0]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        http = container[probe]["httpGet"]
+        assert http["path"] in paths and http["port"] == port["name"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    config = by_kind(rendered, "ConfigMap")["data"]
+    assert int(config["JUDGE_PORT"]) == port["containerPort"]
+    settings = {f"JUDGE_{name.upper()}" for name in Settings.model_fields}
+    named = set(config) | {e["name"] for e in container.get("env", [])}
+    judge_vars = {name for name in named if name.startswith("JUDGE_")}
+    assert judge_vars <= settings, judge_vars - settings
+    # Values parse as the service's own settings.
+    Settings(**{name.removeprefix("JUDGE_").lower(): value for name, value in config.items()})
+    # Drain: the grace period covers the preStop delay and the service's own shutdown grace.
+    spec = deployment["spec"]["template"]["spec"]
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert spec["terminationGracePeriodSeconds"] > pre_stop + float(config["JUDGE_SHUTDOWN_GRACE_S"])
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
+    assert spec["securityContext"]["runAsNonRoot"]
+    secret_volumes = [v for v in spec["volumes"] if "secret" in v]
+    mounted = {m["mountPath"] for m in container["volumeMounts"]}
+    assert secret_volumes and str(Path(config["JUDGE_API_KEYS_FILE"]).parent) in mounted
+
+
+def test_gpu_overlay_requests_gpus_and_vllm() -> None:
+    docs = render("gpu")
+    (container,) = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert by_kind(docs, "ConfigMap")["data"]["JUDGE_ENGINE"] == "vllm"
+    spec = by_kind(docs, "Deployment")["spec"]["template"]["spec"]
+    assert spec["tolerations"] and spec["nodeSelector"]
+    assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in spec["volumes"])
+
+
+def test_hpa_metric_is_exported_by_the_service(client) -> None:
+    hpa = by_kind(render("cpu"), "HorizontalPodAutoscaler")
+    (pods_metric,) = [m for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    name = pods_metric["pods"]["metric"]["name"]
+    assert any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in hpa["spec"]["metrics"])
+    rule = yaml.safe_load((ROOT / "deploy" / "prometheus-adapter" / "rules.yaml").read_text())["rules"][0]
+    assert rule["name"]["as"] == name
+    series = re.match(r"(\w+)\{", rule["seriesQuery"]).group(1)
+    exported = {s.name for f in text_string_to_metric_families(client.get("/metrics").text) for s in f.samples}
+    assert series in exported
+
+
+def test_dashboard_queries_name_exported_metrics(client) -> None:
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    exported = {s.name for f in text_string_to_metric_families(client.get("/metrics").text) for s in f.samples}
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            for metric in re.findall(r"\b(judge_[a-z_]+)\b", target["expr"]):
+                assert metric in exported, (panel["title"], metric)
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = subprocess.run([tool("hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_runs_the_readme_entry_point() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    commands = [json.loads(line.removeprefix("CMD ")) for line in dockerfile.splitlines() if line.startswith("CMD ")]
+    assert commands and all(cmd == ["judge-service", "serve"] for cmd in commands)
+    makefile = (ROOT / "Makefile").read_text()
+    assert "$(BIN)/judge-service serve" in makefile
+    assert re.search(r"^EXPOSE 8000$", dockerfile, flags=re.M)
+    assert re.search(r"^USER 10001$", dockerfile, flags=re.M)
+    targets = re.findall(r"^FROM .* AS (\S+)$", dockerfile, flags=re.M)
+    assert targets[-1] == "cpu" and "gpu" in targets  # cpu is the default (last) target
