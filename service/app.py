@@ -26,15 +26,28 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     metrics = metrics or Metrics()
     judge = Judge(settings, metrics)
 
+    async def watch_engine() -> None:
+        # A dead engine cannot recover in-process: stop admitting (503), then ask the
+        # server to exit so the orchestrator restarts the pod; the exit code says why.
+        while judge.alive:
+            await asyncio.sleep(0.5)
+        logger.error("the judge engine died; draining and exiting")
+        judge.exit_code = 1
+        judge.begin_drain()
+        app.state.request_exit()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loader = asyncio.create_task(judge.load(), name="load-judge")
+        tasks = [
+            asyncio.create_task(judge.load(), name="load-judge"),
+            asyncio.create_task(watch_engine(), name="watch-engine"),
+        ]
         try:
             yield
         finally:
-            loader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loader
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await judge.shutdown()
 
     app = FastAPI(
@@ -46,6 +59,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.judge = judge
+    # Replaced by whoever runs the server (the CLI, the tests) with a way to stop it.
+    app.state.request_exit = lambda: None
     app.state.api_keys = ApiKeys.from_settings(settings.api_keys, settings.api_keys_file)
     if not app.state.api_keys.enabled:
         logger.warning(

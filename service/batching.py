@@ -38,6 +38,14 @@ class _Entry:
     enqueued: float = field(default_factory=time.monotonic)
 
 
+def _cancel_with(job: asyncio.Future[Any]) -> Callable[[asyncio.Future[LabelScores]], None]:
+    def cancel(future: asyncio.Future[LabelScores]) -> None:
+        if future.cancelled():
+            job.cancel()
+
+    return cancel
+
+
 def _padded_tokens(entries: Sequence[_Entry]) -> int:
     return max(e.task.length for e in entries) * len(entries) if entries else 0
 
@@ -165,6 +173,9 @@ class BatchQueue:
             self._metrics.queue_wait.observe(started - entry.enqueued)
         self._metrics.batch_size.observe(len(batch))
         self._metrics.batch_tokens.observe(_padded_tokens(batch))
+        if self.concurrent_batches:
+            await self._run_items(batch, started)
+            return
         try:
             results = await self._score([e.task for e in batch])
             if len(results) != len(batch):
@@ -187,6 +198,38 @@ class BatchQueue:
         for entry, result in zip(batch, results, strict=True):
             if not entry.future.done():
                 entry.future.set_result(result)
+
+    async def _run_items(self, batch: list[_Entry], started: float) -> None:
+        """For engines that batch themselves: one engine call per item, each cancelled
+        (and so aborted in the engine) when its own future is cancelled."""
+        jobs = []
+        for entry in batch:
+            job = asyncio.ensure_future(self._score([entry.task]))
+            entry.future.add_done_callback(_cancel_with(job))
+            jobs.append(job)
+        try:
+            outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+        except asyncio.CancelledError:
+            for job in jobs:
+                job.cancel()
+            self._fail(batch, JudgeError(ErrorKind.UNAVAILABLE, "the service is shutting down"))
+            raise
+        finally:
+            self._metrics.inference_duration.observe(time.monotonic() - started)
+        for entry, outcome in zip(batch, outcomes, strict=True):
+            if entry.future.done():
+                continue
+            if isinstance(outcome, EngineDead):
+                entry.future.set_exception(JudgeError(ErrorKind.UNAVAILABLE, "the judge engine is unavailable"))
+            elif isinstance(outcome, BaseException):
+                if not isinstance(outcome, asyncio.CancelledError):
+                    logger.error("engine failed an item", exc_info=outcome)
+                    self._metrics.batch_failures.inc()
+                entry.future.set_exception(JudgeError(ErrorKind.INTERNAL, "internal error"))
+            elif len(outcome) != 1:
+                entry.future.set_exception(JudgeError(ErrorKind.INTERNAL, "internal error"))
+            else:
+                entry.future.set_result(outcome[0])
 
     @staticmethod
     def _fail(entries: Sequence[_Entry], error: JudgeError) -> None:

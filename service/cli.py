@@ -43,13 +43,20 @@ def serve(settings: Settings) -> None:
     configure_logging(settings.log_level)
     app = create_app(settings)
     # One worker per pod: the model and the queue live in this process.
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
+        )
     )
+    app.state.request_exit = lambda: setattr(server, "should_exit", True)
+    server.run()
+    code = app.state.judge.exit_code or (1 if app.state.judge.failed else 0)
+    if code:
+        sys.exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

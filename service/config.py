@@ -66,6 +66,18 @@ class Settings(BaseSettings):
         False,
         description="LAGER default: apply the final norm to each layer before the LM head (logit lens).",
     )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Model dtype. 'auto': float32 on CPU, the model's own (or bf16) on GPU."
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vLLM: share of GPU memory for weights and KV cache."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs each layer is split across.")
+    max_num_seqs: int | None = Field(None, ge=1, description="vLLM: most sequences per engine step.")
+    max_num_batched_tokens: int | None = Field(None, ge=1, description="vLLM: most tokens per engine step.")
+    cpu_kvcache_space_gb: float = Field(
+        4.0, gt=0, description="vLLM on CPU: KV-cache memory in GiB (VLLM_CPU_KVCACHE_SPACE)."
+    )
     api_keys: str | None = Field(
         None, description="Comma-separated bearer API keys. Auth is off only when no keys are configured."
     )

@@ -36,6 +36,7 @@ class Judge:
         self.ready = False
         self.draining = False
         self.failed = False
+        self.exit_code = 0
 
     @property
     def engine_kind(self) -> str:
@@ -108,6 +109,12 @@ class Judge:
                 "method 'lager_weighted' needs layer weights; the server has none (JUDGE_LAYER_WEIGHTS_FILE)",
             )
         want_layers = request.method != "final" or request.return_layers
+        if want_layers and self.engine is not None and not self.engine.supports_layers:
+            raise JudgeError(
+                ErrorKind.INVALID_REQUEST,
+                f"method {request.method!r} and return_layers need per-layer scores, "
+                f"which the {self.engine_kind} engine does not provide; use the transformers engine",
+            )
         timeout = min(timeout_s or self.settings.request_timeout_s, self.settings.max_request_timeout_s)
         deadline = time.monotonic() + timeout
         labels, tasks = await asyncio.to_thread(self.builder.build, request, want_layers)

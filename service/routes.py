@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from service.batching import ClientGone
 from service.errors import ErrorKind, error_body, error_response
@@ -95,5 +95,8 @@ async def ready(judge: JudgeDep) -> Response | ReadyResponse:
 @router.get("/metrics", include_in_schema=False, dependencies=[Depends(_metrics_authorized)])
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of the service's own registry."""
-    registry = request.app.state.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    body = generate_latest(request.app.state.metrics.registry)
+    if request.app.state.judge.engine_kind == "vllm":
+        # vLLM registers its own metrics (prefix cache, KV cache, steps) on the default registry.
+        body += generate_latest(REGISTRY)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

