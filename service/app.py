@@ -14,6 +14,7 @@ from service.auth import ApiKeys
 from service.config import Settings
 from service.errors import install_error_handlers
 from service.judge import Judge
+from service.logs import RequestContext
 from service.metrics import Metrics
 from service.middleware import BodyLimit, RequestMetrics
 from service.routes import router
@@ -72,4 +73,5 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     # Outermost first: metrics see every status, including the body limit's 413.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(RequestContext)
     return app

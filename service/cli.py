@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from service.config import Settings
+from service.logs import configure_logging
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -29,29 +29,24 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-
-
 def serve(settings: Settings) -> None:
     import uvicorn
 
     from service.app import create_app
+    from service.shutdown import DrainingServer
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     # One worker per pod: the model and the queue live in this process.
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
-        )
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
     )
+    server = DrainingServer(config, app.state.judge, settings.shutdown_grace_s)
     app.state.request_exit = lambda: setattr(server, "should_exit", True)
     server.run()
     code = app.state.judge.exit_code or (1 if app.state.judge.failed else 0)

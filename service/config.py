@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(None, description="File with one API key per line (a mounted Secret).")
     metrics_auth: bool = Field(False, description="Require an API key on /metrics too.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["json", "text"] = Field("json", description="Log lines as JSON objects or plain text.")
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:

@@ -57,7 +57,12 @@ def test_structured_request_returns_full_result(client) -> None:
         assert result["prompt_tokens"] > 20
 
 
-def test_raw_logprobs_equal_direct_forward_pass(client, reference: Reference) -> None:
+def tolerance(server: RunningServer) -> float:
+    """Exactness: 1e-5 for the transformers engine; vLLM's own kernels agree to 1e-3."""
+    return 1e-5 if server.judge.engine_kind == "transformers" else 1e-3
+
+
+def test_raw_logprobs_equal_direct_forward_pass(server: RunningServer, client, reference: Reference) -> None:
     body = score(
         client,
         {"items": [{"id": str(i), "prompt": p} for i, p in enumerate(RAW_PROMPTS)], "return_logprobs": True},
@@ -65,21 +70,21 @@ def test_raw_logprobs_equal_direct_forward_pass(client, reference: Reference) ->
     for prompt, result in zip(RAW_PROMPTS, body["results"], strict=True):
         expected = reference.label_logprobs(prompt, LABELS)
         got = [result["logprobs"][label] for label in LABELS]
-        assert got == pytest.approx(expected, abs=1e-5)
+        assert got == pytest.approx(expected, abs=tolerance(server))
         mass = sum(math.exp(lp) for lp in expected)
-        assert result["label_mass"] == pytest.approx(mass, rel=1e-5)
+        assert result["label_mass"] == pytest.approx(mass, rel=tolerance(server))
         for label, lp in zip(LABELS, expected, strict=True):
-            assert result["distribution"][label] == pytest.approx(math.exp(lp) / mass, abs=1e-5)
+            assert result["distribution"][label] == pytest.approx(math.exp(lp) / mass, abs=tolerance(server))
 
 
-def test_structured_item_scores_its_rendered_prompt(client, reference: Reference) -> None:
+def test_structured_item_scores_its_rendered_prompt(server: RunningServer, client, reference: Reference) -> None:
     item = {"id": "s", "instruction": "Name a primary colour.", "response": "Blue."}
     builder = PromptBuilder(reference.tokenizer, 8192, 64)
     prompt = builder.render(ScoreItem(**item), DEFAULT_RUBRIC)
     assert prompt.endswith("<|im_start|>assistant\n")
     body = score(client, {"items": [item], "return_logprobs": True})
     expected = reference.label_logprobs(prompt, LABELS)
-    assert list(body["results"][0]["logprobs"].values()) == pytest.approx(expected, abs=1e-5)
+    assert list(body["results"][0]["logprobs"].values()) == pytest.approx(expected, abs=tolerance(server))
 
 
 def test_custom_labels_and_values(client) -> None:

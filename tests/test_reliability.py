@@ -1,0 +1,244 @@
+"""Tests that try to break the service: load, faults, SIGTERM, disconnects, hostile input.
+
+Every test talks to servers on 127.0.0.1 only, bounds its loops in count and time, and
+stops by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import RunningServer, free_port, start_server
+
+ROOT = Path(__file__).resolve().parent.parent
+SHORT = {"items": [{"id": "s", "prompt": "Rate 1-5. Answer: fine. Score:"}]}
+
+
+def valid_result(body: dict) -> bool:
+    for result in body["results"]:
+        probs = list(result["distribution"].values())
+        if not math.isclose(sum(probs), 1.0, abs_tol=1e-6) or not all(0 <= p <= 1 for p in probs):
+            return False
+        if not 0 <= result["confidence"] <= 1 or not 0 < result["label_mass"] <= 1:
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def process_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen, str]]:
+    """The real server process, as `make serve` runs it, on a free loopback port."""
+    port = free_port()
+    env = {**os.environ, "JUDGE_PORT": str(port), "JUDGE_MAX_QUEUE": "48", "JUDGE_MAX_ITEMS": "16"}
+    env["JUDGE_SHUTDOWN_GRACE_S"] = "60"
+    log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=env, cwd=ROOT, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/ready").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, "server process exited"
+        time.sleep(0.2)
+    yield proc, url
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+
+
+def test_load_every_request_gets_200_or_429(process_server) -> None:
+    _, url = process_server
+    statuses: list[int] = []
+    latencies: list[float] = []
+    invalid: list[dict] = []
+    stop_at = time.monotonic() + 20
+    payload = {"items": [{"id": str(i), "prompt": f"Item {i}. " + "text " * (20 * i) + "Score:"} for i in range(4)]}
+
+    def client_loop() -> None:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            for _ in range(200):  # bounded, and bounded in time below
+                if time.monotonic() > stop_at:
+                    return
+                t0 = time.perf_counter()
+                response = client.post("/v1/score", json=payload)
+                latencies.append(time.perf_counter() - t0)
+                statuses.append(response.status_code)
+                if response.status_code == 200 and not valid_result(response.json()):
+                    invalid.append(response.json())
+                if response.status_code == 429:
+                    assert response.headers["Retry-After"].isdigit()
+                    time.sleep(0.25)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client_loop) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=180)
+    wall = time.perf_counter() - started
+    assert not any(t.is_alive() for t in threads), "a request was left unanswered"
+    assert set(statuses) <= {200, 429}, sorted(set(statuses))
+    assert statuses.count(200) > 0 and not invalid
+    ordered = sorted(latencies)
+    ok = statuses.count(200)
+    print(
+        f"\nload: 16 clients, {len(statuses)} requests in {wall:.1f}s: {ok} ok ({4 * ok / wall:.1f} items/s), "
+        f"{statuses.count(429)} x 429; latency p50 {1000 * statistics.median(ordered):.0f} ms, "
+        f"p99 {1000 * ordered[int(0.99 * (len(ordered) - 1))]:.0f} ms"
+    )
+
+
+def test_client_disconnect_mid_request_is_skipped(process_server) -> None:
+    _, url = process_server
+    port = int(url.rsplit(":", 1)[1])
+    body = json.dumps({"items": [{"id": str(i), "prompt": "word " * 1500 + "Score:"} for i in range(8)]}).encode()
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            head = (
+                f"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+            )
+            sock.sendall(head.encode() + b"\r\n\r\n" + body)
+            time.sleep(0.2)
+    # The server keeps answering, and the abandoned items are dropped, not scored later.
+    with httpx.Client(base_url=url, timeout=120) as client:
+        assert client.post("/v1/score", json=SHORT).status_code == 200
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            text = client.get("/metrics").text
+            depth = float(next(line.split()[1] for line in text.splitlines() if line.startswith("judge_queue_depth ")))
+            if depth == 0:
+                break
+            time.sleep(0.2)
+        assert depth == 0
+        skipped = [
+            line for line in text.splitlines() if line.startswith('judge_items_skipped_total{reason="cancelled"}')
+        ]
+        assert float(skipped[0].split()[1]) > 0
+
+
+def test_sigterm_drains_accepted_work_and_refuses_new(process_server) -> None:
+    proc, url = process_server
+    payload = {"items": [{"id": str(i), "prompt": "word " * 600 + "Score:"} for i in range(4)]}
+    with ThreadPoolExecutor(6) as pool:
+        accepted = [pool.submit(httpx.post, f"{url}/v1/score", json=payload, timeout=120) for _ in range(6)]
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        late = httpx.post(f"{url}/v1/score", json=SHORT, timeout=30)
+        ready = httpx.get(f"{url}/ready", timeout=30)
+        statuses = [f.result(timeout=120).status_code for f in accepted]
+    assert statuses == [200] * 6, statuses
+    assert late.status_code == 503 and late.headers["Retry-After"].isdigit()
+    assert ready.status_code == 503
+    assert proc.wait(timeout=90) == 0
+
+
+def test_engine_failure_mid_load_fails_only_its_requests(server: RunningServer, transformers_only) -> None:
+    stop = threading.Event()
+    results: list[int] = []
+
+    def client_loop() -> None:
+        with server.client(timeout=60) as client:
+            for _ in range(100):
+                if stop.is_set():
+                    return
+                results.append(client.post("/v1/score", json=SHORT).status_code)
+
+    model = server.judge.engine.model
+    layers = model.model.layers
+    with ThreadPoolExecutor(6) as pool:
+        jobs = [pool.submit(client_loop) for _ in range(6)]
+        time.sleep(1.0)
+        model.model.layers = None  # a real fault inside the real model
+        time.sleep(0.5)
+        model.model.layers = layers
+        time.sleep(1.0)
+        stop.set()
+        for job in jobs:
+            job.result(timeout=120)
+    assert set(results) <= {200, 500}, set(results)
+    assert 500 in results and results[-1] == 200
+    with server.client() as client:
+        assert client.post("/v1/score", json=SHORT).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def tight_server() -> Iterator[RunningServer]:
+    running = start_server(max_items=16, max_model_len=512, max_body_bytes=1024 * 1024)
+    yield running
+    running.stop()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, id="deep-json"),
+        pytest.param(b'{"items": [{"id": "a", "prompt": "\xff\xfe\xfd"}]}', id="invalid-utf8"),
+        pytest.param(b'{"items": [{"id": "a", "prompt": "x"}], "label_values": {"1": Infinity}}', id="infinity"),
+        pytest.param(b'{"items": [{"id": "a", "prompt": "x"}], "timeout_s": NaN}', id="nan"),
+        pytest.param(b'{"items": [{"id": "a", "prompt": "x"}], "items": []}', id="duplicate-key"),
+        pytest.param(b"\x00" * 1000, id="binary"),
+        pytest.param(json.dumps({"items": [{"id": "a", "prompt": "x"}] * 10_000}).encode(), id="10k-items"),
+        pytest.param(json.dumps({"items": [{"id": "a", "prompt": "x " * 5000}]}).encode(), id="prompt-length"),
+        pytest.param(json.dumps({"items": [{"id": "a", "prompt": "x" * 600_000}]}).encode(), id="huge-field"),
+        pytest.param(b"x" * (2 * 1024 * 1024), id="huge-body"),
+    ],
+)
+def test_nasty_bodies_get_clear_4xx(tight_server: RunningServer, body: bytes) -> None:
+    with tight_server.client() as client:
+        response = client.post("/v1/score", content=body, headers={"content-type": "application/json"})
+        assert 400 <= response.status_code < 500, response.text[:300]
+        error = response.json()["error"]
+        assert error["type"] in {"invalid_request", "payload_too_large"}
+        assert "Traceback" not in response.text
+        assert client.post("/v1/score", json=SHORT).status_code == 200
+
+
+def test_duplicate_ids_are_scored_in_order(tight_server: RunningServer) -> None:
+    items = [{"id": "same", "prompt": "Score:"}, {"id": "same", "prompt": "Rate it. Score:"}]
+    with tight_server.client() as client:
+        results = client.post("/v1/score", json={"items": items}).json()["results"]
+    assert [r["id"] for r in results] == ["same", "same"]
+    assert results[0]["prompt_tokens"] != results[1]["prompt_tokens"]
+
+
+def test_rubric_template_syntax_stays_literal(tight_server: RunningServer) -> None:
+    from service.prompts import PromptBuilder, Rubric
+    from service.schemas import ScoreItem
+
+    evil = "{{ 7*7 }} {% for x in range(3) %}{{ x }}{% endfor %} {{ config }} ${HOME} %(name)s {0}"
+    rubric = {"criteria": evil, "score_descriptions": {"1": evil, "2": "{{ self.__init__ }}"}}
+    builder = PromptBuilder(tight_server.judge.builder.tokenizer, 4096, 4)
+    text = builder.render(ScoreItem(id="a", instruction=evil, response=evil), Rubric(evil, (("1", evil), ("2", "x"))))
+    assert text.count(evil) == 4 and "49" not in text
+    with tight_server.client() as client:
+        body = {"items": [{"id": "a", "instruction": evil, "response": evil}], "rubric": rubric}
+        response = client.post("/v1/score", json=body)
+    assert response.status_code == 200, response.text
+
+
+def test_request_id_is_accepted_or_generated(tight_server: RunningServer) -> None:
+    with tight_server.client() as client:
+        given = client.post("/v1/score", json=SHORT, headers={"X-Request-ID": "abc-123"})
+        made = client.get("/health")
+        bad = client.get("/health", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert given.headers["X-Request-ID"] == "abc-123"
+    assert len(made.headers["X-Request-ID"]) == 32
+    assert bad.headers["X-Request-ID"] != "bad id\twith spaces"
