@@ -61,9 +61,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     _add_setting_flags(serve_parser)
     prepare_parser = commands.add_parser("prepare", help="Convert the configured model into the cache, then exit.")
     _add_setting_flags(prepare_parser)
-    from service.commands import register
+    from service import batch_score
+    from service import commands as lager_commands
 
-    register(commands)
+    lager_commands.register(commands)
+    batch_score.register(commands)
     words = list(sys.argv[1:] if argv is None else argv)
     if not words or (words[0].startswith("-") and words[0] not in ("-h", "--help")):
         words.insert(0, "serve")

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from service import scoring
+from service import pairwise, scoring
 from service.batching import BatchQueue, collect
 from service.config import Settings
 from service.engines import Engine, LabelScores, build_engine, choose_engine
@@ -18,7 +18,16 @@ from service.lager import LayerWeights
 from service.metrics import Metrics
 from service.model_store import resolve_model
 from service.prompts import PromptBuilder
-from service.schemas import ItemScore, ScoreItem, ScoreRequest, ScoreResponse
+from service.schemas import (
+    VERDICTS,
+    CompareRequest,
+    CompareResponse,
+    ItemScore,
+    PairVerdict,
+    ScoreItem,
+    ScoreRequest,
+    ScoreResponse,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +107,55 @@ class Judge:
     def accepting(self) -> bool:
         return self.ready and not self.draining and self.alive
 
+    def _deadline(self, timeout_s: float | None) -> float:
+        timeout = min(timeout_s or self.settings.request_timeout_s, self.settings.max_request_timeout_s)
+        return time.monotonic() + timeout
+
+    def _require_ready(self) -> tuple[PromptBuilder, BatchQueue]:
+        if not self.accepting or self.builder is None or self.queue is None:
+            raise JudgeError(ErrorKind.UNAVAILABLE, "the judge is not ready")
+        return self.builder, self.queue
+
+    async def compare(
+        self, request: CompareRequest, timeout_s: float | None, disconnected: Callable[[], Awaitable[None]] | None
+    ) -> CompareResponse:
+        builder, queue = self._require_ready()
+        deadline = self._deadline(timeout_s)
+        tasks = await asyncio.to_thread(builder.build_pairs, request)
+        results = await collect(queue.submit(tasks, deadline), deadline, disconnected)
+        per_pair = 2 if request.swap else 1
+        verdicts = []
+        for index, pair in enumerate(request.pairs):
+            chunk = results[index * per_pair : (index + 1) * per_pair]
+            orders = {
+                order: pairwise.in_ab_terms(scoring.softmax(result.logprobs), order)
+                for order, result in zip(("ab", "ba"), chunk, strict=False)
+            }
+            mean = tuple(sum(column) / len(orders) for column in zip(*orders.values(), strict=True))
+            if request.length_control is not None:
+                mean = pairwise.length_controlled(
+                    mean, len(pair.response_a), len(pair.response_b), request.length_control.k
+                )
+            tokens = sum(t.length for t in tasks[index * per_pair : (index + 1) * per_pair])
+            verdicts.append(
+                PairVerdict(
+                    id=pair.id,
+                    distribution=dict(zip(VERDICTS, mean, strict=True)),
+                    **pairwise.summarise(mean),  # type: ignore[arg-type]
+                    position_consistency=pairwise.consistency(orders["ab"], orders["ba"]) if request.swap else None,
+                    orders={order: dict(zip(VERDICTS, probs, strict=True)) for order, probs in orders.items()},
+                    prompt_tokens=tokens,
+                )
+            )
+        self.metrics.items.labels(method="compare").inc(len(tasks))
+        self.metrics.prompt_tokens.inc(sum(t.length for t in tasks))
+        return CompareResponse(model=self.settings.model, results=verdicts)
+
     async def score(
         self, request: ScoreRequest, timeout_s: float | None, disconnected: Callable[[], Awaitable[None]] | None
     ) -> ScoreResponse:
-        if not self.accepting or self.builder is None or self.queue is None:
-            raise JudgeError(ErrorKind.UNAVAILABLE, "the judge is not ready")
+        self._require_ready()
+        assert self.builder is not None and self.queue is not None
         if request.method == "lager_weighted" and self.layer_weights is None:
             raise JudgeError(
                 ErrorKind.INVALID_REQUEST,
@@ -115,11 +168,9 @@ class Judge:
                 f"method {request.method!r} and return_layers need per-layer scores, "
                 f"which the {self.engine_kind} engine does not provide; use the transformers engine",
             )
-        timeout = min(timeout_s or self.settings.request_timeout_s, self.settings.max_request_timeout_s)
-        deadline = time.monotonic() + timeout
+        deadline = self._deadline(timeout_s)
         labels, tasks = await asyncio.to_thread(self.builder.build, request, want_layers)
-        futures = self.queue.submit(tasks, deadline)
-        results = await collect(futures, deadline, disconnected)
+        results = await collect(self.queue.submit(tasks, deadline), deadline, disconnected)
         values = scoring.label_values(labels, request.label_values)
         layer_norm = self.settings.lager_layer_norm if request.layer_norm is None else request.layer_norm
         scores = [

@@ -62,9 +62,11 @@ class Metrics:
         self.ready = Gauge("judge_ready", "1 when the service accepts scoring requests.", registry=r)
         # Export every labelled series from the start, so dashboards and alerts see zeros, not gaps.
         for outcome in (*OUTCOMES.values(), "error", "rejected"):
-            self.requests.labels(endpoint="score", outcome=outcome)
+            for endpoint in ("score", "compare"):
+                self.requests.labels(endpoint=endpoint, outcome=outcome)
         for reason in ("cancelled", "deadline"):
             self.items_skipped.labels(reason=reason)
-        for method in ("final", "lager", "lager_weighted"):
+        for method in ("final", "lager", "lager_weighted", "compare"):
             self.items.labels(method=method)
-        self.request_duration.labels(endpoint="score")
+        for endpoint in ("score", "compare"):
+            self.request_duration.labels(endpoint=endpoint)

@@ -13,7 +13,13 @@ from typing import Any
 
 from service.engines.base import ScoringTask
 from service.errors import ErrorKind, JudgeError
-from service.schemas import ScoreItem, ScoreRequest
+from service.pairwise import (
+    DEFAULT_PAIR_CRITERIA,
+    PAIR_SYSTEM_PROMPT,
+    VERDICT_LABELS,
+    render_pair_message,
+)
+from service.schemas import CompareRequest, ScoreItem, ScoreRequest
 
 SYSTEM_PROMPT = (
     "You are an impartial judge. Read the task, the response and the scoring rubric, "
@@ -63,19 +69,19 @@ class PromptBuilder:
         self.max_model_len = max_model_len
         self.max_items = max_items
 
+    def chat(self, system: str, user: str) -> str:
+        """A system and a user turn in the model's chat template, ending where the answer goes."""
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
     def render(self, item: ScoreItem, rubric: Rubric) -> str:
         """The full prompt text of a structured item, ending where the score token goes."""
-        messages = [
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {
-                "role": "user",
-                "content": render_user_message(
-                    item.instruction or "", item.response or "", item.reference_answer, rubric
-                ),
-            },
-        ]
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return str(text)
+        user = render_user_message(item.instruction or "", item.response or "", item.reference_answer, rubric)
+        return self.chat(SYSTEM_PROMPT, user)
+
+    def render_pair(self, instruction: str, first: str, second: str, criteria: str | None) -> str:
+        user = render_pair_message(instruction, first, second, criteria or DEFAULT_PAIR_CRITERIA)
+        return self.chat(PAIR_SYSTEM_PROMPT, user)
 
     def label_ids(self, labels: Sequence[str]) -> tuple[int, ...]:
         ids = []
@@ -91,14 +97,43 @@ class PromptBuilder:
             ids.append(tokens[0])
         return tuple(ids)
 
-    def build(self, request: ScoreRequest, want_layers: bool) -> tuple[tuple[str, ...], list[ScoringTask]]:
-        """Validate deployment limits and tokenise every item; raise before any work is queued."""
-        if len(request.items) > self.max_items:
+    def _check_count(self, count: int, what: str) -> None:
+        if count > self.max_items:
             raise JudgeError(
                 ErrorKind.INVALID_REQUEST,
-                f"{len(request.items)} items exceed the limit of {self.max_items} per request",
-                {"items": len(request.items), "max_items": self.max_items},
+                f"{count} {what} exceed the limit of {self.max_items} per request",
+                {what: count, "max_items": self.max_items},
             )
+
+    def _encode(self, text: str, index: int, name: str) -> tuple[int, ...]:
+        token_ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
+        if not token_ids:
+            raise JudgeError(ErrorKind.INVALID_REQUEST, f"items[{index}] encodes to no tokens")
+        if len(token_ids) > self.max_model_len:
+            raise JudgeError(
+                ErrorKind.INVALID_REQUEST,
+                f"items[{index}] ({name!r}) is {len(token_ids)} tokens; the model accepts at most {self.max_model_len}",
+                {"item": index, "prompt_tokens": len(token_ids), "max_model_len": self.max_model_len},
+            )
+        return token_ids
+
+    def build_pairs(self, request: CompareRequest) -> list[ScoringTask]:
+        """Two tasks per pair (A first, then B first) or one without swapping."""
+        self._check_count(len(request.pairs), "pairs")
+        label_ids = self.label_ids(VERDICT_LABELS)
+        tasks = []
+        for index, pair in enumerate(request.pairs):
+            orders = [(pair.response_a, pair.response_b)]
+            if request.swap:
+                orders.append((pair.response_b, pair.response_a))
+            for first, second in orders:
+                text = self.render_pair(pair.instruction, first, second, request.criteria)
+                tasks.append(ScoringTask(token_ids=self._encode(text, index, pair.id), label_ids=label_ids))
+        return tasks
+
+    def build(self, request: ScoreRequest, want_layers: bool) -> tuple[tuple[str, ...], list[ScoringTask]]:
+        """Validate deployment limits and tokenise every item; raise before any work is queued."""
+        self._check_count(len(request.items), "items")
         rubric = DEFAULT_RUBRIC
         if request.rubric is not None:
             rubric = Rubric(request.rubric.criteria, tuple(request.rubric.score_descriptions.items()))
@@ -107,15 +142,6 @@ class PromptBuilder:
         tasks = []
         for index, item in enumerate(request.items):
             text = item.prompt if item.prompt is not None else self.render(item, rubric)
-            token_ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
-            if not token_ids:
-                raise JudgeError(ErrorKind.INVALID_REQUEST, f"items[{index}] encodes to no tokens")
-            if len(token_ids) > self.max_model_len:
-                raise JudgeError(
-                    ErrorKind.INVALID_REQUEST,
-                    f"items[{index}] ({item.id!r}) is {len(token_ids)} tokens; "
-                    f"the model accepts at most {self.max_model_len}",
-                    {"item": index, "prompt_tokens": len(token_ids), "max_model_len": self.max_model_len},
-                )
+            token_ids = self._encode(text, index, item.id)
             tasks.append(ScoringTask(token_ids=token_ids, label_ids=label_ids, want_layers=want_layers))
         return labels, tasks

@@ -11,7 +11,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from service.batching import ClientGone
 from service.errors import ErrorKind, error_body, error_response
 from service.judge import Judge
-from service.schemas import HealthResponse, ReadyResponse, ScoreRequest, ScoreResponse
+from service.schemas import (
+    CompareRequest,
+    CompareResponse,
+    HealthResponse,
+    ReadyResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
 
 router = APIRouter()
 
@@ -76,6 +83,20 @@ async def score(
         return Response(status_code=499)
 
 
+@router.post("/v1/compare", response_model=CompareResponse, responses=SCORE_ERRORS, dependencies=[Depends(_authorized)])
+async def compare(
+    body: CompareRequest,
+    request: Request,
+    judge: JudgeDep,
+    x_request_timeout: Annotated[float | None, Header(gt=0, le=3600)] = None,
+) -> Response | CompareResponse:
+    """Judge pairs of responses: an order-averaged five-way verdict distribution per pair."""
+    try:
+        return await judge.compare(body, body.timeout_s or x_request_timeout, lambda: _until_disconnect(request))
+    except ClientGone:
+        return Response(status_code=499)
+
+
 @router.get("/health", response_model=HealthResponse, responses={503: _error_doc(ErrorKind.UNAVAILABLE, "Dead.")})
 async def health(judge: JudgeDep) -> Response | HealthResponse:
     """Liveness: the process works and the engine has not died."""
@@ -89,7 +110,9 @@ async def ready(judge: JudgeDep) -> Response | ReadyResponse:
     """Readiness: the model is loaded and warm, and the service is not draining."""
     if not judge.accepting:
         return error_response(ErrorKind.UNAVAILABLE, "not ready" if not judge.draining else "draining")
-    return ReadyResponse(status="ok", model=judge.settings.model, engine=judge.engine_kind)
+    return ReadyResponse(
+        status="ok", model=judge.settings.model, engine=judge.engine_kind, max_items=judge.settings.max_items
+    )
 
 
 @router.get("/metrics", include_in_schema=False, dependencies=[Depends(_metrics_authorized)])

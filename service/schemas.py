@@ -135,7 +135,51 @@ class ReadyResponse(_Wire):
     status: Literal["ok"]
     model: str
     engine: str
+    max_items: int = Field(description="Most items (or pairs) one request may carry.")
 
 
 class HealthResponse(_Wire):
     status: Literal["ok"]
+
+
+VERDICTS = ("A>>B", "A>B", "A=B", "B>A", "B>>A")
+
+
+class ComparePair(_Wire):
+    id: ItemId
+    instruction: Text
+    response_a: Text
+    response_b: Text
+
+
+class LengthControl(_Wire):
+    """WildBench's rule: 'slightly better' becomes a tie when the winner is longer by more than K characters."""
+
+    k: int = Field(..., ge=0, description="Characters by which a slightly-better winner may be longer.")
+
+
+class CompareRequest(_Wire):
+    pairs: list[ComparePair] = Field(..., min_length=1)
+    criteria: Text | None = Field(None, min_length=1, description="What 'better' means; a general default.")
+    swap: bool = Field(True, description="Also score with B shown first and average the two orders.")
+    length_control: LengthControl | None = None
+    timeout_s: float | None = Field(None, gt=0, le=3600, description="Deadline, capped by the server.")
+
+
+class PairVerdict(_Wire):
+    id: str
+    distribution: dict[str, float] = Field(description="Over A>>B, A>B, A=B, B>A, B>>A; order-averaged.")
+    p_a_wins: float
+    p_tie: float
+    p_b_wins: float
+    verdict: str = Field(description="The most probable of the five verdicts.")
+    position_consistency: float | None = Field(
+        description="1 - total variation distance between the two orders' distributions; null without swap."
+    )
+    orders: dict[str, dict[str, float]] = Field(description="Each order's own distribution, keyed 'ab' and 'ba'.")
+    prompt_tokens: int
+
+
+class CompareResponse(_Wire):
+    model: str
+    results: list[PairVerdict]

@@ -171,6 +171,7 @@ def test_metrics_parse_and_name_the_model(client) -> None:
 def test_health_ready_docs(server: RunningServer, client) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready").json()
-    assert ready == {"status": "ok", "model": "SmolLM2-135M-Instruct", "engine": server.judge.settings.engine}
+    expected = {"status": "ok", "model": "SmolLM2-135M-Instruct", "engine": server.judge.settings.engine}
+    assert ready == {**expected, "max_items": 64}
     assert client.get("/docs").status_code == 200
     assert "/v1/score" in client.get("/openapi.json").json()["paths"]

@@ -1,0 +1,202 @@
+"""``judge-service score in.jsonl -o out.jsonl``: resumable batch scoring from the command line.
+
+Each input line is one item (``id`` plus ``instruction``/``response``[/``reference_answer``]
+or ``prompt``). Results are appended to the output as they arrive, so an interrupted run
+resumes where it stopped: ids already in the output are skipped. Items that fail go to an
+error file with the reason; none are dropped silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from service.config import Settings
+from service.schemas import ScoreRequest
+
+Scorer = Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
+
+
+class ItemFailed(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@contextlib.asynccontextmanager
+async def open_scorer(args: argparse.Namespace) -> AsyncIterator[tuple[Scorer, int]]:
+    """Yield (score a list of items, items per request) over HTTP or in-process."""
+    options = {"method": args.method}
+    if args.url:
+        from service.client import AsyncJudgeClient, JudgeError
+
+        async with AsyncJudgeClient(args.url, api_key=args.api_key, concurrency=args.concurrency) as client:
+
+            async def over_http(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                try:
+                    response = await client.score(items, **options)
+                except JudgeError as exc:
+                    raise ItemFailed(exc.status, exc.message) from exc
+                return [r.model_dump() for r in response.results]
+
+            yield over_http, await client.max_items()
+        return
+    from service.errors import JudgeError as ServiceError
+    from service.judge import Judge
+    from service.metrics import Metrics
+
+    overrides = {"model": args.model} if args.model else {}
+    judge = Judge(Settings(request_timeout_s=3600, max_request_timeout_s=3600, **overrides), Metrics())
+    await judge.load()
+    if not judge.ready:
+        raise SystemExit("the judge model failed to load; see the log above")
+
+    async def in_process(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        try:
+            request = ScoreRequest.model_validate({"items": items, **options})
+            response = await judge.score(request, None, None)
+        except ServiceError as exc:
+            raise ItemFailed(exc.kind.status, exc.message) from exc
+        except ValueError as exc:  # pydantic validation of the item itself
+            raise ItemFailed(422, str(exc).splitlines()[-1].strip()) from exc
+        return [r.model_dump() for r in response.results]
+
+    try:
+        yield in_process, judge.settings.max_items
+    finally:
+        await judge.shutdown()
+
+
+def read_items(path: Path, errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    items = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            if not isinstance(item, dict) or "id" not in item:
+                raise ValueError("each line must be a JSON object with an 'id'")
+            item["id"] = str(item["id"])
+        except ValueError as exc:
+            errors.append({"id": f"line:{number}", "status": 422, "error": str(exc)})
+            continue
+        items.append(item)
+    return items
+
+
+def done_ids(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    ids = set()
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            ids.add(str(json.loads(line)["id"]))
+    return ids
+
+
+async def score_file(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    errors: list[dict[str, Any]] = []
+    items = read_items(args.input, errors)
+    finished = done_ids(args.output)
+    todo = [item for item in items if item["id"] not in finished]
+    error_path = args.errors or args.output.with_name(args.output.stem + ".errors.jsonl")
+    scored: list[dict[str, Any]] = []
+    bar = tqdm(total=len(todo), disable=args.no_progress, desc="scoring", unit="item")
+    with args.output.open("a") as out, error_path.open("a") as err:
+        for error in errors:
+            err.write(json.dumps(error) + "\n")
+        async with open_scorer(args) as (scorer, size):
+            slots = asyncio.Semaphore(args.concurrency)
+
+            async def run(chunk: list[dict[str, Any]]) -> None:
+                async with slots:
+                    await _score_chunk(scorer, chunk, out, err, scored, errors)
+                bar.update(len(chunk))
+
+            chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+            await asyncio.gather(*(run(chunk) for chunk in chunks))
+    bar.close()
+    return {
+        "input": len(items) + sum(1 for e in errors if e["id"].startswith("line:")),
+        "already_done": len(items) - len(todo),
+        "scored": len(scored),
+        "failed": len(errors),
+        "errors_file": str(error_path),
+        "mean_expected_score": (
+            sum(s["expected_score"] for s in scored if s["expected_score"] is not None) / len(scored)
+            if scored and all(s["expected_score"] is not None for s in scored)
+            else None
+        ),
+        "histogram": dict(sorted(Counter(s["mode"] for s in scored).items())),
+    }
+
+
+async def _score_chunk(
+    scorer: Scorer,
+    chunk: list[dict[str, Any]],
+    out: TextIO,
+    err: TextIO,
+    scored: list[dict[str, Any]],
+    errors: list[dict[str, Any]],
+) -> None:
+    try:
+        results = await scorer(chunk)
+    except ItemFailed as exc:
+        if exc.status == 422 and len(chunk) > 1:
+            # One bad item rejects its whole request: retry one by one to find it.
+            for item in chunk:
+                await _score_chunk(scorer, [item], out, err, scored, errors)
+            return
+        for item in chunk:
+            record = {"id": item["id"], "status": exc.status, "error": exc.message}
+            errors.append(record)
+            err.write(json.dumps(record) + "\n")
+        err.flush()
+        return
+    for result in results:
+        out.write(json.dumps(result) + "\n")
+        scored.append(result)
+    out.flush()
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print(
+        f"scored {summary['scored']}, already done {summary['already_done']}, failed {summary['failed']}"
+        + (f" (see {summary['errors_file']})" if summary["failed"] else "")
+    )
+    if summary["mean_expected_score"] is not None:
+        print(f"mean expected score {summary['mean_expected_score']:.3f}")
+    histogram = summary["histogram"]
+    if histogram:
+        width = max(histogram.values())
+        print("most probable label:")
+        for label, count in histogram.items():
+            print(f"  {label:>6} {'#' * max(1, round(40 * count / width))} {count}")
+
+
+def score_command(args: argparse.Namespace) -> None:
+    summary = asyncio.run(score_file(args))
+    print_summary(summary)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("score", help="Score a JSONL file of items; resumable.")
+    parser.add_argument("input", type=Path, help="JSONL: id + instruction/response[/reference_answer] or prompt")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="results JSONL (appended; resumable)")
+    parser.add_argument("--errors", type=Path, help="failed items JSONL (default: <output>.errors.jsonl)")
+    parser.add_argument("--url", help="a running service; default: score in-process")
+    parser.add_argument("--api-key", help="bearer key for --url")
+    parser.add_argument("--model", help="JUDGE_MODEL for in-process scoring")
+    parser.add_argument("--method", default="final", choices=["final", "lager", "lager_weighted"])
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(handler=score_command)

@@ -1,0 +1,196 @@
+"""Python clients for the service: ``JudgeClient`` and ``AsyncJudgeClient`` on httpx.
+
+Results are the server's own pydantic models. Large item lists are split into chunks of
+the server's ``max_items``; 429 and 503 answers are retried with exponential backoff that
+honours ``Retry-After``. One pooled connection set per client; use it as a context manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from service.schemas import CompareRequest, CompareResponse, ScoreRequest, ScoreResponse
+
+RETRY_STATUSES = {429, 503}
+
+
+class JudgeError(Exception):
+    """The service answered with an error: ``status``, ``type``, ``message`` and ``details``."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        self.status = status
+        self.type = error.get("type", "http_error")
+        self.message = error.get("message", str(body)[:200])
+        self.details = error.get("details")
+        super().__init__(f"{status} {self.type}: {self.message}")
+
+
+def _payload(request: ScoreRequest | CompareRequest | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(request, (ScoreRequest, CompareRequest)):
+        return request.model_dump(exclude_none=True)
+    return dict(request)
+
+
+def _chunks(payload: dict[str, Any], key: str, size: int) -> Iterator[dict[str, Any]]:
+    items = payload[key]
+    for start in range(0, len(items), size):
+        yield {**payload, key: items[start : start + size]}
+
+
+def _delay(response: httpx.Response | None, attempt: int, backoff: float) -> float:
+    header = response.headers.get("Retry-After") if response is not None else None
+    if header is not None:
+        try:
+            return max(0.0, float(header))
+        except ValueError:
+            pass
+    return backoff * (2**attempt) * (0.5 + random.random())
+
+
+class _Base:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        retries: int,
+        backoff: float,
+        max_items: int | None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.retries = retries
+        self.backoff = backoff
+        self._max_items = max_items
+
+    @staticmethod
+    def _result(response: httpx.Response) -> Any:
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text
+        if response.status_code != 200:
+            raise JudgeError(response.status_code, body)
+        return body
+
+
+class JudgeClient(_Base):
+    """Blocking client. ``with JudgeClient(url, api_key=...) as judge: judge.score(items)``."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+        max_items: int | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key, retries, backoff, max_items)
+        self._http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=timeout)
+
+    def __enter__(self) -> JudgeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _post(self, path: str, payload: dict[str, Any]) -> Any:
+        response = None
+        for attempt in range(self.retries + 1):
+            response = self._http.post(path, json=payload)
+            if response.status_code not in RETRY_STATUSES or attempt == self.retries:
+                break
+            time.sleep(_delay(response, attempt, self.backoff))
+        assert response is not None
+        return self._result(response)
+
+    def max_items(self) -> int:
+        if self._max_items is None:
+            self._max_items = int(self._result(self._http.get("/ready"))["max_items"])
+        return self._max_items
+
+    def ready(self) -> bool:
+        return self._http.get("/ready").status_code == 200
+
+    def score(self, items: Sequence[Mapping[str, Any]] | ScoreRequest, **options: Any) -> ScoreResponse:
+        """Score items (dicts or a ``ScoreRequest``); ``options`` are the request's other fields."""
+        payload = _payload(items) if isinstance(items, ScoreRequest) else {"items": list(items), **options}
+        parts = [self._post("/v1/score", part) for part in _chunks(payload, "items", self.max_items())]
+        return ScoreResponse(
+            model=parts[0]["model"], method=parts[0]["method"], results=[r for p in parts for r in p["results"]]
+        )
+
+    def compare(self, pairs: Sequence[Mapping[str, Any]] | CompareRequest, **options: Any) -> CompareResponse:
+        payload = _payload(pairs) if isinstance(pairs, CompareRequest) else {"pairs": list(pairs), **options}
+        parts = [self._post("/v1/compare", part) for part in _chunks(payload, "pairs", self.max_items())]
+        return CompareResponse(model=parts[0]["model"], results=[r for p in parts for r in p["results"]])
+
+
+class AsyncJudgeClient(_Base):
+    """Asynchronous client; chunks of one call are sent concurrently (``concurrency`` at a time)."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+        max_items: int | None = None,
+        concurrency: int = 8,
+    ) -> None:
+        super().__init__(base_url, api_key, retries, backoff, max_items)
+        limits = httpx.Limits(max_connections=concurrency)
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=timeout, limits=limits)
+        self._slots = asyncio.Semaphore(concurrency)
+
+    async def __aenter__(self) -> AsyncJudgeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _post(self, path: str, payload: dict[str, Any]) -> Any:
+        response = None
+        async with self._slots:
+            for attempt in range(self.retries + 1):
+                response = await self._http.post(path, json=payload)
+                if response.status_code not in RETRY_STATUSES or attempt == self.retries:
+                    break
+                await asyncio.sleep(_delay(response, attempt, self.backoff))
+        assert response is not None
+        return self._result(response)
+
+    async def max_items(self) -> int:
+        if self._max_items is None:
+            self._max_items = int(self._result(await self._http.get("/ready"))["max_items"])
+        return self._max_items
+
+    async def score(self, items: Sequence[Mapping[str, Any]] | ScoreRequest, **options: Any) -> ScoreResponse:
+        payload = _payload(items) if isinstance(items, ScoreRequest) else {"items": list(items), **options}
+        size = await self.max_items()
+        parts = await asyncio.gather(*(self._post("/v1/score", p) for p in _chunks(payload, "items", size)))
+        return ScoreResponse(
+            model=parts[0]["model"], method=parts[0]["method"], results=[r for p in parts for r in p["results"]]
+        )
+
+    async def compare(self, pairs: Sequence[Mapping[str, Any]] | CompareRequest, **options: Any) -> CompareResponse:
+        payload = _payload(pairs) if isinstance(pairs, CompareRequest) else {"pairs": list(pairs), **options}
+        size = await self.max_items()
+        parts = await asyncio.gather(*(self._post("/v1/compare", p) for p in _chunks(payload, "pairs", size)))
+        return CompareResponse(model=parts[0]["model"], results=[r for p in parts for r in p["results"]])

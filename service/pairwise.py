@@ -1,0 +1,66 @@
+"""Pairwise judging: prompts, and the maths of order-swapped five-way verdicts.
+
+The judge reads the distribution over five single-token labels, "1".."5", meaning
+Response 1 much better, slightly better, tie, Response 2 slightly better, much better.
+In order "ab" Response 1 is A; in order "ba" it is B, so that order's distribution is
+reversed before the two are averaged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from service.schemas import VERDICTS
+
+VERDICT_LABELS = ("1", "2", "3", "4", "5")
+
+PAIR_SYSTEM_PROMPT = (
+    "You are an impartial judge. Compare two responses to the same task and decide which "
+    "is better. Answer with the verdict number only."
+)
+DEFAULT_PAIR_CRITERIA = "Which response is more helpful, correct, relevant and clear?"
+
+
+def render_pair_message(instruction: str, first: str, second: str, criteria: str) -> str:
+    """The judge's user turn for one order. Plain concatenation: user text stays literal."""
+    return "\n\n".join(
+        [
+            "### Task\n" + instruction,
+            "### Response 1\n" + first,
+            "### Response 2\n" + second,
+            "### Criteria\n" + criteria,
+            "Verdicts:\n1: Response 1 is much better.\n2: Response 1 is slightly better.\n"
+            "3: They are about equally good.\n4: Response 2 is slightly better.\n5: Response 2 is much better.",
+            "Reply with one verdict number: 1, 2, 3, 4 or 5.",
+        ]
+    )
+
+
+def in_ab_terms(probs: Sequence[float], order: str) -> tuple[float, ...]:
+    """A distribution over the labels of one order, as P(A>>B, A>B, A=B, B>A, B>>A)."""
+    return tuple(probs) if order == "ab" else tuple(reversed(probs))
+
+
+def consistency(ab: Sequence[float], ba: Sequence[float]) -> float:
+    """1 - total variation distance: 1 when both orders agree exactly, 0 when disjoint."""
+    return 1.0 - 0.5 * sum(abs(x - y) for x, y in zip(ab, ba, strict=True))
+
+
+def length_controlled(probs: Sequence[float], len_a: int, len_b: int, k: int) -> tuple[float, ...]:
+    """WildBench: a slight win by a response longer than the other by more than k
+    characters counts as a tie."""
+    much_a, slight_a, tie, slight_b, much_b = probs
+    if len_a - len_b > k:
+        tie, slight_a = tie + slight_a, 0.0
+    if len_b - len_a > k:
+        tie, slight_b = tie + slight_b, 0.0
+    return (much_a, slight_a, tie, slight_b, much_b)
+
+
+def summarise(probs: Sequence[float]) -> dict[str, float | str]:
+    return {
+        "p_a_wins": probs[0] + probs[1],
+        "p_tie": probs[2],
+        "p_b_wins": probs[3] + probs[4],
+        "verdict": VERDICTS[max(range(5), key=lambda i: (probs[i], -i))],
+    }

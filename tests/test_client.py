@@ -1,0 +1,98 @@
+"""The Python clients and the batch-scoring CLI, against real running servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from service.client import AsyncJudgeClient, JudgeClient, JudgeError
+from service.schemas import CompareResponse, ItemScore, ScoreResponse
+from tests.conftest import RunningServer, start_server
+
+ITEMS = [{"id": f"i{n}", "instruction": f"What is {n}+{n}?", "response": str(2 * n)} for n in range(7)]
+
+
+@pytest.fixture(scope="module")
+def busy_server() -> Iterator[RunningServer]:
+    running = start_server(max_queue=4, max_items=4, max_batch_size=1, max_wait_ms=0, api_keys="secret")
+    yield running
+    running.stop()
+
+
+def test_client_chunks_and_returns_typed_results(busy_server: RunningServer) -> None:
+    with JudgeClient(busy_server.url, api_key="secret") as judge:
+        assert judge.max_items() == 4
+        response = judge.score(ITEMS)
+        pairs = judge.compare([{"id": "p", "instruction": "2+2?", "response_a": "4", "response_b": "5"}])
+    assert isinstance(response, ScoreResponse) and isinstance(response.results[0], ItemScore)
+    assert [r.id for r in response.results] == [item["id"] for item in ITEMS]
+    assert isinstance(pairs, CompareResponse) and pairs.results[0].id == "p"
+
+
+def test_client_retries_429_until_served(busy_server: RunningServer) -> None:
+    def run(_: int) -> int:
+        with JudgeClient(busy_server.url, api_key="secret", retries=30, backoff=0.05) as judge:
+            return len(judge.score(ITEMS[:4]).results)
+
+    # 6 callers of 4 items each against a queue of 4: most are refused at first, all end served.
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(run, range(6))) == [4] * 6
+    metrics = busy_server.client().get("/metrics", headers={"Authorization": "Bearer secret"}).text
+    line = next(x for x in metrics.splitlines() if 'outcome="queue_full"' in x and "judge_requests_total" in x)
+    assert float(line.split()[-1]) > 0
+
+
+def test_client_errors_are_typed(busy_server: RunningServer) -> None:
+    with JudgeClient(busy_server.url, api_key="wrong") as judge, pytest.raises(JudgeError) as denied:
+        judge.score(ITEMS[:1])
+    assert denied.value.status == 401 and denied.value.type == "unauthorized"
+    with JudgeClient(busy_server.url, api_key="secret") as judge, pytest.raises(JudgeError) as bad:
+        judge.score([{"id": "r", "prompt": "x"}], labels=["1", "10"])
+    assert bad.value.status == 422 and bad.value.details["label"] == "10"
+
+
+def test_async_client(busy_server: RunningServer) -> None:
+    async def run() -> ScoreResponse:
+        async with AsyncJudgeClient(busy_server.url, api_key="secret", concurrency=2, retries=30) as judge:
+            return await judge.score(ITEMS)
+
+    response = asyncio.run(run())
+    assert [r.id for r in response.results] == [item["id"] for item in ITEMS]
+
+
+def test_score_cli_is_resumable_and_reports_failures(server: RunningServer, tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    lines = [json.dumps(item) for item in ITEMS[:4]]
+    lines.insert(2, "{not json")
+    lines.append(json.dumps({"id": "bad", "instruction": "only an instruction"}))
+    source.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out.jsonl"
+    command = [sys.executable, "-m", "service", "score", str(source), "-o", str(out), "--url", server.url]
+    first = subprocess.run([*command, "--no-progress"], check=True, capture_output=True, text=True, timeout=300)
+    assert "scored 4, already done 0, failed 2" in first.stdout
+    assert "most probable label" in first.stdout
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in results) == ["i0", "i1", "i2", "i3"]
+    errors = [json.loads(line) for line in (tmp_path / "out.errors.jsonl").read_text().splitlines()]
+    assert {e["id"] for e in errors} == {"line:3", "bad"}
+    assert all(e["error"] for e in errors)
+    second = subprocess.run([*command, "--no-progress"], check=True, capture_output=True, text=True, timeout=300)
+    assert "scored 0, already done 4" in second.stdout
+    assert len(out.read_text().splitlines()) == 4
+
+
+def test_score_cli_in_process(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(json.dumps(item) for item in ITEMS[:2]) + "\n")
+    out = tmp_path / "out.jsonl"
+    command = [sys.executable, "-m", "service", "score", str(source), "-o", str(out), "--no-progress"]
+    result = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    assert "scored 2" in result.stdout
+    assert len(out.read_text().splitlines()) == 2
