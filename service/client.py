@@ -70,6 +70,16 @@ class _Base:
         self._max_items = max_items
 
     @staticmethod
+    def _scores(parts: Sequence[Any]) -> ScoreResponse:
+        """Reassemble chunked /v1/score answers, in request order."""
+        results = [r for part in parts for r in part["results"]]
+        return ScoreResponse(model=parts[0]["model"], method=parts[0]["method"], results=results)
+
+    @staticmethod
+    def _verdicts(parts: Sequence[Any]) -> CompareResponse:
+        return CompareResponse(model=parts[0]["model"], results=[r for part in parts for r in part["results"]])
+
+    @staticmethod
     def _result(response: httpx.Response) -> Any:
         try:
             body = response.json()
@@ -126,15 +136,11 @@ class JudgeClient(_Base):
     def score(self, items: Sequence[Mapping[str, Any]] | ScoreRequest, **options: Any) -> ScoreResponse:
         """Score items (dicts or a ``ScoreRequest``); ``options`` are the request's other fields."""
         payload = _payload(items) if isinstance(items, ScoreRequest) else {"items": list(items), **options}
-        parts = [self._post("/v1/score", part) for part in _chunks(payload, "items", self.max_items())]
-        return ScoreResponse(
-            model=parts[0]["model"], method=parts[0]["method"], results=[r for p in parts for r in p["results"]]
-        )
+        return self._scores([self._post("/v1/score", part) for part in _chunks(payload, "items", self.max_items())])
 
     def compare(self, pairs: Sequence[Mapping[str, Any]] | CompareRequest, **options: Any) -> CompareResponse:
         payload = _payload(pairs) if isinstance(pairs, CompareRequest) else {"pairs": list(pairs), **options}
-        parts = [self._post("/v1/compare", part) for part in _chunks(payload, "pairs", self.max_items())]
-        return CompareResponse(model=parts[0]["model"], results=[r for p in parts for r in p["results"]])
+        return self._verdicts([self._post("/v1/compare", p) for p in _chunks(payload, "pairs", self.max_items())])
 
 
 class AsyncJudgeClient(_Base):
@@ -184,13 +190,13 @@ class AsyncJudgeClient(_Base):
     async def score(self, items: Sequence[Mapping[str, Any]] | ScoreRequest, **options: Any) -> ScoreResponse:
         payload = _payload(items) if isinstance(items, ScoreRequest) else {"items": list(items), **options}
         size = await self.max_items()
-        parts = await asyncio.gather(*(self._post("/v1/score", p) for p in _chunks(payload, "items", size)))
-        return ScoreResponse(
-            model=parts[0]["model"], method=parts[0]["method"], results=[r for p in parts for r in p["results"]]
+        return self._scores(
+            await asyncio.gather(*(self._post("/v1/score", p) for p in _chunks(payload, "items", size)))
         )
 
     async def compare(self, pairs: Sequence[Mapping[str, Any]] | CompareRequest, **options: Any) -> CompareResponse:
         payload = _payload(pairs) if isinstance(pairs, CompareRequest) else {"pairs": list(pairs), **options}
         size = await self.max_items()
-        parts = await asyncio.gather(*(self._post("/v1/compare", p) for p in _chunks(payload, "pairs", size)))
-        return CompareResponse(model=parts[0]["model"], results=[r for p in parts for r in p["results"]])
+        return self._verdicts(
+            await asyncio.gather(*(self._post("/v1/compare", p) for p in _chunks(payload, "pairs", size)))
+        )

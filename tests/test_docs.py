@@ -30,14 +30,14 @@ def test_every_setting_is_documented() -> None:
 
 
 def test_readme_curl_examples_work(client) -> None:
-    bodies = [
-        json.loads(match)
+    calls = [
+        (re.search(r"localhost:8000(/v1/\w+)", block).group(1), json.loads(body))
         for block in bash_blocks()
-        if block.startswith("curl") and "/v1/score" in block
-        for match in re.findall(r"-d '(.*?)'", block, flags=re.S)
+        if block.startswith("curl") and "/v1/" in block
+        for body in re.findall(r"-d '(.*?)'", block, flags=re.S)
     ]
-    assert len(bodies) >= 3
-    for body in bodies:
-        response = client.post("/v1/score", json=body)
+    assert {path for path, _ in calls} == {"/v1/score", "/v1/compare"} and len(calls) >= 4
+    for path, body in calls:
+        response = client.post(path, json=body)
         assert response.status_code == 200, response.text
-        assert len(response.json()["results"]) == len(body["items"])
+        assert len(response.json()["results"]) == len(body.get("items", body.get("pairs")))

@@ -1,0 +1,96 @@
+"""Pairwise agreement with human majority votes on pandalm_pairs.jsonl.
+
+    .venv/bin/python bench/pairwise.py [--data ../shared/data/pandalm_pairs.jsonl] [--limit N]
+
+Scores every pair in both orders in-process (the same code path as POST /v1/compare) and
+reports accuracy against the human majority ("a", "b" or "tie") with and without position
+swapping, and the mean position consistency. Writes bench/results/pairwise_pandalm.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from service.config import Settings  # noqa: E402
+from service.judge import Judge  # noqa: E402
+from service.metrics import Metrics  # noqa: E402
+from service.schemas import CompareRequest  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "pandalm_pairs.jsonl"
+
+
+def three_way(p_a: float, p_tie: float, p_b: float) -> str:
+    return max((("a", p_a), ("tie", p_tie), ("b", p_b)), key=lambda kv: kv[1])[0]
+
+
+async def run(rows: list[dict], chunk: int) -> list[dict]:
+    judge = Judge(Settings(request_timeout_s=3600, max_request_timeout_s=3600), Metrics())
+    await judge.load()
+    out = []
+    try:
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            pairs = [
+                {
+                    "id": r["id"],
+                    "instruction": r["instruction"],
+                    "response_a": r["response_a"],
+                    "response_b": r["response_b"],
+                }
+                for r in part
+            ]
+            response = await judge.compare(CompareRequest.model_validate({"pairs": pairs}), None, None)
+            for row, result in zip(part, response.results, strict=True):
+                ab = result.orders["ab"]
+                out.append(
+                    {
+                        "id": row["id"],
+                        "human": row["human_preference"],
+                        "swapped": three_way(result.p_a_wins, result.p_tie, result.p_b_wins),
+                        "ab_only": three_way(ab["A>>B"] + ab["A>B"], ab["A=B"], ab["B>A"] + ab["B>>A"]),
+                        "consistency": result.position_consistency,
+                    }
+                )
+            print(f"{len(out)}/{len(rows)}", file=sys.stderr, flush=True)
+    finally:
+        await judge.shutdown()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pairwise_pandalm.json")
+    args = parser.parse_args()
+    rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
+    rows = rows[: args.limit] if args.limit else rows
+    started = time.perf_counter()
+    scored = asyncio.run(run(rows, chunk=16))
+    n = len(scored)
+    report = {
+        "pairs": n,
+        "accuracy_without_swap": sum(s["ab_only"] == s["human"] for s in scored) / n,
+        "accuracy_with_swap": sum(s["swapped"] == s["human"] for s in scored) / n,
+        "mean_position_consistency": sum(s["consistency"] for s in scored) / n,
+        "human_majority": {k: sum(s["human"] == k for s in scored) for k in ("a", "b", "tie")},
+        "predicted_with_swap": {k: sum(s["swapped"] == k for s in scored) for k in ("a", "b", "tie")},
+        "predicted_without_swap": {k: sum(s["ab_only"] == k for s in scored) for k in ("a", "b", "tie")},
+        "seconds": time.perf_counter() - started,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    for key, value in report.items():
+        print(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    main()
