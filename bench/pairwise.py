@@ -41,9 +41,9 @@ async def run(rows: list[dict], chunk: int) -> list[dict]:
             pairs = [
                 {
                     "id": r["id"],
-                    "instruction": r["instruction"],
-                    "response_a": r["response_a"],
-                    "response_b": r["response_b"],
+                    "instruction": str(r["instruction"]),
+                    "response_a": str(r["response_a"]),
+                    "response_b": str(r["response_b"]),
                 }
                 for r in part
             ]

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Model dtype. 'auto': float32 on CPU, the model's own (or bf16) on GPU."
     )
+    prefix_reuse: bool = Field(
+        True,
+        description="Transformers engine: run a prefix shared by a whole batch once and reuse its KV cache.",
+    )
     gpu_memory_utilization: float = Field(
         0.9, gt=0, le=1, description="vLLM: share of GPU memory for weights and KV cache."
     )

@@ -118,6 +118,19 @@ def test_padding_invariance(client) -> None:
         assert list(batched["logprobs"].values()) == pytest.approx(list(alone["logprobs"].values()), abs=1e-4)
 
 
+@pytest.mark.usefixtures("transformers_only")
+def test_items_sharing_an_instruction_reuse_its_prefix(server: RunningServer, client) -> None:
+    instruction = "Summarise the following text in one sentence. " + "The quick brown fox jumps. " * 30
+    responses = ["A fox jumps.", "Foxes are quick and brown and they jump over things.", "No.", "It is about a fox."]
+    items = [{"id": str(i), "instruction": instruction, "response": r} for i, r in enumerate(responses)]
+    before = server.judge.engine.prefix_tokens_reused
+    together = score(client, {"items": items, "return_logprobs": True})["results"]
+    assert server.judge.engine.prefix_tokens_reused - before >= 3 * 200
+    for item, batched in zip(items, together, strict=True):
+        alone = score(client, {"items": [item], "return_logprobs": True})["results"][0]
+        assert list(batched["logprobs"].values()) == pytest.approx(list(alone["logprobs"].values()), abs=1e-4)
+
+
 def metric_samples(client, name: str) -> dict[tuple, float]:
     text = client.get("/metrics").text
     samples = {}

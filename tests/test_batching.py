@@ -170,3 +170,31 @@ def test_collect_times_out_with_504(engine: TransformersEngine) -> None:
         await queue.close(0)
 
     asyncio.run(run())
+
+
+def test_shared_prefix_reuses_kv_cache_and_matches_one_by_one(engine: TransformersEngine) -> None:
+    prefix = tuple(range(5, 45))  # 40 shared tokens
+    tasks = [
+        ScoringTask(token_ids=prefix + tuple(range(50, 50 + n)), label_ids=(1, 2, 3), want_layers=True)
+        for n in (1, 6, 3, 12)
+    ]
+    before = engine.prefix_tokens_reused
+    batched = asyncio.run(engine.score(tasks))
+    assert engine.prefix_tokens_reused - before == 40 * 3
+    for t, got in zip(tasks, batched, strict=True):
+        (alone,) = asyncio.run(engine.score([t]))
+        assert got.logprobs == pytest.approx(alone.logprobs, abs=1e-5)
+        for a, b in zip(got.layer_logits, alone.layer_logits, strict=True):
+            assert a == pytest.approx(b, abs=1e-4)
+    engine.prefix_reuse = False
+    try:
+        asyncio.run(engine.score(tasks))
+        assert engine.prefix_tokens_reused - before == 40 * 3
+    finally:
+        engine.prefix_reuse = True
+
+
+def test_short_shared_prefix_is_not_reused(engine: TransformersEngine) -> None:
+    before = engine.prefix_tokens_reused
+    asyncio.run(engine.score([task(20), task(25)]))  # same first 19 tokens: under the threshold
+    assert engine.prefix_tokens_reused == before

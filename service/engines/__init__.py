@@ -45,5 +45,10 @@ def build_engine(settings: Settings, model_dir: Path, tokenizer: Any) -> Engine:
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return TransformersEngine(
-        model_dir, settings.model, pad_token_id=int(pad or 0), device=settings.device, dtype=settings.dtype
+        model_dir,
+        settings.model,
+        pad_token_id=int(pad or 0),
+        device=settings.device,
+        dtype=settings.dtype,
+        prefix_reuse=settings.prefix_reuse,
     )

@@ -31,7 +31,14 @@ class TransformersEngine:
     concurrent_batches = False
 
     def __init__(
-        self, model_dir: Path, name: str, pad_token_id: int, device: str = "auto", dtype: str = "auto"
+        self,
+        model_dir: Path,
+        name: str,
+        pad_token_id: int,
+        device: str = "auto",
+        dtype: str = "auto",
+        prefix_reuse: bool = True,
+        prefix_reuse_min_tokens: int = 32,
     ) -> None:
         self.name = name
         self.model_dir = model_dir
@@ -44,6 +51,10 @@ class TransformersEngine:
         self.max_model_len = 0
         self.num_layers = 0
         self._healthy = True
+        self.prefix_reuse = prefix_reuse
+        self.prefix_reuse_min_tokens = prefix_reuse_min_tokens
+        # Prompt tokens not recomputed thanks to a shared prefix (for metrics and benchmarks).
+        self.prefix_tokens_reused = 0
         self._head_weight: torch.Tensor | None = None
         self._head_bias: torch.Tensor | None = None
         # Forward passes are serialised: one model, one batch at a time.
@@ -74,33 +85,19 @@ class TransformersEngine:
     def _forward(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
         if self.model is None:
             raise EngineError("model not loaded")
-        width = max(task.length for task in batch)
-        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, task in enumerate(batch):
-            # Left padding: the scoring position is the last column for every row.
-            input_ids[row, width - task.length :] = torch.tensor(task.token_ids)
-            mask[row, width - task.length :] = 1
-        # A plain forward counts positions from the first column; left padding needs
-        # positions counted from each row's first real token.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        padded = any(task.length != width for task in batch)
         want_layers = any(task.want_layers for task in batch)
+        prefix = self._shared_prefix(batch)
         with self._lock, torch.inference_mode():
-            # The decoder alone: the LM head then runs on the scoring position only
-            # (what logits_to_keep=1 does), in float64 on CPU, so label log-probabilities
-            # carry no fp32 rounding from a 50k-wide matmul and log-softmax.
-            out = self.model.get_decoder()(
-                input_ids=input_ids.to(self.device),
-                # Without padding, the plain causal path is the model's reference computation.
-                attention_mask=mask.to(self.device) if padded else None,
-                position_ids=positions.to(self.device) if padded else None,
-                output_hidden_states=want_layers,
-                use_cache=False,
-            )
-            last = out.last_hidden_state[:, -1, :]
+            if prefix:
+                last, states = self._run_with_prefix(batch, prefix, want_layers)
+            else:
+                last, states = self._run_padded(batch, want_layers)
+            # The LM head runs on the scoring position only (what logits_to_keep=1 does), in
+            # float64 on CPU, so label log-probabilities carry no fp32 rounding from a
+            # 50k-wide matmul and log-softmax.
             logprobs = torch.log_softmax(self._head(last), dim=-1).cpu()
-            layers = self._layer_logits(out.hidden_states, batch) if want_layers else None
+            layers = self._layer_logits(states, batch) if states is not None else None
+        self.prefix_tokens_reused += prefix * (len(batch) - 1)
         return [
             LabelScores(
                 logprobs=tuple(logprobs[row, list(task.label_ids)].tolist()),
@@ -109,6 +106,78 @@ class TransformersEngine:
             )
             for row, task in enumerate(batch)
         ]
+
+    def _shared_prefix(self, batch: Sequence[ScoringTask]) -> int:
+        """Tokens every task starts with (leaving each at least one of its own), when
+        reusing their KV cache is worth it; else 0."""
+        if not self.prefix_reuse or len(batch) < 2:
+            return 0
+        shortest = min(task.length for task in batch)
+        length = 0
+        for column in zip(*(task.token_ids[: shortest - 1] for task in batch), strict=True):
+            if any(token != column[0] for token in column):
+                break
+            length += 1
+        return length if length >= self.prefix_reuse_min_tokens else 0
+
+    def _run_padded(
+        self, batch: Sequence[ScoringTask], want_layers: bool
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """One left-padded forward pass; the scoring position is the last column."""
+        width = max(task.length for task in batch)
+        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, task in enumerate(batch):
+            input_ids[row, width - task.length :] = torch.tensor(task.token_ids)
+            mask[row, width - task.length :] = 1
+        # A plain forward counts positions from the first column; left padding needs
+        # positions counted from each row's first real token.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        padded = any(task.length != width for task in batch)
+        out = self.model.get_decoder()(
+            input_ids=input_ids.to(self.device),
+            # Without padding, the plain causal path is the model's reference computation.
+            attention_mask=mask.to(self.device) if padded else None,
+            position_ids=positions.to(self.device) if padded else None,
+            output_hidden_states=want_layers,
+            use_cache=False,
+        )
+        states = [h[:, -1, :] for h in out.hidden_states] if want_layers else None
+        return out.last_hidden_state[:, -1, :], states
+
+    def _run_with_prefix(
+        self, batch: Sequence[ScoringTask], prefix: int, want_layers: bool
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Run the shared prefix once, repeat its KV cache across the batch, then run the
+        right-padded suffixes on top; each row's scoring position is its last real token."""
+        from transformers import DynamicCache
+
+        decoder = self.model.get_decoder()
+        cache = DynamicCache(config=self.model.config)
+        head = torch.tensor([batch[0].token_ids[:prefix]], device=self.device)
+        decoder(input_ids=head, past_key_values=cache, use_cache=True)
+        cache.batch_repeat_interleave(len(batch))
+        tails = [task.token_ids[prefix:] for task in batch]
+        width = max(len(tail) for tail in tails)
+        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), prefix + width), dtype=torch.long)
+        mask[:, :prefix] = 1
+        for row, tail in enumerate(tails):
+            input_ids[row, : len(tail)] = torch.tensor(tail)
+            mask[row, prefix : prefix + len(tail)] = 1
+        positions = (prefix + torch.arange(width)).unsqueeze(0).expand(len(batch), -1)
+        out = decoder(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+            past_key_values=cache,
+            use_cache=True,
+            output_hidden_states=want_layers,
+        )
+        rows = torch.arange(len(batch), device=self.device)
+        ends = torch.tensor([len(tail) - 1 for tail in tails], device=self.device)
+        states = [h[rows, ends, :] for h in out.hidden_states] if want_layers else None
+        return out.last_hidden_state[rows, ends, :], states
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary logits of [B, H] hidden states, float64 on CPU."""
@@ -121,17 +190,17 @@ class TransformersEngine:
         return torch.nn.functional.linear(hidden.to(self._head_weight.dtype), self._head_weight, self._head_bias)
 
     def _layer_logits(
-        self, hidden_states: tuple[torch.Tensor, ...], batch: Sequence[ScoringTask]
+        self, states: list[torch.Tensor], batch: Sequence[ScoringTask]
     ) -> tuple[list[tuple[tuple[float, ...], ...]], list[tuple[tuple[float, ...], ...]]]:
-        """Label logits of every layer at the last position, raw and final-normed.
+        """Label logits of every layer at the scoring position, raw and final-normed.
 
-        Only the label rows of the LM head are used: [layers, hidden] @ [hidden, labels].
+        ``states``: one [B, H] tensor per hidden-states entry. Only the label rows of the
+        LM head are used: [layers, hidden] @ [hidden, labels].
         """
-        assert self.model is not None
         assert self._head_weight is not None
         norm = self.model.get_decoder().norm
-        # hidden_states[-1] already carries the final norm; keep it as the model emits it.
-        stacked = torch.stack([h[:, -1, :] for h in hidden_states], dim=1)  # [B, L+1, H]
+        # The last entry already carries the final norm; keep it as the model emits it.
+        stacked = torch.stack(states, dim=1)  # [B, L+1, H]
         normed = torch.cat([norm(stacked[:, :-1, :]), stacked[:, -1:, :]], dim=1)
         stacked, normed = stacked.to(self._head_weight.dtype), normed.to(self._head_weight.dtype)
         raw_out, normed_out = [], []
