@@ -51,12 +51,16 @@ DEFAULT_RUBRIC = Rubric(DEFAULT_CRITERIA, tuple(DEFAULT_SCORE_DESCRIPTIONS.items
 
 
 def render_user_message(instruction: str, response: str, reference: str | None, rubric: Rubric) -> str:
-    """The judge's user turn. Plain concatenation: user text stays literal."""
-    parts = ["### Task\n" + instruction, "### Response to grade\n" + response]
+    """The judge's user turn. Plain concatenation: user text stays literal.
+
+    The response comes last, so items that share an instruction and a rubric share the
+    whole prompt up to their response: the engines reuse that prefix's KV cache.
+    """
+    scale = "\n".join(f"Score {label}: {text}" for label, text in rubric.score_descriptions)
+    parts = ["### Task\n" + instruction, "### Rubric\n" + rubric.criteria + "\n" + scale]
     if reference is not None:
         parts.append("### Reference answer\n" + reference)
-    scale = "\n".join(f"Score {label}: {text}" for label, text in rubric.score_descriptions)
-    parts.append("### Rubric\n" + rubric.criteria + "\n" + scale)
+    parts.append("### Response to grade\n" + response)
     parts.append("Reply with one score from: " + ", ".join(rubric.labels) + ".")
     return "\n\n".join(parts)
 

@@ -1,0 +1,93 @@
+"""Shared prefixes: N responses to one instruction under one long rubric (N = 1, 4, 16, 64),
+per-item cost with prefix reuse on and off, transformers engine, in one run.
+
+    .venv/bin/python bench/prefix.py [--sizes 1,4,16,64]
+
+The rubric and instruction (the shared prefix) are about 10x the length of a response.
+Prints seconds per item for each N and setting, the ratio of per-item cost at N=16 to N=1
+with reuse on (target <= 1/3), and writes bench/results/prefix.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from service.config import Settings  # noqa: E402
+from service.judge import Judge  # noqa: E402
+from service.metrics import Metrics  # noqa: E402
+from service.schemas import ScoreRequest  # noqa: E402
+
+WORDS = "the answer is clear correct helpful complete concise relevant accurate kind polite".split()
+
+
+def request(n: int, rng: random.Random) -> ScoreRequest:
+    criteria = "Judge the response carefully. " + " ".join(rng.choice(WORDS) for _ in range(300))
+    instruction = "Explain why the sky is blue to a ten-year-old."
+    items = [
+        {"id": str(i), "instruction": instruction, "response": " ".join(rng.choice(WORDS) for _ in range(40))}
+        for i in range(n)
+    ]
+    descriptions = {str(k): f"Score {k} of 5." for k in range(1, 6)}
+    return ScoreRequest.model_validate(
+        {"items": items, "rubric": {"criteria": criteria, "score_descriptions": descriptions}}
+    )
+
+
+async def measure(sizes: list[int], repeats: int) -> list[dict]:
+    judge = Judge(Settings(max_items=max(sizes), max_batch_size=max(sizes), max_batch_tokens=10**6), Metrics())
+    await judge.load()
+    engine = judge.engine
+    assert engine is not None and judge.builder is not None
+    rows = []
+    try:
+        for n in sizes:
+            _, tasks = judge.builder.build(request(n, random.Random(n)), want_layers=False)
+            for reuse in (True, False):
+                engine.prefix_reuse = reuse  # type: ignore[attr-defined]
+                await engine.score(tasks)
+                best = float("inf")
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    await engine.score(tasks)
+                    best = min(best, time.perf_counter() - t0)
+                rows.append(
+                    {
+                        "n": n,
+                        "prefix_reuse": reuse,
+                        "prompt_tokens": tasks[0].length,
+                        "seconds_per_item": best / n,
+                    }
+                )
+                print(f"N={n:<3} reuse={'on ' if reuse else 'off'} {1000 * best / n:8.1f} ms/item", flush=True)
+    finally:
+        await judge.shutdown()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="1,4,16,64")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "prefix.json")
+    args = parser.parse_args()
+    sizes = [int(x) for x in args.sizes.split(",")]
+    rows = asyncio.run(measure(sizes, args.repeats))
+    cost = {(r["n"], r["prefix_reuse"]): r["seconds_per_item"] for r in rows}
+    ratio = cost[(16, True)] / cost[(1, True)] if (16, True) in cost and (1, True) in cost else None
+    if ratio is not None:
+        print(f"per-item cost N=16 / N=1 with reuse: {ratio:.3f} (target <= 0.333)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"rows": rows, "ratio_16_over_1": ratio}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
