@@ -48,8 +48,9 @@ def summary(name: str, latencies: list[float], wall: float, items: int) -> dict:
     }
 
 
-async def engine_direct(items: list[dict], batch_size: int) -> dict:
-    judge = Judge(Settings(max_items=len(items), max_queue=max(1024, len(items))), Metrics())
+async def engine_direct(items: list[dict], batch_size: int, engine: str) -> dict:
+    settings = Settings(engine=engine, max_items=len(items), max_queue=max(1024, len(items)))
+    judge = Judge(settings, Metrics())
     await judge.load()
     assert judge.builder is not None and judge.engine is not None
     _, tasks = judge.builder.build(ScoreRequest(items=items), want_layers=False)
@@ -86,9 +87,10 @@ async def http_load(url: str, items: list[dict], concurrency: int) -> dict:
     return summary(name, latencies, wall, len(items))
 
 
-def start_server(port: int) -> subprocess.Popen:
+def start_server(port: int, engine: str) -> subprocess.Popen:
     env = {
         **os.environ,
+        "JUDGE_ENGINE": engine,
         "JUDGE_PORT": str(port),
         "JUDGE_LOG_LEVEL": "warning",
         # CPU batches of long prompts take seconds; measure throughput, not deadlines.
@@ -114,12 +116,14 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=256)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "overhead.json")
+    parser.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
+    parser.add_argument("--out", type=Path, help="default: bench/results/overhead-<engine>.json")
     args = parser.parse_args()
+    args.out = args.out or ROOT / "bench" / "results" / f"overhead-{args.engine}.json"
     items = load_items(args.data, args.items)
     batch_size = Settings().max_batch_size
-    direct = asyncio.run(engine_direct(items, batch_size))
-    server = start_server(args.port)
+    direct = asyncio.run(engine_direct(items, batch_size, args.engine))
+    server = start_server(args.port, args.engine)
     try:
         url = f"http://127.0.0.1:{args.port}"
         loaded = asyncio.run(http_load(url, items, args.concurrency))
@@ -134,7 +138,8 @@ def main() -> None:
         print(f"{row['path']:<28} {rate:8.1f} items/s  p50 {p50:8.1f} ms  p99 {p99:8.1f} ms")
     print(f"ratio b/a (HTTP under load / engine in-process): {ratio:.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"items": len(items), "rows": rows, "ratio_b_over_a": ratio}, indent=2))
+    report = {"engine": args.engine, "items": len(items), "rows": rows, "ratio_b_over_a": ratio}
+    args.out.write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ __all__ = ["Engine", "EngineDead", "EngineError", "LabelScores", "ScoringTask", 
 logger = logging.getLogger(__name__)
 
 
-def _gpu_present() -> bool:
+def gpu_present() -> bool:
+    """Whether torch sees a CUDA device (False when torch is missing)."""
     try:
         import torch
     except ImportError:
@@ -27,7 +28,7 @@ def choose_engine(requested: str) -> str:
     """Resolve ``auto``: vLLM when it is installed and a GPU is present, else transformers."""
     if requested != "auto":
         return requested
-    if importlib.util.find_spec("vllm") is not None and _gpu_present():
+    if importlib.util.find_spec("vllm") is not None and gpu_present():
         return "vllm"
     return "transformers"
 

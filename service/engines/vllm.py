@@ -17,15 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from service.config import Settings
+from service.engines import gpu_present
 from service.engines.base import EngineDead, EngineError, LabelScores, ScoringTask
 
 logger = logging.getLogger(__name__)
-
-
-def _gpu_present() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
 
 
 class VllmEngine:
@@ -54,7 +49,7 @@ class VllmEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
 
         s = self.settings
-        on_gpu = _gpu_present()
+        on_gpu = gpu_present()
         if not on_gpu:
             # vLLM's CPU backend sizes its KV cache from this variable, not from memory utilisation.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{s.cpu_kvcache_space_gb:g}")
