@@ -12,17 +12,13 @@ import argparse
 import asyncio
 import json
 import resource
-import statistics
 import sys
-import time
 from pathlib import Path
-
-import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.overhead import DEFAULT_DATA, load_items, start_server  # noqa: E402
+from bench.overhead import DEFAULT_DATA, http_load, load_items, start_server  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.engines.base import ScoringTask  # noqa: E402
 from service.judge import Judge  # noqa: E402
@@ -30,28 +26,7 @@ from service.metrics import Metrics  # noqa: E402
 
 
 async def level(url: str, items: list[dict], concurrency: int) -> dict:
-    latencies: list[float] = []
-    pending = list(items)
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        while pending:
-            item = pending.pop()
-            t0 = time.perf_counter()
-            response = await client.post("/v1/score", json={"items": [item]})
-            response.raise_for_status()
-            latencies.append(time.perf_counter() - t0)
-
-    async with httpx.AsyncClient(base_url=url, timeout=3600) as client:
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        wall = time.perf_counter() - started
-    ordered = sorted(latencies)
-    return {
-        "concurrency": concurrency,
-        "items_per_s": len(items) / wall,
-        "p50_ms": 1000 * statistics.median(ordered),
-        "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
-    }
+    return {"concurrency": concurrency, **await http_load(url, items, concurrency)}
 
 
 async def memory_curve(engine: str, sizes: list[int]) -> list[dict]:
