@@ -8,19 +8,14 @@ from collections.abc import Iterator
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import (
-    content_type_conformance,
-    not_a_server_error,
-    response_schema_conformance,
-    status_code_conformance,
-)
+from schemathesis.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 
 from service.app import create_app
 from service.config import Settings
 from tests.conftest import RunningServer, start_server
 
 schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
 @pytest.fixture(scope="module")
@@ -36,3 +31,8 @@ def fuzz_server() -> Iterator[RunningServer]:
 def test_schema_fuzz(case, fuzz_server: RunningServer) -> None:
     response = case.call(base_url=fuzz_server.url, timeout=60)
     case.validate_response(response, checks=CHECKS)
+    # No server error, except the 504 of a deadline the request itself set (timeout_s or
+    # X-Request-Timeout may be generated as tiny as 5e-324 seconds).
+    asked_deadline = isinstance(case.body, dict) and case.body.get("timeout_s") is not None
+    asked_deadline |= any(name.lower() == "x-request-timeout" for name in case.headers or {})
+    assert response.status_code < 500 or (response.status_code == 504 and asked_deadline), response.text
