@@ -51,11 +51,14 @@ async def run_load(send, payloads: list, concurrency: int) -> tuple[list, float]
 
 def start_peer(model_dir: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "4")}
-    command = [str(Path(sys.executable).parent / "vllm"), "serve", str(model_dir), "--port", str(port)]
+    # The OpenAI-compatible server that `vllm serve` runs; vllm-cpu's `vllm` script looks up
+    # the distribution name "vllm" for --version and fails before serving.
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
+    command += ["--port", str(port)]
     command += ["--dtype", "float32", "--max-logprobs", "20", "--enable-prefix-caching", "--served-model-name", "judge"]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
                 return proc
@@ -63,7 +66,7 @@ def start_peer(model_dir: Path, port: int) -> subprocess.Popen:
             pass
         time.sleep(0.5)
     proc.kill()
-    raise RuntimeError("vllm serve did not start")
+    raise RuntimeError(f"vLLM's server did not start (exit status {proc.poll()})")
 
 
 def main() -> None:
