@@ -98,16 +98,21 @@ def start_server(port: int, engine: str) -> subprocess.Popen:
         "JUDGE_MAX_REQUEST_TIMEOUT_S": "3600",
     }
     proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=ROOT)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
+    return wait_until_up(proc, f"http://127.0.0.1:{port}/ready", 300)
+
+
+def wait_until_up(proc: subprocess.Popen, url: str, timeout_s: float) -> subprocess.Popen:
+    """Poll ``url`` until it answers 200; kill ``proc`` and raise if it exits or times out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
+            if httpx.get(url).status_code == 200:
                 return proc
         except httpx.TransportError:
             pass
         time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("server did not become ready")
+    raise RuntimeError(f"{url} did not come up (exit status {proc.poll()})")
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.overhead import DEFAULT_DATA, load_items, start_server  # noqa: E402
+from bench.overhead import DEFAULT_DATA, load_items, start_server, wait_until_up  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.model_store import resolve_model  # noqa: E402
 from service.prompts import DEFAULT_RUBRIC, PromptBuilder  # noqa: E402
@@ -57,16 +57,7 @@ def start_peer(model_dir: Path, port: int) -> subprocess.Popen:
     command += ["--port", str(port)]
     command += ["--dtype", "float32", "--max-logprobs", "20", "--enable-prefix-caching", "--served-model-name", "judge"]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"vLLM's server did not start (exit status {proc.poll()})")
+    return wait_until_up(proc, f"http://127.0.0.1:{port}/health", 600)
 
 
 def main() -> None:

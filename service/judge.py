@@ -137,11 +137,15 @@ class Judge:
                     mean, len(pair.response_a), len(pair.response_b), request.length_control.k
                 )
             tokens = sum(t.length for t in tasks[index * per_pair : (index + 1) * per_pair])
+            p_a_wins, p_tie, p_b_wins, verdict = pairwise.summarise(mean)
             verdicts.append(
                 PairVerdict(
                     id=pair.id,
                     distribution=dict(zip(VERDICTS, mean, strict=True)),
-                    **pairwise.summarise(mean),  # type: ignore[arg-type]
+                    p_a_wins=p_a_wins,
+                    p_tie=p_tie,
+                    p_b_wins=p_b_wins,
+                    verdict=verdict,
                     position_consistency=pairwise.consistency(orders["ab"], orders["ba"]) if request.swap else None,
                     orders={order: dict(zip(VERDICTS, probs, strict=True)) for order, probs in orders.items()},
                     prompt_tokens=tokens,
@@ -154,8 +158,7 @@ class Judge:
     async def score(
         self, request: ScoreRequest, timeout_s: float | None, disconnected: Callable[[], Awaitable[None]] | None
     ) -> ScoreResponse:
-        self._require_ready()
-        assert self.builder is not None and self.queue is not None
+        builder, queue = self._require_ready()
         if request.method == "lager_weighted" and self.layer_weights is None:
             raise JudgeError(
                 ErrorKind.INVALID_REQUEST,
@@ -169,8 +172,8 @@ class Judge:
                 f"which the {self.engine_kind} engine does not provide; use the transformers engine",
             )
         deadline = self._deadline(timeout_s)
-        labels, tasks = await asyncio.to_thread(self.builder.build, request, want_layers)
-        results = await collect(self.queue.submit(tasks, deadline), deadline, disconnected)
+        labels, tasks = await asyncio.to_thread(builder.build, request, want_layers)
+        results = await collect(queue.submit(tasks, deadline), deadline, disconnected)
         values = scoring.label_values(labels, request.label_values)
         layer_norm = self.settings.lager_layer_norm if request.layer_norm is None else request.layer_norm
         scores = [

@@ -57,10 +57,7 @@ def length_controlled(probs: Sequence[float], len_a: int, len_b: int, k: int) ->
     return (much_a, slight_a, tie, slight_b, much_b)
 
 
-def summarise(probs: Sequence[float]) -> dict[str, float | str]:
-    return {
-        "p_a_wins": probs[0] + probs[1],
-        "p_tie": probs[2],
-        "p_b_wins": probs[3] + probs[4],
-        "verdict": VERDICTS[max(range(5), key=lambda i: (probs[i], -i))],
-    }
+def summarise(probs: Sequence[float]) -> tuple[float, float, float, str]:
+    """(p_a_wins, p_tie, p_b_wins, the most probable verdict) of a five-way distribution."""
+    verdict = VERDICTS[max(range(5), key=lambda i: (probs[i], -i))]
+    return probs[0] + probs[1], probs[2], probs[3] + probs[4], verdict
