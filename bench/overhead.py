@@ -3,8 +3,10 @@ service under concurrent load, (c) the HTTP service one request at a time.
 
     .venv/bin/python bench/overhead.py [--items 256] [--concurrency 32]
 
-Prints items/s and p50/p99 latency for each path and the ratio b/a, and writes
-bench/results/overhead.json.
+Path (a) is the engine's best case: for transformers, length-sorted batches of
+JUDGE_MAX_BATCH_SIZE items; for vLLM, every item submitted at once (vLLM batches
+continuously). Prints items/s and p50/p99 latency for each path and the ratio b/a, and
+writes bench/results/overhead-<engine>.json and a PNG.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import charts  # noqa: E402
 from service.config import Settings  # noqa: E402
+from service.engines.base import ScoringTask  # noqa: E402
 from service.judge import Judge  # noqa: E402
 from service.metrics import Metrics  # noqa: E402
 from service.schemas import ScoreRequest  # noqa: E402
@@ -52,15 +56,25 @@ async def engine_direct(items: list[dict], batch_size: int, engine: str) -> dict
     settings = Settings(engine=engine, max_items=len(items), max_queue=max(1024, len(items)))
     judge = Judge(settings, Metrics())
     await judge.load()
-    assert judge.builder is not None and judge.engine is not None
+    engine = judge.engine
+    assert judge.builder is not None and engine is not None
     _, tasks = judge.builder.build(ScoreRequest(items=items), want_layers=False)
-    ordered = sorted(tasks, key=lambda t: t.length)
     latencies = []
     started = time.perf_counter()
-    for i in range(0, len(ordered), batch_size):
-        t0 = time.perf_counter()
-        await judge.engine.score(ordered[i : i + batch_size])
-        latencies.append(time.perf_counter() - t0)
+    if engine.concurrent_batches:
+
+        async def one(task: ScoringTask) -> None:
+            t0 = time.perf_counter()
+            await engine.score([task])
+            latencies.append(time.perf_counter() - t0)
+
+        await asyncio.gather(*(one(task) for task in tasks))
+    else:
+        ordered = sorted(tasks, key=lambda t: t.length)
+        for i in range(0, len(ordered), batch_size):
+            t0 = time.perf_counter()
+            await engine.score(ordered[i : i + batch_size])
+            latencies.append(time.perf_counter() - t0)
     wall = time.perf_counter() - started
     await judge.shutdown()
     return summary("a: engine in-process", latencies, wall, len(items))
@@ -87,7 +101,7 @@ async def http_load(url: str, items: list[dict], concurrency: int) -> dict:
     return summary(name, latencies, wall, len(items))
 
 
-def start_server(port: int, engine: str) -> subprocess.Popen:
+def start_server(port: int, engine: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     env = {
         **os.environ,
         "JUDGE_ENGINE": engine,
@@ -96,6 +110,7 @@ def start_server(port: int, engine: str) -> subprocess.Popen:
         # CPU batches of long prompts take seconds; measure throughput, not deadlines.
         "JUDGE_REQUEST_TIMEOUT_S": "3600",
         "JUDGE_MAX_REQUEST_TIMEOUT_S": "3600",
+        **(extra_env or {}),
     }
     proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=ROOT)
     return wait_until_up(proc, f"http://127.0.0.1:{port}/ready", 300)
@@ -143,8 +158,15 @@ def main() -> None:
         print(f"{row['path']:<28} {rate:8.1f} items/s  p50 {p50:8.1f} ms  p99 {p99:8.1f} ms")
     print(f"ratio b/a (HTTP under load / engine in-process): {ratio:.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"engine": args.engine, "items": len(items), "rows": rows, "ratio_b_over_a": ratio}
+    report = {
+        "engine": args.engine,
+        "items": len(items),
+        "concurrency": args.concurrency,
+        "rows": rows,
+        "ratio_b_over_a": ratio,
+    }
     args.out.write_text(json.dumps(report, indent=2))
+    charts.draw(args.out)
 
 
 if __name__ == "__main__":

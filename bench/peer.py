@@ -2,11 +2,13 @@
 (`vllm serve`, same model, same prompts) with /v1/completions, max_tokens=1, logprobs=20,
 versus this service on the vLLM engine. Same engine underneath, same concurrency.
 
-    .venv/bin/python bench/peer.py [--items 64] [--concurrency 16]
+    .venv/bin/python bench/peer.py [--items 256] [--concurrency 16]
 
-Reports the throughput ratio (ours / theirs), how often the peer's top-20 misses at least
-one label, and the expected-score error of its top-20 estimate against our exact
-distribution. Writes bench/results/peer.json.
+Ours runs twice: as served by default (JUDGE_VLLM_LAYERS=true: per-layer capture
+installed, model run eagerly) and compiled like the peer (JUDGE_VLLM_LAYERS=false).
+Reports the throughput ratios (ours / theirs), how often the peer's top-20 misses at
+least one label, and the expected-score error of its top-20 estimate against our exact
+distribution. Writes bench/results/peer.json and a PNG.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import charts  # noqa: E402
 from bench.overhead import DEFAULT_DATA, load_items, start_server, wait_until_up  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.model_store import resolve_model  # noqa: E402
@@ -62,7 +65,7 @@ def start_peer(model_dir: Path, port: int) -> subprocess.Popen:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--items", type=int, default=64)
+    parser.add_argument("--items", type=int, default=256)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--port", type=int, default=8767)
     args = parser.parse_args()
@@ -77,19 +80,20 @@ def main() -> None:
         for item in items
     ]
 
-    ours_proc = start_server(args.port, "vllm")
-    try:
+    async def ours_send(item: dict) -> dict:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{args.port}", timeout=3600) as client:
+            response = await client.post("/v1/score", json={"items": [item]})
+            response.raise_for_status()
+            return response.json()["results"][0]
 
-        async def ours_send(item: dict) -> dict:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{args.port}", timeout=3600) as client:
-                response = await client.post("/v1/score", json={"items": [item]})
-                response.raise_for_status()
-                return response.json()["results"][0]
-
-        ours, ours_wall = asyncio.run(run_load(ours_send, items, args.concurrency))
-    finally:
-        ours_proc.terminate()
-        ours_proc.wait(timeout=120)
+    walls = {}
+    for name, layers in (("ours", "true"), ("ours_compiled", "false")):
+        ours_proc = start_server(args.port, "vllm", {"JUDGE_VLLM_LAYERS": layers})
+        try:
+            ours, walls[name] = asyncio.run(run_load(ours_send, items, args.concurrency))
+        finally:
+            ours_proc.terminate()
+            ours_proc.wait(timeout=120)
 
     peer_proc = start_peer(model_dir, args.port)
     try:
@@ -117,17 +121,22 @@ def main() -> None:
     report = {
         "items": len(items),
         "concurrency": args.concurrency,
-        "ours_items_per_s": len(items) / ours_wall,
+        "ours_items_per_s": len(items) / walls["ours"],
+        "ours_compiled_items_per_s": len(items) / walls["ours_compiled"],
         "peer_items_per_s": len(items) / peer_wall,
-        "throughput_ratio_ours_over_peer": peer_wall / ours_wall,
+        "throughput_ratio_ours_over_peer": peer_wall / walls["ours"],
+        "throughput_ratio_ours_compiled_over_peer": peer_wall / walls["ours_compiled"],
         "peer_top20_missing_a_label": misses / len(items),
         "peer_expected_score_mae": sum(errors) / len(errors) if errors else None,
         "peer_expected_score_max_error": max(errors) if errors else None,
+        "peer_expected_score_errors": errors,
     }
     out = ROOT / "bench" / "results" / "peer.json"
     out.write_text(json.dumps(report, indent=2))
+    charts.draw(out)
     for key, value in report.items():
-        print(f"{key}: {value}")
+        if key != "peer_expected_score_errors":
+            print(f"{key}: {value}")
 
 
 if __name__ == "__main__":

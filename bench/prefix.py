@@ -1,11 +1,14 @@
 """Shared prefixes: N responses to one instruction under one long rubric (N = 1, 4, 16, 64),
-per-item cost with prefix reuse on and off, transformers engine, in one run.
+per-item cost with prefix reuse on and off, in one run.
 
-    .venv/bin/python bench/prefix.py [--sizes 1,4,16,64]
+    .venv/bin/python bench/prefix.py [--engine transformers|vllm] [--sizes 1,4,16,64]
 
 The rubric and instruction (the shared prefix) are about 10x the length of a response.
+Transformers: the shared prefix runs once per batch and its KV cache is repeated. vLLM:
+automatic prefix caching, switched on and off by starting the engine twice; every timed
+request gets a rubric of its own, so nothing is reused from an earlier measurement.
 Prints seconds per item for each N and setting, the ratio of per-item cost at N=16 to N=1
-with reuse on (target <= 1/3), and writes bench/results/prefix.json.
+with reuse on (target <= 1/3), and writes bench/results/prefix-<engine>.json and a PNG.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import charts  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.judge import Judge  # noqa: E402
 from service.metrics import Metrics  # noqa: E402
@@ -42,32 +46,34 @@ def request(n: int, rng: random.Random) -> ScoreRequest:
     )
 
 
-async def measure(sizes: list[int], repeats: int) -> list[dict]:
-    judge = Judge(Settings(max_items=max(sizes), max_batch_size=max(sizes), max_batch_tokens=10**6), Metrics())
+async def measure(engine_kind: str, reuse: bool, sizes: list[int], repeats: int) -> list[dict]:
+    settings = Settings(
+        engine=engine_kind,
+        prefix_reuse=reuse,
+        max_items=max(sizes),
+        max_batch_size=max(sizes),
+        max_batch_tokens=10**6,
+        cpu_kvcache_space_gb=2,
+    )
+    judge = Judge(settings, Metrics())
     await judge.load()
     engine = judge.engine
     assert engine is not None and judge.builder is not None
+    rng = random.Random(0)
     rows = []
     try:
         for n in sizes:
-            _, tasks = judge.builder.build(request(n, random.Random(n)), want_layers=False)
-            for reuse in (True, False):
-                engine.prefix_reuse = reuse  # type: ignore[attr-defined]
+            # A fresh rubric for every call: vLLM's cache must not carry over between calls.
+            batches = [judge.builder.build(request(n, rng), want_layers=False)[1] for _ in range(repeats + 1)]
+            await engine.score(batches[0])
+            best = float("inf")
+            for tasks in batches[1:]:
+                t0 = time.perf_counter()
                 await engine.score(tasks)
-                best = float("inf")
-                for _ in range(repeats):
-                    t0 = time.perf_counter()
-                    await engine.score(tasks)
-                    best = min(best, time.perf_counter() - t0)
-                rows.append(
-                    {
-                        "n": n,
-                        "prefix_reuse": reuse,
-                        "prompt_tokens": tasks[0].length,
-                        "seconds_per_item": best / n,
-                    }
-                )
-                print(f"N={n:<3} reuse={'on ' if reuse else 'off'} {1000 * best / n:8.1f} ms/item", flush=True)
+                best = min(best, time.perf_counter() - t0)
+            tokens = batches[0][0].length
+            rows.append({"n": n, "prefix_reuse": reuse, "prompt_tokens": tokens, "seconds_per_item": best / n})
+            print(f"N={n:<3} reuse={'on ' if reuse else 'off'} {1000 * best / n:8.1f} ms/item", flush=True)
     finally:
         await judge.shutdown()
     return rows
@@ -75,18 +81,21 @@ async def measure(sizes: list[int], repeats: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
     parser.add_argument("--sizes", default="1,4,16,64")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "prefix.json")
+    parser.add_argument("--out", type=Path, help="default: bench/results/prefix-<engine>.json")
     args = parser.parse_args()
+    args.out = args.out or ROOT / "bench" / "results" / f"prefix-{args.engine}.json"
     sizes = [int(x) for x in args.sizes.split(",")]
-    rows = asyncio.run(measure(sizes, args.repeats))
+    rows = [row for reuse in (True, False) for row in asyncio.run(measure(args.engine, reuse, sizes, args.repeats))]
     cost = {(r["n"], r["prefix_reuse"]): r["seconds_per_item"] for r in rows}
     ratio = cost[(16, True)] / cost[(1, True)] if (16, True) in cost and (1, True) in cost else None
     if ratio is not None:
         print(f"per-item cost N=16 / N=1 with reuse: {ratio:.3f} (target <= 0.333)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rows": rows, "ratio_16_over_1": ratio}, indent=2))
+    args.out.write_text(json.dumps({"engine": args.engine, "rows": rows, "ratio_16_over_1": ratio}, indent=2))
+    charts.draw(args.out)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ full batch, over a dense fp32 matmul's FLOP/s measured on the same machine in th
 
 Model FLOPs per batch: 2 x (non-embedding parameters) x tokens, plus causal attention
 (2 x 2 x layers x hidden x T^2 / 2 per sequence), plus the LM head on the scoring
-position (2 x hidden x vocab per item). Writes bench/results/roofline.json.
+position (2 x hidden x vocab per item). Writes bench/results/roofline.json and a PNG.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import charts  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.engines.base import ScoringTask  # noqa: E402
 from service.judge import Judge  # noqa: E402
@@ -94,6 +95,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
+    charts.draw(args.out)
     for key, value in report.items():
         print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
     print(f"achieved / matmul FLOP/s: {achieved / peak:.2f} (target 0.6)")

@@ -1,9 +1,10 @@
 """Scaling: throughput and p99 latency as concurrency grows (1 ... 64) against the real
-server process, and the process's memory peak as batch tokens grow (in-process engine).
+server process, and the memory peak as batch tokens grow (in-process engine; the resident
+memory of this process and its children, so vLLM's engine-core and worker processes count).
 
-    .venv/bin/python bench/scaling.py [--engine transformers] [--requests 64]
+    .venv/bin/python bench/scaling.py [--engine transformers|vllm] [--requests 64]
 
-Writes bench/results/scaling-<engine>.json.
+Writes bench/results/scaling-<engine>.json and a PNG.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import sys
+import threading
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import charts  # noqa: E402
 from bench.overhead import DEFAULT_DATA, http_load, load_items, start_server  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.engines.base import ScoringTask  # noqa: E402
@@ -29,8 +33,37 @@ async def level(url: str, items: list[dict], concurrency: int) -> dict:
     return {"concurrency": concurrency, **await http_load(url, items, concurrency)}
 
 
+class PeakRss:
+    """Samples the resident memory of this process and its children every 10 ms."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.wait(0.01):
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 async def memory_curve(engine: str, sizes: list[int]) -> list[dict]:
-    judge = Judge(Settings(engine=engine), Metrics())
+    settings = Settings(engine=engine, max_batch_tokens=max(sizes), max_num_batched_tokens=max(sizes))
+    judge = Judge(settings, Metrics())
     await judge.load()
     assert judge.engine is not None
     rows = []
@@ -41,10 +74,9 @@ async def memory_curve(engine: str, sizes: list[int]) -> list[dict]:
                 ScoringTask(tuple((i * 31 + j) % 5000 + 100 for j in range(tokens // batch)), (33,))
                 for i in range(batch)
             ]
-            await judge.engine.score(tasks)
-            rows.append(
-                {"batch_tokens": tokens, "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-            )
+            with PeakRss() as sampler:
+                await judge.engine.score(tasks)
+            rows.append({"batch_tokens": tokens, "peak_rss_mib": sampler.peak / 2**20})
     finally:
         await judge.shutdown()
     return rows
@@ -75,9 +107,10 @@ def main() -> None:
         server.wait(timeout=60)
     memory = asyncio.run(memory_curve(args.engine, [512, 2048, 8192, 16384]))
     for row in memory:
-        print(f"batch tokens {row['batch_tokens']:>6}: peak RSS {row['max_rss_mib']:8.0f} MiB")
+        print(f"batch tokens {row['batch_tokens']:>6}: peak RSS {row['peak_rss_mib']:8.0f} MiB")
     out = ROOT / "bench" / "results" / f"scaling-{args.engine}.json"
     out.write_text(json.dumps({"engine": args.engine, "concurrency": rows, "memory": memory}, indent=2))
+    charts.draw(out)
 
 
 if __name__ == "__main__":

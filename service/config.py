@@ -71,7 +71,10 @@ class Settings(BaseSettings):
     )
     prefix_reuse: bool = Field(
         True,
-        description="Transformers engine: run a prefix shared by a whole batch once and reuse its KV cache.",
+        description=(
+            "Reuse shared prompt prefixes: the transformers engine runs a prefix shared by a whole batch "
+            "once and reuses its KV cache; the vLLM engine turns on automatic prefix caching."
+        ),
     )
     gpu_memory_utilization: float = Field(
         0.9, gt=0, le=1, description="vLLM: share of GPU memory for weights and KV cache."
@@ -79,6 +82,14 @@ class Settings(BaseSettings):
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs each layer is split across.")
     max_num_seqs: int | None = Field(None, ge=1, description="vLLM: most sequences per engine step.")
     max_num_batched_tokens: int | None = Field(None, ge=1, description="vLLM: most tokens per engine step.")
+    vllm_layers: bool = Field(
+        True,
+        description=(
+            "vLLM: capture per-layer label logits for LAGER and return_layers in the same forward pass. "
+            "Runs the model eagerly (no torch.compile or CUDA graphs); false compiles it and answers "
+            "422 to the per-layer methods."
+        ),
+    )
     cpu_kvcache_space_gb: float = Field(
         4.0, gt=0, description="vLLM on CPU: KV-cache memory in GiB (VLLM_CPU_KVCACHE_SPACE)."
     )

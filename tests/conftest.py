@@ -3,13 +3,17 @@ independent transformers reference loaded straight from the GGUF file."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -50,6 +54,36 @@ class RunningServer:
         self.thread.join(timeout=60)
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def process_server(log_path: Path, **overrides: Any) -> Iterator[tuple[subprocess.Popen, str]]:
+    """The real server process, as `make serve` runs it, on a free loopback port; settings
+    given as keyword arguments become ``JUDGE_*`` variables."""
+    port = free_port()
+    env = {**os.environ, "JUDGE_PORT": str(port)}
+    env.update({f"JUDGE_{key.upper()}": str(value) for key, value in overrides.items()})
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=env, cwd=ROOT, stderr=log)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"{url}/ready").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert proc.poll() is None, "server process exited"
+                time.sleep(0.2)
+            yield proc, url
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+
+
 def start_server(**overrides: Any) -> RunningServer:
     settings = Settings(port=free_port(), **overrides)
     app = create_app(settings)
@@ -75,7 +109,8 @@ def start_server(**overrides: Any) -> RunningServer:
 
 ENGINES = ["transformers", "vllm"]
 # vLLM on CPU sizes its KV cache from this; 1 GiB holds ~23k tokens of the default model.
-VLLM_TEST_SETTINGS = {"engine": "vllm", "cpu_kvcache_space_gb": 1}
+# 1024-token steps make long prompts arrive in several chunked-prefill steps.
+VLLM_TEST_SETTINGS = {"engine": "vllm", "cpu_kvcache_space_gb": 1, "max_num_batched_tokens": 1024}
 
 
 def engine_settings(engine: str) -> dict[str, Any]:
@@ -100,7 +135,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
 @pytest.fixture(scope="session")
 def transformers_only(server: RunningServer) -> None:
     if server.judge.engine_kind != "transformers":
-        pytest.skip("per-layer scores (LAGER) and batch forming are features of the transformers engine")
+        pytest.skip("batch forming and fault injection are features of the transformers engine")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""LAGER on the real default model: per-layer logits, aggregation, fitting, the CLI."""
+"""LAGER on the real default model and both engines: per-layer logits, aggregation,
+fitting, the CLI."""
 
 from __future__ import annotations
 
@@ -8,13 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 
 from service.lager import LayerWeights
-from tests.conftest import Reference, RunningServer, start_server
-
-pytestmark = pytest.mark.usefixtures("transformers_only")
+from tests.conftest import Reference, RunningServer, engine_settings, process_server
 
 LABELS = ["1", "2", "3", "4", "5"]
 PROMPTS = [
@@ -54,12 +54,14 @@ def test_per_layer_distributions_match_independent_computation(client, reference
         assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
 
 
-def test_layer_norm_final_entry_equals_final_method(client) -> None:
+def test_layer_norm_final_entry_equals_final_method(server: RunningServer, client) -> None:
     items = [{"id": str(i), "prompt": p} for i, p in enumerate(PROMPTS)]
     final = score(client, items=items)["results"]
     layered = score(client, items=items, return_layers=True, layer_norm=True)["results"]
+    # vLLM's own log-softmax runs in float32; the layer rows are projected in float64.
+    tol = 1e-6 if server.judge.engine_kind == "transformers" else 1e-4
     for f, lay in zip(final, layered, strict=True):
-        assert list(lay["layers"][-1].values()) == pytest.approx(list(f["distribution"].values()), abs=1e-6)
+        assert list(lay["layers"][-1].values()) == pytest.approx(list(f["distribution"].values()), abs=tol)
 
 
 @pytest.mark.parametrize("layer_norm", [False, True])
@@ -98,13 +100,14 @@ def test_fit_layers_lowers_its_own_loss(fitted: Path) -> None:
     assert weights.losses[-1] < weights.losses[0]
 
 
-def test_lager_weighted_served_with_fitted_weights(fitted: Path, reference: Reference) -> None:
-    running = start_server(layer_weights_file=fitted)
-    try:
-        with running.client() as client:
+def test_lager_weighted_served_with_fitted_weights(
+    server: RunningServer, fitted: Path, reference: Reference, tmp_path: Path
+) -> None:
+    # A server process of its own: one vLLM engine per process, as in production.
+    settings = engine_settings(server.judge.engine_kind)
+    with process_server(tmp_path / "server.log", **settings, layer_weights_file=fitted) as (_, url):
+        with httpx.Client(base_url=url, timeout=120) as client:
             result = score(client, items=[{"id": "p", "prompt": PROMPTS[1]}], method="lager_weighted")["results"][0]
-    finally:
-        running.stop()
     weights = torch.softmax(torch.tensor(LayerWeights.load(fitted).weights, dtype=torch.float64), dim=0)
     logits = reference_layer_logits(reference, PROMPTS[1], layer_norm=False)[:-1]
     expected = torch.softmax(weights @ logits, dim=-1)

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, free_port, start_server
+from tests.conftest import RunningServer, process_server, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = {"items": [{"id": "s", "prompt": "Rate 1-5. Answer: fine. Score:"}]}
@@ -40,31 +38,15 @@ def valid_result(body: dict) -> bool:
 
 
 @pytest.fixture(scope="module")
-def process_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen, str]]:
+def running_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen, str]]:
     """The real server process, as `make serve` runs it, on a free loopback port."""
-    port = free_port()
-    env = {**os.environ, "JUDGE_PORT": str(port), "JUDGE_MAX_QUEUE": "48", "JUDGE_MAX_ITEMS": "16"}
-    env["JUDGE_SHUTDOWN_GRACE_S"] = "60"
-    log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=env, cwd=ROOT, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/ready").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None, "server process exited"
-        time.sleep(0.2)
-    yield proc, url
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(timeout=30)
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with process_server(log, max_queue=48, max_items=16, shutdown_grace_s=60) as running:
+        yield running
 
 
-def test_load_every_request_gets_200_or_429(process_server) -> None:
-    _, url = process_server
+def test_load_every_request_gets_200_or_429(running_process) -> None:
+    _, url = running_process
     statuses: list[int] = []
     latencies: list[float] = []
     invalid: list[dict] = []
@@ -106,8 +88,8 @@ def test_load_every_request_gets_200_or_429(process_server) -> None:
     )
 
 
-def test_client_disconnect_mid_request_is_skipped(process_server) -> None:
-    _, url = process_server
+def test_client_disconnect_mid_request_is_skipped(running_process) -> None:
+    _, url = running_process
     port = int(url.rsplit(":", 1)[1])
     body = json.dumps({"items": [{"id": str(i), "prompt": "word " * 1500 + "Score:"} for i in range(8)]}).encode()
     for _ in range(3):
@@ -134,8 +116,8 @@ def test_client_disconnect_mid_request_is_skipped(process_server) -> None:
         assert float(skipped[0].split()[1]) > 0
 
 
-def test_sigterm_drains_accepted_work_and_refuses_new(process_server) -> None:
-    proc, url = process_server
+def test_sigterm_drains_accepted_work_and_refuses_new(running_process) -> None:
+    proc, url = running_process
     payload = {"items": [{"id": str(i), "prompt": "word " * 600 + "Score:"} for i in range(4)]}
     with ThreadPoolExecutor(6) as pool:
         accepted = [pool.submit(httpx.post, f"{url}/v1/score", json=payload, timeout=120) for _ in range(6)]

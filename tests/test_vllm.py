@@ -127,17 +127,56 @@ def test_shared_prefixes_hit_the_prefix_cache(vllm_server: RunningServer) -> Non
     assert unshared_hits * 10 < shared_hits, (shared_hits, unshared_hits)
 
 
-def test_lager_on_vllm_is_a_clear_422(vllm_server: RunningServer) -> None:
-    with vllm_server.client() as client:
-        response = client.post("/v1/score", json={"items": [{"id": "p", "prompt": "x"}], "method": "lager"})
-    assert response.status_code == 422
-    assert "transformers engine" in response.json()["error"]["message"]
+def assert_close_results(got_rows: list[dict], want_rows: list[dict], tol: float) -> None:
+    for got, want in zip(got_rows, want_rows, strict=True):
+        assert got["id"] == want["id"]
+        assert got["expected_score"] == pytest.approx(want["expected_score"], abs=tol), got["id"]
+        for label, value in want["distribution"].items():
+            assert got["distribution"][label] == pytest.approx(value, abs=tol), (got["id"], label)
+        assert (got["layers"] is None) == (want["layers"] is None), got["id"]
+        for index, (g, w) in enumerate(zip(got["layers"] or [], want["layers"] or [], strict=True)):
+            assert g.keys() == w.keys()
+            for label, value in w.items():
+                assert g[label] == pytest.approx(value, abs=tol), (got["id"], index, label)
+
+
+def test_lager_and_layers_parity_under_continuous_batching(vllm_server: RunningServer) -> None:
+    """Per-layer requests of every kind, sent concurrently with plain ones, so one engine step
+    mixes rows that want layers with rows that do not, other label sets, and chunked prefills
+    of long prompts; each result must match the transformers engine on its own."""
+    raw = [{"id": str(i), "prompt": p} for i, p in enumerate(raw_prompts())]
+    payloads = [
+        {"items": raw, "method": "lager"},
+        {"items": raw, "method": "lager", "layer_norm": True, "return_layers": True},
+        {"items": structured_items(), "return_layers": True},
+        {"items": structured_items(), "method": "lager"},
+        {"items": raw},
+        {"items": [{"id": "y", "prompt": "Is water wet? Answer yes or no:"}], "labels": [" yes", " no"],
+         "method": "lager", "return_layers": True},
+    ]
+
+    def call(payload: dict) -> list[dict]:
+        with vllm_server.client(timeout=600) as client:
+            response = client.post("/v1/score", json=payload)
+        assert response.status_code == 200, response.text
+        return response.json()["results"]
+
+    with ThreadPoolExecutor(len(payloads)) as pool:
+        served = list(pool.map(call, payloads))
+    expected = transformers_scores(payloads)
+    for got_rows, want_rows in zip(served, expected, strict=True):
+        assert_close_results(got_rows, want_rows, tol=1e-3)
 
 
 def test_engine_death_fails_fast_and_exits() -> None:
     engine_settings("vllm")  # skips or fails when vLLM is missing
-    running = start_server(**VLLM_TEST_SETTINGS)
+    # This server compiles its model (no per-layer capture): check that path answers a clear 422.
+    running = start_server(**{**VLLM_TEST_SETTINGS, "vllm_layers": False})
     try:
+        with running.client() as client:
+            response = client.post("/v1/score", json={"items": [{"id": "p", "prompt": "x"}], "method": "lager"})
+        assert response.status_code == 422
+        assert "JUDGE_VLLM_LAYERS" in response.json()["error"]["message"]
         cores = [
             p
             for p in psutil.Process().children(recursive=True)

@@ -4,6 +4,11 @@ Each item asks for exactly the label tokens' log-probabilities
 (``SamplingParams(logprob_token_ids=...)``): raw log-softmax over the full vocabulary,
 never a top-k that may miss a label. vLLM batches continuously, so the queue sends every
 item as its own concurrent request; cancelling an item's task aborts its engine request.
+
+With ``JUDGE_VLLM_LAYERS`` on (the default), the worker extension in
+``service.engines.vllm_layers`` captures every layer's label logits at the scoring
+position of the requests that ask (LAGER, ``return_layers``), in the same forward pass;
+the model then runs eagerly, since hooks do not run inside compiled graphs.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ logger = logging.getLogger(__name__)
 class VllmEngine:
     """Scores label tokens with vLLM's asynchronous engine."""
 
-    supports_layers = False
     concurrent_batches = True
 
     def __init__(self, model_dir: Path, name: str, settings: Settings) -> None:
@@ -38,6 +42,7 @@ class VllmEngine:
         self._engine: Any = None
         self._dead = False
         self._ids = itertools.count()
+        self.supports_layers = False
 
     @property
     def healthy(self) -> bool:
@@ -63,11 +68,14 @@ class VllmEngine:
             tensor_parallel_size=s.tensor_parallel_size,
             max_num_seqs=s.max_num_seqs,
             max_num_batched_tokens=s.max_num_batched_tokens,
-            enable_prefix_caching=True,
+            enable_prefix_caching=s.prefix_reuse,
             # Label sets are up to 32 tokens; allow that many requested log-probabilities.
             max_logprobs=64,
             disable_log_stats=False,
         )
+        if s.vllm_layers:
+            options["worker_extension_cls"] = "service.engines.vllm_layers.LayerCaptureExtension"
+            options["enforce_eager"] = True
         return AsyncEngineArgs(**options)
 
     async def start(self) -> None:
@@ -77,6 +85,11 @@ class VllmEngine:
         config = self._engine.model_config
         self.max_model_len = int(config.max_model_len)
         self.num_layers = int(config.hf_config.num_hidden_layers)
+        if self.settings.vllm_layers:
+            counts = await self._engine.collective_rpc("judge_install_layer_capture")
+            if set(counts) != {self.num_layers}:
+                raise EngineError(f"layer capture hooked {counts} layers, the model has {self.num_layers}")
+            self.supports_layers = True
         await self._score_one(ScoringTask(token_ids=(0,) * 8, label_ids=(0,)))
 
     async def close(self) -> None:
@@ -92,20 +105,47 @@ class VllmEngine:
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        if task.want_layers:
-            raise EngineError("per-layer scores are not available on the vLLM engine")
+        from service.engines.vllm_layers import EXTRA_ARGS_KEY
+
+        if task.want_layers and not self.supports_layers:
+            raise EngineError("per-layer scores are off on this vLLM engine (JUDGE_VLLM_LAYERS=false)")
         if self._engine is None:
             raise EngineDead("the vLLM engine is not running")
-        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(task.label_ids))
+        request_id = f"judge-{next(self._ids)}"
+        extra = {EXTRA_ARGS_KEY: request_id} if task.want_layers else None
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, logprob_token_ids=list(task.label_ids), extra_args=extra
+        )
         prompt = TokensPrompt(prompt_token_ids=list(task.token_ids))
         final = None
         try:
-            async for output in self._engine.generate(prompt, params, request_id=f"judge-{next(self._ids)}"):
+            async for output in self._engine.generate(prompt, params, request_id=request_id):
                 final = output
+            layers = await self._layer_logits(request_id) if task.want_layers else None
         except EngineDeadError as exc:
             self._dead = True
             raise EngineDead("the vLLM engine died") from exc
         if final is None or not final.outputs or not final.outputs[0].logprobs:
             raise EngineError("vLLM returned no log-probabilities")
         position = final.outputs[0].logprobs[0]
-        return LabelScores(logprobs=tuple(float(position[token].logprob) for token in task.label_ids))
+        logprobs = tuple(float(position[token].logprob) for token in task.label_ids)
+        if layers is None:
+            return LabelScores(logprobs=logprobs)
+        return LabelScores(logprobs=logprobs, layer_logits=layers[0], layer_logits_normed=layers[1])
+
+    async def _layer_logits(
+        self, key: str
+    ) -> tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]]:
+        """Fetch a finished request's per-layer label logits from the workers, summing the
+        tensor-parallel ranks' slices of the vocabulary."""
+        answers = await self._engine.collective_rpc("judge_pop_layer_logits", args=([key],))
+        parts = [answer[key] for answer in answers if key in answer]
+        if not parts:
+            raise EngineError("vLLM captured no per-layer logits for the request")
+
+        def total(which: int) -> tuple[tuple[float, ...], ...]:
+            layers = zip(*(part[which] for part in parts), strict=True)  # one row per rank, per layer
+            return tuple(tuple(map(sum, zip(*ranks, strict=True))) for ranks in layers)
+
+        raw, normed = total(0), total(1)
+        return raw, normed

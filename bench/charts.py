@@ -1,0 +1,137 @@
+"""PNG charts for the benchmark reports in bench/results.
+
+Each benchmark calls its chart function after writing its JSON; this script redraws every
+chart from the JSON reports present:
+
+    .venv/bin/python bench/charts.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _save(fig: plt.Figure, out: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    print(f"wrote {out}")
+
+
+def overhead(report: dict, out: Path) -> None:
+    rows = report["rows"]
+    names = [row["path"] for row in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.barh(names, [row["items_per_s"] for row in rows], color=["#4c72b0", "#55a868", "#c44e52"])
+    left.invert_yaxis()
+    left.set_xlabel("items/s")
+    left.set_title(f"{report['engine']}: {report['items']} items, b/a = {report['ratio_b_over_a']:.3f}")
+    width = 0.38
+    positions = range(len(rows))
+    right.bar([p - width / 2 for p in positions], [row["p50_ms"] for row in rows], width, label="p50")
+    right.bar([p + width / 2 for p in positions], [row["p99_ms"] for row in rows], width, label="p99")
+    right.set_xticks(list(positions), [name.split(":")[0] for name in names])
+    right.set_ylabel("latency (ms)")
+    right.set_title("latency per call (a: per batch)")
+    right.legend()
+    _save(fig, out)
+
+
+def peer(report: dict, out: Path) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    bars = {key.removeprefix("ours_").removesuffix("_items_per_s"): value for key, value in report.items()
+            if key.endswith("_items_per_s")}
+    left.bar(list(bars), list(bars.values()), color="#4c72b0")
+    left.set_ylabel("items/s")
+    left.set_title(f"{report['items']} items, {report['concurrency']} concurrent")
+    left.tick_params(axis="x", labelrotation=15)
+    errors = report.get("peer_expected_score_errors") or []
+    right.hist(errors, bins=20, color="#c44e52")
+    right.set_xlabel("|expected score from top-20 - exact|")
+    right.set_ylabel("items")
+    missing = 100 * report["peer_top20_missing_a_label"]
+    right.set_title(f"peer's top-20 missed a label on {missing:.0f}% of items")
+    _save(fig, out)
+
+
+def prefix(report: dict, out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for reuse in (True, False):
+        rows = sorted((r for r in report["rows"] if r["prefix_reuse"] is reuse), key=lambda r: r["n"])
+        label = "prefix reuse on" if reuse else "prefix reuse off"
+        ax.plot([r["n"] for r in rows], [1000 * r["seconds_per_item"] for r in rows], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("N responses sharing one rubric and instruction")
+    ax.set_ylabel("ms per item")
+    ratio = report.get("ratio_16_over_1")
+    title = f"{report.get('engine', 'transformers')}: N=16 / N=1 = {ratio:.2f}" if ratio else report.get("engine", "")
+    ax.set_title(title)
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    _save(fig, out)
+
+
+def roofline(report: dict, out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    values = [report["achieved_gflops"], report["matmul_gflops"]]
+    ax.barh(["model forward", "dense fp32 matmul"], values, color=["#4c72b0", "#8c8c8c"])
+    ax.set_xlabel("GFLOP/s")
+    ax.set_title(f"batch {report['batch']} x {report['tokens_per_item']} tokens: ratio {report['ratio']:.2f}")
+    _save(fig, out)
+
+
+def scaling(report: dict, out: Path) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    rows = report["concurrency"]
+    levels = [r["concurrency"] for r in rows]
+    left.plot(levels, [r["items_per_s"] for r in rows], marker="o", color="#4c72b0")
+    left.set_xscale("log", base=2)
+    left.set_xlabel("concurrent clients")
+    left.set_ylabel("items/s", color="#4c72b0")
+    twin = left.twinx()
+    twin.plot(levels, [r["p99_ms"] / 1000 for r in rows], marker="s", color="#c44e52")
+    twin.set_ylabel("p99 latency (s)", color="#c44e52")
+    left.set_title(f"{report['engine']}: throughput and p99")
+    memory = report["memory"]
+    right.plot([m["batch_tokens"] for m in memory], [m["peak_rss_mib"] for m in memory], marker="o")
+    right.set_xscale("log", base=2)
+    right.set_xlabel("tokens in one batch")
+    right.set_ylabel("peak RSS (MiB)")
+    right.set_title("memory peak")
+    _save(fig, out)
+
+
+CHARTS: dict[str, Callable[[dict, Path], None]] = {
+    "overhead": overhead,
+    "peer": peer,
+    "prefix": prefix,
+    "roofline": roofline,
+    "scaling": scaling,
+}
+
+
+def draw(json_path: Path) -> None:
+    """Draw the chart for one report, named after it (``overhead-vllm.json`` -> ``.png``)."""
+    kind = json_path.stem.split("-")[0]
+    if kind in CHARTS:
+        CHARTS[kind](json.loads(json_path.read_text()), json_path.with_suffix(".png"))
+
+
+def main() -> None:
+    paths = [Path(p) for p in sys.argv[1:]] or sorted(RESULTS.glob("*.json"))
+    for path in paths:
+        draw(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Per-layer label logits inside vLLM's worker, for LAGER.
+
+vLLM loads this class as its ``worker_extension_cls``: its methods join the worker and are
+called from the front end with ``collective_rpc``. ``judge_install_layer_capture`` wraps
+the model runner's forward call and hooks the decoder layers. On every engine step it
+finds the requests that asked for layers (``SamplingParams.extra_args["judge_layers"]``,
+a key chosen by the front end) whose scoring position, the last prompt token, is in the
+step, and keeps that token's hidden state at every layer. Rows come from the step's own
+``query_start_loc`` and ``positions``, so each request gets its own row under continuous
+batching and chunked prefill; a chunk that does not end the prompt is ignored. Only the
+label rows of the LM head are applied (``[layers, hidden] @ [hidden, labels]``), in
+float64, raw and after the final norm, like the transformers engine. The front end then
+fetches and removes the result by key with ``judge_pop_layer_logits``.
+
+Hooks do not run inside compiled graphs, so the engine runs the model eagerly when this
+is installed. With tensor parallelism each rank holds a slice of the vocabulary: it fills
+the labels it owns and leaves zeros elsewhere, and the front end sums the ranks' answers.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+EXTRA_ARGS_KEY = "judge_layers"
+# Results not fetched (their request was aborted at the wrong moment) are dropped beyond this.
+MAX_KEPT = 8192
+
+LayerLogits = tuple[list[list[float]], list[list[float]]]
+
+
+class _Target:
+    __slots__ = ("key", "label_ids", "row")
+
+    def __init__(self, key: str, row: int, label_ids: list[int]) -> None:
+        self.key, self.row, self.label_ids = key, row, label_ids
+
+
+class LayerCapture:
+    """Installs the hooks on one worker's model and keeps results by key."""
+
+    def __init__(self, runner: Any) -> None:
+        model = runner.get_model()
+        decoder = getattr(model, "model", None)
+        layers = getattr(decoder, "layers", None)
+        if decoder is None or layers is None or not hasattr(decoder, "norm") or not hasattr(model, "lm_head"):
+            raise RuntimeError(f"{type(model).__name__} has no decoder layers, final norm and LM head to read")
+        self.runner = runner
+        self.norm = decoder.norm
+        head = model.lm_head
+        shard = getattr(head, "shard_indices", None)
+        self.vocab_start = int(shard.org_vocab_start_index) if shard is not None else 0
+        self.vocab_end = int(shard.org_vocab_end_index) if shard is not None else int(head.weight.shape[0])
+        self.head_weight = head.weight
+        bias = getattr(head, "bias", None)
+        self.head_bias = bias if isinstance(bias, torch.Tensor) else None
+        self.num_layers = len(layers)
+        self.results: OrderedDict[str, LayerLogits] = OrderedDict()
+        self._rows: torch.Tensor | None = None
+        self._states: list[torch.Tensor] = []
+        layers[0].register_forward_pre_hook(self._embeddings_hook, with_kwargs=True)
+        # Every decoder layer but the last: the model's own output stands for the last one,
+        # final norm included, as in transformers' hidden_states.
+        for layer in list(layers)[:-1]:
+            layer.register_forward_hook(self._layer_hook)
+        forward = runner._model_forward
+
+        def model_forward(*args: Any, **kwargs: Any) -> Any:
+            return self._forward(forward, *args, **kwargs)
+
+        runner._model_forward = model_forward
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    def _embeddings_hook(self, module: Any, args: tuple, kwargs: dict) -> None:
+        if self._rows is not None:
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[1]
+            self._states.append(hidden[self._rows])
+
+    def _layer_hook(self, module: Any, args: tuple, output: Any) -> None:
+        if self._rows is not None:
+            if isinstance(output, tuple):
+                hidden, residual = output[0], output[1] if len(output) > 1 else None
+            else:
+                hidden, residual = output, None
+            rows = hidden[self._rows]
+            self._states.append(rows + residual[self._rows] if residual is not None else rows)
+
+    # -- one engine step -----------------------------------------------------------------
+
+    def _targets(self, positions: torch.Tensor | None) -> list[_Target]:
+        runner = self.runner
+        batch = runner.input_batch
+        wanted = []
+        for index, req_id in enumerate(batch.req_ids[: batch.num_reqs]):
+            state = runner.requests.get(req_id)
+            params = getattr(state, "sampling_params", None)
+            extra = getattr(params, "extra_args", None) or {}
+            if EXTRA_ARGS_KEY in extra:
+                row = int(runner.query_start_loc.np[index + 1]) - 1
+                wanted.append((index, row, state, extra))
+        if not wanted or positions is None:
+            return []
+        rows = torch.tensor([row for _, row, _, _ in wanted], device=positions.device)
+        at = positions[..., rows].reshape(-1, len(wanted))[-1].tolist()
+        return [
+            _Target(str(extra[EXTRA_ARGS_KEY]), row, list(state.sampling_params.logprob_token_ids or []))
+            for (_, row, state, extra), position in zip(wanted, at, strict=True)
+            # Only the chunk that ends the prompt holds the scoring position.
+            if position == state.num_prompt_tokens - 1
+        ]
+
+    def _forward(self, forward: Any, *args: Any, **kwargs: Any) -> Any:
+        targets = self._targets(kwargs.get("positions"))
+        if not targets:
+            return forward(*args, **kwargs)
+        self._rows = torch.tensor([t.row for t in targets], device=self.head_weight.device)
+        self._states = []
+        try:
+            output = forward(*args, **kwargs)
+            final = output[0] if isinstance(output, tuple) else output
+            self._keep(targets, self._states, final[self._rows])
+        finally:
+            self._rows, self._states = None, []
+        return output
+
+    @torch.inference_mode()
+    def _keep(self, targets: list[_Target], states: list[torch.Tensor], final: torch.Tensor) -> None:
+        if len(states) != self.num_layers:
+            raise RuntimeError(f"captured {len(states)} layer states for {self.num_layers} layers")
+        inner = torch.stack(states)  # [L, R, H]: embeddings, then layers 1..L-1
+        normed = torch.stack([self.norm(layer.contiguous()) for layer in inner])
+        dtype = torch.float64 if self.head_weight.device.type == "cpu" else torch.float32
+        raw_all = torch.cat([inner, final.unsqueeze(0)]).to(dtype)
+        normed_all = torch.cat([normed, final.unsqueeze(0)]).to(dtype)
+        for column, target in enumerate(targets):
+            weight, bias = self._label_rows(target.label_ids, dtype)
+            raw = torch.nn.functional.linear(raw_all[:, column], weight, bias)
+            lens = torch.nn.functional.linear(normed_all[:, column], weight, bias)
+            self.results[target.key] = (raw.cpu().tolist(), lens.cpu().tolist())
+            self.results.move_to_end(target.key)
+        while len(self.results) > MAX_KEPT:
+            self.results.popitem(last=False)
+
+    def _label_rows(self, label_ids: list[int], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This rank's LM-head rows for the labels; zero rows for labels another rank holds."""
+        hidden = self.head_weight.shape[1]
+        weight = torch.zeros((len(label_ids), hidden), dtype=dtype, device=self.head_weight.device)
+        bias = None if self.head_bias is None else torch.zeros(len(label_ids), dtype=dtype, device=weight.device)
+        for i, token in enumerate(label_ids):
+            if self.vocab_start <= token < self.vocab_end:
+                weight[i] = self.head_weight[token - self.vocab_start].to(dtype)
+                if bias is not None and self.head_bias is not None:
+                    bias[i] = self.head_bias[token - self.vocab_start].to(dtype)
+        return weight, bias
+
+    def pop(self, keys: list[str]) -> dict[str, LayerLogits]:
+        return {key: self.results.pop(key) for key in keys if key in self.results}
+
+
+class LayerCaptureExtension:
+    """Methods vLLM adds to its worker (``worker_extension_cls``)."""
+
+    model_runner: Any
+
+    def judge_install_layer_capture(self) -> int:
+        """Hook the model once; returns the number of decoder layers."""
+        capture = getattr(self.model_runner, "judge_layer_capture", None)
+        if capture is None:
+            capture = LayerCapture(self.model_runner)
+            self.model_runner.judge_layer_capture = capture
+        return capture.num_layers
+
+    def judge_pop_layer_logits(self, keys: list[str]) -> dict[str, LayerLogits]:
+        """Take the results for these keys (absent when not captured on this rank)."""
+        capture = getattr(self.model_runner, "judge_layer_capture", None)
+        return capture.pop(keys) if capture is not None else {}
