@@ -33,13 +33,24 @@ from service.judge import Judge  # noqa: E402
 from service.metrics import Metrics  # noqa: E402
 from service.schemas import ScoreRequest  # noqa: E402
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "topical_chat_usr.jsonl"
+DATA_DIR = ROOT.parent / "shared" / "data"
 
 
-def load_items(path: Path, count: int) -> list[dict]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = (rows * (count // len(rows) + 1))[:count]
-    return [{"id": f"{i}", "instruction": r["instruction"], "response": r["response"]} for i, r in enumerate(rows)]
+def load_items(count: int, data_dir: Path = DATA_DIR) -> list[dict]:
+    """``count`` distinct judge items of varied lengths: the Topical-Chat turns (long
+    dialogue contexts), then PandaLM instructions with each of their two responses
+    (shorter), in file order."""
+
+    def rows(name: str) -> list[dict]:
+        text = (data_dir / name).read_text()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    pool = [(r["instruction"], r["response"]) for r in rows("topical_chat_usr.jsonl")]
+    for r in rows("pandalm_pairs.jsonl"):
+        pool += [(r["instruction"], str(r["response_a"])), (r["instruction"], str(r["response_b"]))]
+    if count > len(pool):
+        raise SystemExit(f"only {len(pool)} distinct items in {data_dir}")
+    return [{"id": str(i), "instruction": q, "response": a} for i, (q, a) in enumerate(pool[:count])]
 
 
 def summary(name: str, latencies: list[float], wall: float, items: int) -> dict:
@@ -132,7 +143,7 @@ def wait_until_up(proc: subprocess.Popen, url: str, timeout_s: float) -> subproc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--items", type=int, default=256)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--port", type=int, default=8765)
@@ -140,18 +151,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="default: bench/results/overhead-<engine>.json")
     args = parser.parse_args()
     args.out = args.out or ROOT / "bench" / "results" / f"overhead-{args.engine}.json"
-    items = load_items(args.data, args.items)
+    items = load_items(args.items, args.data_dir)
     batch_size = Settings().max_batch_size
     direct = asyncio.run(engine_direct(items, batch_size, args.engine))
-    server = start_server(args.port, args.engine)
-    try:
-        url = f"http://127.0.0.1:{args.port}"
-        loaded = asyncio.run(http_load(url, items, args.concurrency))
-        serial = asyncio.run(http_load(url, items, 1))
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-    rows = [direct, loaded, serial]
+    rows = [direct]
+    for concurrency in (args.concurrency, 1):
+        # A fresh server per path: vLLM's prefix cache must not carry one path's prompts to the next.
+        server = start_server(args.port, args.engine)
+        try:
+            rows.append(asyncio.run(http_load(f"http://127.0.0.1:{args.port}", items, concurrency)))
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    direct, loaded, _ = rows
     ratio = loaded["items_per_s"] / direct["items_per_s"]
     for row in rows:
         rate, p50, p99 = row["items_per_s"], row["p50_ms"], row["p99_ms"]

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import charts  # noqa: E402
-from bench.overhead import DEFAULT_DATA, load_items, start_server, wait_until_up  # noqa: E402
+from bench.overhead import load_items, start_server, wait_until_up  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.model_store import resolve_model  # noqa: E402
 from service.prompts import DEFAULT_RUBRIC, PromptBuilder  # noqa: E402
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--port", type=int, default=8767)
     args = parser.parse_args()
-    items = load_items(DEFAULT_DATA, args.items)
+    items = load_items(args.items)
     settings = Settings()
     model_dir = resolve_model(settings.model, settings.cache_dir)
     from transformers import AutoTokenizer

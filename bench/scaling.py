@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import charts  # noqa: E402
-from bench.overhead import DEFAULT_DATA, http_load, load_items, start_server  # noqa: E402
+from bench.overhead import http_load, load_items, start_server  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.engines.base import ScoringTask  # noqa: E402
 from service.judge import Judge  # noqa: E402
@@ -30,7 +30,10 @@ from service.metrics import Metrics  # noqa: E402
 
 
 async def level(url: str, items: list[dict], concurrency: int) -> dict:
-    return {"concurrency": concurrency, **await http_load(url, items, concurrency)}
+    # The same items at every level, each prompt made new by a level tag at its start, so
+    # vLLM's prefix cache does not serve one level from the previous one.
+    tagged = [{**item, "instruction": f"[run {concurrency}] {item['instruction']}"} for item in items]
+    return {"concurrency": concurrency, **await http_load(url, tagged, concurrency)}
 
 
 class PeakRss:
@@ -89,7 +92,7 @@ def main() -> None:
     parser.add_argument("--levels", default="1,2,4,8,16,32,64")
     parser.add_argument("--port", type=int, default=8766)
     args = parser.parse_args()
-    items = load_items(DEFAULT_DATA, args.requests)
+    items = load_items(args.requests)
     for item in items:  # short items keep a full sweep within minutes on a CPU
         item["instruction"] = item["instruction"][:400]
     server = start_server(args.port, args.engine)

@@ -50,6 +50,15 @@ def _padded_tokens(entries: Sequence[_Entry]) -> int:
     return max(e.task.length for e in entries) * len(entries) if entries else 0
 
 
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class BatchQueue:
     """Admits items, forms batches and runs them on the engine."""
 
@@ -63,6 +72,7 @@ class BatchQueue:
         max_batch_size: int,
         max_wait_s: float,
         concurrent_batches: bool = False,
+        shared_prefix_min: int = 0,
     ) -> None:
         self._score = score
         self._metrics = metrics
@@ -71,6 +81,9 @@ class BatchQueue:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.concurrent_batches = concurrent_batches
+        # When > 0, the engine runs a prefix shared by the whole batch (at least this many
+        # tokens) once, so the budget counts it once.
+        self.shared_prefix_min = shared_prefix_min
         self._pending: list[_Entry] = []
         self._depth = 0
         self._wake = asyncio.Event()
@@ -151,7 +164,8 @@ class BatchQueue:
         ordered = sorted(self._pending, key=lambda e: e.task.length)
         anchor = min(range(len(ordered)), key=lambda i: ordered[i].enqueued)
         lo, hi = anchor, anchor + 1
-        target = ordered[anchor].task.length
+        first = ordered[anchor].task
+        target, shared = first.length, first.length - 1
         while hi - lo < self.max_batch_size:
             left = ordered[lo - 1] if lo > 0 else None
             right = ordered[hi] if hi < len(ordered) else None
@@ -159,13 +173,25 @@ class BatchQueue:
                 break
             take_left = right is None or (left is not None and target - left.task.length <= right.task.length - target)
             candidate = ordered[lo - 1 : hi] if take_left else ordered[lo : hi + 1]
-            if _padded_tokens(candidate) > self.max_batch_tokens:
+            neighbour = left if take_left else right
+            assert neighbour is not None
+            new = neighbour.task
+            new_shared = min(shared, new.length - 1, _common_prefix(first.token_ids, new.token_ids))
+            if self._cost(candidate, new_shared) > self.max_batch_tokens:
                 break
             lo, hi = (lo - 1, hi) if take_left else (lo, hi + 1)
+            shared = new_shared
         batch = ordered[lo:hi]
         chosen = {id(e) for e in batch}
         self._pending = [e for e in self._pending if id(e) not in chosen]
         return batch
+
+    def _cost(self, entries: Sequence[_Entry], shared: int) -> int:
+        """Tokens the engine computes for a batch: padded, with a shared prefix counted once."""
+        padded = _padded_tokens(entries)
+        if self.shared_prefix_min and shared >= self.shared_prefix_min:
+            return padded - (len(entries) - 1) * shared
+        return padded
 
     async def _run_batch(self, batch: list[_Entry]) -> None:
         started = time.monotonic()

@@ -42,7 +42,14 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="Torch device for the transformers engine.")
     max_items: int = Field(64, ge=1, description="Most items one request may carry.")
     max_queue: int = Field(1024, ge=1, description="Most items admitted (queued or running); more gets 429.")
-    max_batch_tokens: int = Field(16384, ge=1, description="Token budget of one engine batch, padding included.")
+    max_batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Token budget of one engine batch, padding included; a prefix the whole batch shares counts once. "
+            "Default: 2048 on CPU (larger padded batches are slower there), 16384 on GPU."
+        ),
+    )
     max_batch_size: int = Field(32, ge=1, description="Most items in one engine batch.")
     max_wait_ms: float | None = Field(
         None,

@@ -72,10 +72,11 @@ class Judge:
                 engine.score,
                 self.metrics,
                 max_queue=self.settings.max_queue,
-                max_batch_tokens=self.settings.max_batch_tokens,
+                max_batch_tokens=self.settings.max_batch_tokens or engine.preferred_batch_tokens,
                 max_batch_size=self.settings.max_batch_size,
                 max_wait_s=wait_ms / 1000,
                 concurrent_batches=engine.concurrent_batches,
+                shared_prefix_min=engine.shared_prefix_min,
             )
             self.queue.start()
             self.engine = engine

@@ -79,8 +79,14 @@ def process_server(log_path: Path, **overrides: Any) -> Iterator[tuple[subproces
                 time.sleep(0.2)
             yield proc, url
         finally:
+            # SIGTERM first: the server shuts its engine down (vLLM's engine-core and worker
+            # processes with it); SIGKILL only if it does not exit.
             if proc.poll() is None:
-                proc.kill()
+                proc.terminate()
+                try:
+                    proc.wait(timeout=90)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
             proc.wait(timeout=30)
 
 

@@ -85,6 +85,38 @@ def test_batches_respect_token_budget_and_group_by_length(engine: TransformersEn
         assert max(batch) < 10 or min(batch) > 40
 
 
+def test_a_shared_prefix_counts_once_against_the_budget(engine: TransformersEngine) -> None:
+    prefix = tuple(range(1, 41))
+    tasks = [ScoringTask(token_ids=prefix + (50 + i, 51, 52), label_ids=(1, 2)) for i in range(4)]
+
+    async def run(shared_prefix_min: int) -> list[int]:
+        sizes: list[int] = []
+
+        async def recording(batch):
+            sizes.append(len(batch))
+            return await engine.score(batch)
+
+        queue = BatchQueue(
+            recording,
+            Metrics(),
+            max_queue=64,
+            max_batch_tokens=100,
+            max_batch_size=8,
+            max_wait_s=0,
+            shared_prefix_min=shared_prefix_min,
+        )
+        futures = queue.submit(tasks, time.monotonic() + 30)
+        queue.start()
+        await collect(futures, time.monotonic() + 30)
+        await queue.close(1)
+        return sizes
+
+    # Padded, 4 x 43 = 172 tokens exceed 100; with the 40-token shared prefix counted once,
+    # 40 + 4 x 3 = 52 fit.
+    assert asyncio.run(run(0)) == [2, 2]
+    assert asyncio.run(run(32)) == [4]
+
+
 def test_admission_is_all_or_nothing(engine: TransformersEngine) -> None:
     async def run() -> None:
         queue = make_queue(engine, Metrics(), max_queue=4)

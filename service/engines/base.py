@@ -58,6 +58,8 @@ class Engine(Protocol):
     concurrent_batches: bool
     # Whether tasks may ask for per-layer label logits (LAGER).
     supports_layers: bool
+    # The batch token budget that runs fastest on this engine's device.
+    preferred_batch_tokens: int
 
     async def start(self) -> None:
         """Load the model and warm it up."""
@@ -67,6 +69,10 @@ class Engine(Protocol):
 
     async def close(self) -> None:
         """Release the model."""
+
+    @property
+    def shared_prefix_min(self) -> int:
+        """A prefix shared by a whole batch, when at least this long, is computed once (0: never)."""
 
     @property
     def healthy(self) -> bool:

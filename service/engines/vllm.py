@@ -32,6 +32,9 @@ class VllmEngine:
     """Scores label tokens with vLLM's asynchronous engine."""
 
     concurrent_batches = True
+    # vLLM schedules its own steps; the queue sends items one by one.
+    preferred_batch_tokens = 16384
+    shared_prefix_min = 0
 
     def __init__(self, model_dir: Path, name: str, settings: Settings) -> None:
         self.name = name

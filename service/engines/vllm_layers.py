@@ -19,10 +19,13 @@ the labels it owns and leaves zeros elsewhere, and the front end sums the ranks'
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from typing import Any
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 EXTRA_ARGS_KEY = "judge_layers"
 # Results not fetched (their request was aborted at the wrong moment) are dropped beyond this.
@@ -60,17 +63,28 @@ class LayerCapture:
         self.results: OrderedDict[str, LayerLogits] = OrderedDict()
         self._rows: torch.Tensor | None = None
         self._states: list[torch.Tensor] = []
+        # Tokens per request id of the engine step being run; None outside execute_model,
+        # so warm-up and dummy forward passes are never read.
+        self._scheduled: dict[str, int] | None = None
         layers[0].register_forward_pre_hook(self._embeddings_hook, with_kwargs=True)
         # Every decoder layer but the last: the model's own output stands for the last one,
         # final norm included, as in transformers' hidden_states.
         for layer in list(layers)[:-1]:
             layer.register_forward_hook(self._layer_hook)
-        forward = runner._model_forward
+        forward, execute = runner._model_forward, runner.execute_model
 
         def model_forward(*args: Any, **kwargs: Any) -> Any:
             return self._forward(forward, *args, **kwargs)
 
+        def execute_model(scheduler_output: Any, *args: Any, **kwargs: Any) -> Any:
+            self._scheduled = dict(getattr(scheduler_output, "num_scheduled_tokens", None) or {})
+            try:
+                return execute(scheduler_output, *args, **kwargs)
+            finally:
+                self._scheduled = None
+
         runner._model_forward = model_forward
+        runner.execute_model = execute_model
 
     # -- hooks ---------------------------------------------------------------------------
 
@@ -91,16 +105,24 @@ class LayerCapture:
     # -- one engine step -----------------------------------------------------------------
 
     def _targets(self, positions: torch.Tensor | None) -> list[_Target]:
-        runner = self.runner
+        runner, scheduled = self.runner, self._scheduled
+        if not scheduled:
+            return []
         batch = runner.input_batch
+        starts = runner.query_start_loc.np
         wanted = []
         for index, req_id in enumerate(batch.req_ids[: batch.num_reqs]):
             state = runner.requests.get(req_id)
             params = getattr(state, "sampling_params", None)
             extra = getattr(params, "extra_args", None) or {}
-            if EXTRA_ARGS_KEY in extra:
-                row = int(runner.query_start_loc.np[index + 1]) - 1
-                wanted.append((index, row, state, extra))
+            if EXTRA_ARGS_KEY not in extra:
+                continue
+            count = int(starts[index + 1]) - int(starts[index])
+            if count != scheduled.get(req_id, 0) or count == 0:
+                # Never guess a row: the request then fails alone ("no per-layer logits").
+                logger.error("step layout disagrees with the schedule for %s; not capturing its layers", req_id)
+                continue
+            wanted.append((index, int(starts[index + 1]) - 1, state, extra))
         if not wanted or positions is None:
             return []
         rows = torch.tensor([row for _, row, _, _ in wanted], device=positions.device)
@@ -121,7 +143,12 @@ class LayerCapture:
         try:
             output = forward(*args, **kwargs)
             final = output[0] if isinstance(output, tuple) else output
-            self._keep(targets, self._states, final[self._rows])
+            try:
+                self._keep(targets, self._states, final[self._rows])
+            except Exception:
+                # The engine step itself succeeded; only these requests go without layers
+                # (each then fails alone, "no per-layer logits").
+                logger.exception("per-layer capture failed for %d requests", len(targets))
         finally:
             self._rows, self._states = None, []
         return output
