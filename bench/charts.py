@@ -42,19 +42,23 @@ def overhead(report: dict, out: Path) -> None:
     right.bar([p + width / 2 for p in positions], [row["p99_ms"] for row in rows], width, label="p99")
     right.set_xticks(list(positions), [name.split(":")[0] for name in names])
     right.set_ylabel("latency (ms)")
-    right.set_title("latency per call (a: per batch)")
+    right.set_title(f"latency per request (a: {report.get('a_latency', 'per batch')})", fontsize=9)
     right.legend()
     _save(fig, out)
 
 
 def peer(report: dict, out: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    bars = {key.removeprefix("ours_").removesuffix("_items_per_s"): value for key, value in report.items()
-            if key.endswith("_items_per_s")}
+    names = {
+        "ours_items_per_s": "ours (default:\nlayer capture, eager)",
+        "ours_compiled_items_per_s": "ours, compiled\n(JUDGE_VLLM_LAYERS=false)",
+        "peer_items_per_s": "vLLM OpenAI server\n(logprobs=20)",
+    }
+    bars = {label: report[key] for key, label in names.items() if key in report}
     left.bar(list(bars), list(bars.values()), color="#4c72b0")
     left.set_ylabel("items/s")
     left.set_title(f"{report['items']} items, {report['concurrency']} concurrent")
-    left.tick_params(axis="x", labelrotation=15)
+    left.tick_params(axis="x", labelsize=8)
     errors = report.get("peer_expected_score_errors") or []
     right.hist(errors, bins=20, color="#c44e52")
     right.set_xlabel("|expected score from top-20 - exact|")
@@ -102,12 +106,15 @@ def scaling(report: dict, out: Path) -> None:
     twin.plot(levels, [r["p99_ms"] / 1000 for r in rows], marker="s", color="#c44e52")
     twin.set_ylabel("p99 latency (s)", color="#c44e52")
     left.set_title(f"{report['engine']}: throughput and p99")
+    left.set_ylim(bottom=0)
+    twin.set_ylim(bottom=0)
     memory = report["memory"]
     right.plot([m["batch_tokens"] for m in memory], [m["peak_rss_mib"] for m in memory], marker="o")
     right.set_xscale("log", base=2)
     right.set_xlabel("tokens in one batch")
     right.set_ylabel("peak RSS (MiB)")
     right.set_title("memory peak")
+    right.set_ylim(bottom=0)
     _save(fig, out)
 
 
