@@ -87,7 +87,7 @@ def test_batches_respect_token_budget_and_group_by_length(engine: TransformersEn
 
 def test_a_shared_prefix_counts_once_against_the_budget(engine: TransformersEngine) -> None:
     prefix = tuple(range(1, 41))
-    tasks = [ScoringTask(token_ids=prefix + (50 + i, 51, 52), label_ids=(1, 2)) for i in range(4)]
+    tasks = [ScoringTask(token_ids=(*prefix, 50 + i, 51, 52), label_ids=(1, 2)) for i in range(4)]
 
     async def run(shared_prefix_min: int) -> list[int]:
         sizes: list[int] = []
