@@ -63,8 +63,8 @@ def summary(name: str, latencies: list[float], wall: float, items: int) -> dict:
     }
 
 
-async def engine_direct(items: list[dict], batch_size: int, engine: str) -> dict:
-    settings = Settings(engine=engine, max_items=len(items), max_queue=max(1024, len(items)))
+async def engine_direct(items: list[dict], batch_size: int, engine_kind: str) -> dict:
+    settings = Settings(engine=engine_kind, max_items=len(items), max_queue=max(1024, len(items)))
     judge = Judge(settings, Metrics())
     await judge.load()
     engine = judge.engine
@@ -169,7 +169,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=60)
-    direct, loaded, _ = rows
+    loaded = rows[1]
     ratio = loaded["items_per_s"] / direct["items_per_s"]
     for row in rows:
         rate, p50, p99 = row["items_per_s"], row["p50_ms"], row["p99_ms"]

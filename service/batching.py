@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.engines.base import EngineDead, LabelScores, ScoringTask
+from service.engines.base import EngineDead, LabelScores, ScoringTask, common_prefix
 from service.errors import ErrorKind, JudgeError
 from service.metrics import Metrics
 
@@ -48,15 +48,6 @@ def _cancel_with(job: asyncio.Future[Any]) -> Callable[[asyncio.Future[LabelScor
 
 def _padded_tokens(entries: Sequence[_Entry]) -> int:
     return max(e.task.length for e in entries) * len(entries) if entries else 0
-
-
-def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class BatchQueue:
@@ -176,7 +167,7 @@ class BatchQueue:
             neighbour = left if take_left else right
             assert neighbour is not None
             new = neighbour.task
-            new_shared = min(shared, new.length - 1, _common_prefix(first.token_ids, new.token_ids))
+            new_shared = min(shared, new.length - 1, common_prefix(first.token_ids, new.token_ids))
             if self._cost(candidate, new_shared) > self.max_batch_tokens:
                 break
             lo, hi = (lo - 1, hi) if take_left else (lo, hi + 1)

@@ -16,14 +16,12 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import RunningServer, process_server, start_server
 
-ROOT = Path(__file__).resolve().parent.parent
 SHORT = {"items": [{"id": "s", "prompt": "Rate 1-5. Answer: fine. Score:"}]}
 
 

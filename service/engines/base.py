@@ -39,6 +39,16 @@ class LabelScores:
     layer_logits_normed: tuple[tuple[float, ...], ...] | None = None
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many tokens ``a`` and ``b`` start with in common."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class EngineError(Exception):
     """The engine failed a batch."""
 

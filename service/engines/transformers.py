@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
-from service.engines.base import EngineError, LabelScores, ScoringTask
+from service.engines.base import EngineError, LabelScores, ScoringTask, common_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -119,12 +119,8 @@ class TransformersEngine:
         reusing their KV cache is worth it; else 0."""
         if not self.prefix_reuse or len(batch) < 2:
             return 0
-        shortest = min(task.length for task in batch)
-        length = 0
-        for column in zip(*(task.token_ids[: shortest - 1] for task in batch), strict=True):
-            if any(token != column[0] for token in column):
-                break
-            length += 1
+        first = batch[0].token_ids
+        length = min(min(task.length - 1, common_prefix(first, task.token_ids)) for task in batch)
         return length if length >= self.prefix_reuse_min_tokens else 0
 
     def _run_padded(

@@ -24,6 +24,7 @@ from typing import Any
 from service.config import Settings
 from service.engines import gpu_present
 from service.engines.base import EngineDead, EngineError, LabelScores, ScoringTask
+from service.engines.vllm_layers import EXTRA_ARGS_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +108,6 @@ class VllmEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError
-
-        from service.engines.vllm_layers import EXTRA_ARGS_KEY
 
         if task.want_layers and not self.supports_layers:
             raise EngineError("per-layer scores are off on this vLLM engine (JUDGE_VLLM_LAYERS=false)")

@@ -110,29 +110,28 @@ class LayerCapture:
             return []
         batch = runner.input_batch
         starts = runner.query_start_loc.np
-        wanted = []
+        # Each request that asked, with the position of its last prompt token.
+        candidates: list[tuple[_Target, int]] = []
         for index, req_id in enumerate(batch.req_ids[: batch.num_reqs]):
             state = runner.requests.get(req_id)
             params = getattr(state, "sampling_params", None)
             extra = getattr(params, "extra_args", None) or {}
-            if EXTRA_ARGS_KEY not in extra:
+            if params is None or EXTRA_ARGS_KEY not in extra:
                 continue
             count = int(starts[index + 1]) - int(starts[index])
             if count != scheduled.get(req_id, 0) or count == 0:
                 # Never guess a row: the request then fails alone ("no per-layer logits").
                 logger.error("step layout disagrees with the schedule for %s; not capturing its layers", req_id)
                 continue
-            wanted.append((index, int(starts[index + 1]) - 1, state, extra))
-        if not wanted or positions is None:
+            last_row = int(starts[index + 1]) - 1
+            target = _Target(str(extra[EXTRA_ARGS_KEY]), last_row, list(params.logprob_token_ids or []))
+            candidates.append((target, state.num_prompt_tokens - 1))
+        if not candidates or positions is None:
             return []
-        rows = torch.tensor([row for _, row, _, _ in wanted], device=positions.device)
-        at = positions[..., rows].reshape(-1, len(wanted))[-1].tolist()
-        return [
-            _Target(str(extra[EXTRA_ARGS_KEY]), row, list(state.sampling_params.logprob_token_ids or []))
-            for (_, row, state, extra), position in zip(wanted, at, strict=True)
-            # Only the chunk that ends the prompt holds the scoring position.
-            if position == state.num_prompt_tokens - 1
-        ]
+        rows = torch.tensor([target.row for target, _ in candidates], device=positions.device)
+        at = positions[..., rows].reshape(-1, len(candidates))[-1].tolist()
+        # Only the chunk that ends the prompt holds the scoring position.
+        return [target for (target, end), position in zip(candidates, at, strict=True) if position == end]
 
     def _forward(self, forward: Any, *args: Any, **kwargs: Any) -> Any:
         targets = self._targets(kwargs.get("positions"))
