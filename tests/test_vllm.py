@@ -189,9 +189,20 @@ def test_engine_death_fails_fast_and_exits() -> None:
             with running.client(timeout=120) as client:
                 return client.post("/v1/score", json=payload).status_code
 
-        with ThreadPoolExecutor(8) as pool:
-            pending = [pool.submit(call, i) for i in range(16)]
-            time.sleep(1.0)
+        requests = 16
+        with ThreadPoolExecutor(requests) as pool:
+            pending = [pool.submit(call, i) for i in range(requests)]
+            # Kill the engine only once every request is in: one that arrives after the server has
+            # exited would get a refused connection, not an answer.
+            judge = running.judge
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                scored = judge.metrics.registry.get_sample_value("judge_items_total", {"method": "final"}) or 0
+                if judge.queue.depth + scored >= requests * len(payload["items"]):
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail("the requests were not all admitted")
             for core in cores:
                 core.send_signal(signal.SIGKILL)
             statuses = [f.result(timeout=150) for f in pending]
