@@ -151,8 +151,12 @@ def test_lager_and_layers_parity_under_continuous_batching(vllm_server: RunningS
         {"items": structured_items(), "return_layers": True},
         {"items": structured_items(), "method": "lager"},
         {"items": structured_items()},
-        {"items": [{"id": "y", "prompt": "Is water wet? Answer yes or no:"}], "labels": [" yes", " no"],
-         "method": "lager", "return_layers": True},
+        {
+            "items": [{"id": "y", "prompt": "Is water wet? Answer yes or no:"}],
+            "labels": [" yes", " no"],
+            "method": "lager",
+            "return_layers": True,
+        },
     ]
 
     def call(payload: dict) -> list[dict]:
