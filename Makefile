@@ -27,9 +27,11 @@ serve: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff format --check service tests bench
 	$(BIN)/mypy service
 
 test: $(STAMP)
 	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff format --check service tests bench
 	$(BIN)/mypy service
 	$(BIN)/python -m pytest

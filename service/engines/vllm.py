@@ -115,9 +115,7 @@ class VllmEngine:
             raise EngineDead("the vLLM engine is not running")
         request_id = f"judge-{next(self._ids)}"
         extra = {EXTRA_ARGS_KEY: request_id} if task.want_layers else None
-        params = SamplingParams(
-            max_tokens=1, temperature=0.0, logprob_token_ids=list(task.label_ids), extra_args=extra
-        )
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(task.label_ids), extra_args=extra)
         prompt = TokensPrompt(prompt_token_ids=list(task.token_ids))
         final = None
         try:
@@ -135,9 +133,7 @@ class VllmEngine:
             return LabelScores(logprobs=logprobs)
         return LabelScores(logprobs=logprobs, layer_logits=layers[0], layer_logits_normed=layers[1])
 
-    async def _layer_logits(
-        self, key: str
-    ) -> tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]]:
+    async def _layer_logits(self, key: str) -> tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]]:
         """Fetch a finished request's per-layer label logits from the workers, summing the
         tensor-parallel ranks' slices of the vocabulary."""
         answers = await self._engine.collective_rpc("judge_pop_layer_logits", args=([key],))
