@@ -21,6 +21,7 @@ import pytest
 import torch
 import uvicorn
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from service.config import Settings
@@ -55,6 +56,23 @@ class RunningServer:
 
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def items_taken_in(url: str) -> float:
+    """Items the server has taken in so far (queued, running or scored), from its own metrics."""
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=30).text)}
+    depth = sum(s.value for s in families["judge_queue_depth"].samples)
+    return depth + sum(s.value for s in families["judge_items"].samples if s.name == "judge_items_total")
+
+
+def wait_admitted(url: str, items: int, since: float, timeout: float = 60) -> None:
+    """Block until ``items`` more items than ``since`` (an earlier ``items_taken_in``) are in,
+    so a test acts on requests that are surely inside the server."""
+    deadline = time.monotonic() + timeout
+    while items_taken_in(url) < since + items:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the server did not take in {items} items within {timeout:.0f} s")
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, process_server, start_server
+from tests.conftest import RunningServer, items_taken_in, process_server, start_server, wait_admitted
 
 SHORT = {"items": [{"id": "s", "prompt": "Rate 1-5. Answer: fine. Score:"}]}
 
@@ -117,9 +117,10 @@ def test_client_disconnect_mid_request_is_skipped(running_process) -> None:
 def test_sigterm_drains_accepted_work_and_refuses_new(running_process) -> None:
     proc, url = running_process
     payload = {"items": [{"id": str(i), "prompt": "word " * 600 + "Score:"} for i in range(4)]}
+    before = items_taken_in(url)
     with ThreadPoolExecutor(6) as pool:
         accepted = [pool.submit(httpx.post, f"{url}/v1/score", json=payload, timeout=120) for _ in range(6)]
-        time.sleep(1.0)
+        wait_admitted(url, 6 * len(payload["items"]), since=before)
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         late = httpx.post(f"{url}/v1/score", json=SHORT, timeout=30)

@@ -19,7 +19,14 @@ from service.config import Settings
 from service.judge import Judge
 from service.metrics import Metrics
 from service.schemas import ScoreRequest
-from tests.conftest import VLLM_TEST_SETTINGS, RunningServer, engine_settings, start_server
+from tests.conftest import (
+    VLLM_TEST_SETTINGS,
+    RunningServer,
+    engine_settings,
+    items_taken_in,
+    start_server,
+    wait_admitted,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "topical_chat_usr.jsonl"
 WORDS = "judge score answer model quality helpful correct response question rubric".split()
@@ -194,19 +201,12 @@ def test_engine_death_fails_fast_and_exits() -> None:
                 return client.post("/v1/score", json=payload).status_code
 
         requests = 16
+        before = items_taken_in(running.url)
         with ThreadPoolExecutor(requests) as pool:
             pending = [pool.submit(call, i) for i in range(requests)]
             # Kill the engine only once every request is in: one that arrives after the server has
             # exited would get a refused connection, not an answer.
-            judge = running.judge
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                scored = judge.metrics.registry.get_sample_value("judge_items_total", {"method": "final"}) or 0
-                if judge.queue.depth + scored >= requests * len(payload["items"]):
-                    break
-                time.sleep(0.05)
-            else:
-                pytest.fail("the requests were not all admitted")
+            wait_admitted(running.url, requests * len(payload["items"]), since=before)
             for core in cores:
                 core.send_signal(signal.SIGKILL)
             statuses = [f.result(timeout=150) for f in pending]
