@@ -165,53 +165,81 @@ def calibration_error(
     return total
 
 
+def method_distributions(
+    scored: Sequence[Scored], labels: Sequence[str], values: Sequence[float], weights: Any | None
+) -> dict[str, list[scoring.Distribution]]:
+    """Every method's label distribution for every item: ``final``, ``lager`` in both
+    layer-norm variants and, given weights, ``lager_weighted``."""
+    out = {"final": [scoring.from_logprobs(labels, s.final_logprobs, values) for s in scored]}
+    for norm_name, attr in (("", "layers"), (" (layer_norm)", "layers_normed")):
+        out["lager" + norm_name] = [
+            scoring.distribution(labels, scoring.lager_logits(getattr(s, attr)), values) for s in scored
+        ]
+    if weights is not None:
+        attr = "layers_normed" if weights.layer_norm else "layers"
+        out["lager_weighted"] = [
+            scoring.distribution(labels, scoring.lager_logits(getattr(s, attr), weights.weights), values)
+            for s in scored
+        ]
+    return out
+
+
+def method_scores(
+    scored: Sequence[Scored], labels: Sequence[str], values: Sequence[float], weights: Any | None
+) -> dict[str, list[float]]:
+    """Every method's score per item: the final mode's value, then each expected score."""
+    dists = method_distributions(scored, labels, values, weights)
+    out = {"final (argmax)": [values[labels.index(d.mode)] for d in dists["final"]]}
+    out.update({_row_name(name): [d.expected_score or 0.0 for d in ds] for name, ds in dists.items()})
+    return out
+
+
+def _row_name(method: str) -> str:
+    return "final (expected)" if method == "final" else method
+
+
 def method_rows(
     scored: Sequence[Scored], labels: Sequence[str], values: Sequence[float], weights: Any | None
 ) -> dict[str, dict[str, float]]:
     """Agreement with humans of every method on ``scored``."""
     human = [s.item.human for s in scored]
-    final = [scoring.from_logprobs(labels, s.final_logprobs, values) for s in scored]
-    variants: dict[str, list[scoring.Distribution]] = {}
-    for norm_name, attr in (("", "layers"), (" (layer_norm)", "layers_normed")):
-        variants["lager" + norm_name] = [
-            scoring.distribution(labels, scoring.lager_logits(getattr(s, attr)), values) for s in scored
-        ]
-    if weights is not None:
-        attr = "layers_normed" if weights.layer_norm else "layers"
-        variants["lager_weighted"] = [
-            scoring.distribution(labels, scoring.lager_logits(getattr(s, attr), weights.weights), values)
+    dists = method_distributions(scored, labels, values, weights)
+    ece = {_row_name(name): calibration_error(ds, human, values) for name, ds in dists.items()}
+    ece["final (argmax)"] = ece["final (expected)"]
+    return {
+        name: {**correlations(preds, human), "ece": ece[name]}
+        for name, preds in method_scores(scored, labels, values, weights).items()
+    }
+
+
+def layer_scores(
+    scored: Sequence[Scored], labels: Sequence[str], values: Sequence[float], normed: bool
+) -> list[list[float]]:
+    """The expected score of every item under every layer alone: ``[layer][item]``."""
+    count = len(scored[0].layers)
+    return [
+        [
+            scoring.distribution(labels, (s.layers_normed if normed else s.layers)[layer], values).expected_score or 0.0
             for s in scored
         ]
-    argmax = [values[labels.index(d.mode)] for d in final]
-    rows = {"final (argmax)": {**correlations(argmax, human), "ece": calibration_error(final, human, values)}}
-    rows["final (expected)"] = {
-        **correlations([d.expected_score or 0.0 for d in final], human),
-        "ece": calibration_error(final, human, values),
-    }
-    for name, dists in variants.items():
-        rows[name] = {
-            **correlations([d.expected_score or 0.0 for d in dists], human),
-            "ece": calibration_error(dists, human, values),
-        }
-    return rows
+        for layer in range(count)
+    ]
 
 
 def per_layer_spearman(
     scored: Sequence[Scored], labels: Sequence[str], values: Sequence[float], normed: bool
 ) -> list[float]:
     human = [s.item.human for s in scored]
-    count = len(scored[0].layers)
-    out = []
-    for layer in range(count):
-        preds = [
-            scoring.distribution(labels, (s.layers_normed if normed else s.layers)[layer], values).expected_score or 0.0
-            for s in scored
-        ]
-        out.append(correlations(preds, human)["spearman"])
-    return out
+    return [correlations(preds, human)["spearman"] for preds in layer_scores(scored, labels, values, normed)]
 
 
-def plot_layers(curves: dict[str, list[float]], reference: dict[str, float], path: Path, title: str) -> None:
+def plot_layers(
+    curves: dict[str, list[float]],
+    reference: dict[str, float],
+    path: Path,
+    title: str,
+    ylabel: str = "Spearman with human scores",
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,7 +252,7 @@ def plot_layers(curves: dict[str, list[float]], reference: dict[str, float], pat
     for name, value in reference.items():
         ax.axhline(value, linestyle=next(styles, "--"), linewidth=1, color="grey", label=name)
     ax.set_xlabel("layer (0 = embeddings)")
-    ax.set_ylabel("Spearman with human scores")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
