@@ -87,9 +87,9 @@ def main() -> None:
     labels = list(DEFAULT_RUBRIC.labels)
     values = [float(label) for label in labels]
     human = [PREFERENCE[row["human_preference"]] for row in rows]
+    dists = evaluation.method_distributions(scored, labels, values, weights)
     methods = {
-        name: agreement(scores, human)
-        for name, scores in evaluation.method_scores(scored, labels, values, weights).items()
+        name: agreement(scores, human) for name, scores in evaluation.method_scores(dists, labels, values).items()
     }
     curves = {
         name: [agreement(layer, human)["spearman"] for layer in evaluation.layer_scores(scored, labels, values, normed)]

@@ -185,10 +185,10 @@ def method_distributions(
 
 
 def method_scores(
-    scored: Sequence[Scored], labels: Sequence[str], values: Sequence[float], weights: Any | None
+    dists: dict[str, list[scoring.Distribution]], labels: Sequence[str], values: Sequence[float]
 ) -> dict[str, list[float]]:
-    """Every method's score per item: the final mode's value, then each expected score."""
-    dists = method_distributions(scored, labels, values, weights)
+    """Every method's score per item, from ``method_distributions``: the final mode's value,
+    then each expected score."""
     out = {"final (argmax)": [values[labels.index(d.mode)] for d in dists["final"]]}
     out.update({_row_name(name): [d.expected_score or 0.0 for d in ds] for name, ds in dists.items()})
     return out
@@ -208,7 +208,7 @@ def method_rows(
     ece["final (argmax)"] = ece["final (expected)"]
     return {
         name: {**correlations(preds, human), "ece": ece[name]}
-        for name, preds in method_scores(scored, labels, values, weights).items()
+        for name, preds in method_scores(dists, labels, values).items()
     }
 
 

@@ -145,5 +145,4 @@ class VllmEngine:
             layers = zip(*(part[which] for part in parts), strict=True)  # one row per rank, per layer
             return tuple(tuple(map(sum, zip(*ranks, strict=True))) for ranks in layers)
 
-        raw, normed = total(0), total(1)
-        return raw, normed
+        return total(0), total(1)
