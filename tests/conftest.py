@@ -58,11 +58,21 @@ class RunningServer:
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def metric_sum(url: str, sample: str, **labels: str) -> float:
+    """The sum of the server's ``sample`` series (e.g. ``judge_items_total``) whose labels
+    include ``labels``, read from its /metrics."""
+    families = text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=30).text)
+    return sum(
+        s.value
+        for family in families
+        for s in family.samples
+        if s.name == sample and labels.items() <= s.labels.items()
+    )
+
+
 def items_taken_in(url: str) -> float:
     """Items the server has taken in so far (queued, running or scored), from its own metrics."""
-    families = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=30).text)}
-    depth = sum(s.value for s in families["judge_queue_depth"].samples)
-    return depth + sum(s.value for s in families["judge_items"].samples if s.name == "judge_items_total")
+    return metric_sum(url, "judge_queue_depth") + metric_sum(url, "judge_items_total")
 
 
 def wait_admitted(url: str, items: int, since: float, timeout: float = 60) -> None:

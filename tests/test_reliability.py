@@ -20,7 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, items_taken_in, process_server, start_server, wait_admitted
+from tests.conftest import (
+    RunningServer,
+    items_taken_in,
+    metric_sum,
+    process_server,
+    start_server,
+    wait_admitted,
+)
 
 SHORT = {"items": [{"id": "s", "prompt": "Rate 1-5. Answer: fine. Score:"}]}
 
@@ -100,18 +107,11 @@ def test_client_disconnect_mid_request_is_skipped(running_process) -> None:
     # The server keeps answering, and the abandoned items are dropped, not scored later.
     with httpx.Client(base_url=url, timeout=120) as client:
         assert client.post("/v1/score", json=SHORT).status_code == 200
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            text = client.get("/metrics").text
-            depth = float(next(line.split()[1] for line in text.splitlines() if line.startswith("judge_queue_depth ")))
-            if depth == 0:
-                break
-            time.sleep(0.2)
-        assert depth == 0
-        skipped = [
-            line for line in text.splitlines() if line.startswith('judge_items_skipped_total{reason="cancelled"}')
-        ]
-        assert float(skipped[0].split()[1]) > 0
+    deadline = time.monotonic() + 60
+    while (depth := metric_sum(url, "judge_queue_depth")) != 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert depth == 0
+    assert metric_sum(url, "judge_items_skipped_total", reason="cancelled") > 0
 
 
 def test_sigterm_drains_accepted_work_and_refuses_new(running_process) -> None:
