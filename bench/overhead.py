@@ -26,12 +26,13 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from judge_client.protocol import score_request  # noqa: E402
+
 from bench import charts  # noqa: E402
+from service.cli.judge import open_runtime  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.engines.base import ScoringTask  # noqa: E402
-from service.judge import Judge  # noqa: E402
-from service.metrics import Metrics  # noqa: E402
-from service.schemas import ScoreRequest  # noqa: E402
+from service.serving import ScoreService  # noqa: E402
 
 DATA_DIR = ROOT.parent / "shared" / "data"
 
@@ -65,14 +66,16 @@ def summary(name: str, latencies: list[float], wall: float, items: int) -> dict:
 
 async def engine_direct(items: list[dict], batch_size: int, engine_kind: str) -> dict:
     settings = Settings(engine=engine_kind, max_items=len(items), max_queue=max(1024, len(items)))
-    judge = Judge(settings, Metrics())
-    await judge.load()
-    engine = judge.engine
-    assert judge.builder is not None and engine is not None
-    _, tasks = judge.builder.build(ScoreRequest(items=items), want_layers=False)
+    async with open_runtime(settings) as runtime:
+        return await _engine_direct(runtime, items, batch_size)
+
+
+async def _engine_direct(runtime, items: list[dict], batch_size: int) -> dict:
+    engine = runtime.engine
+    tasks = ScoreService(runtime).tasks(score_request({"items": items}))
     latencies = []
     started = time.perf_counter()
-    if engine.concurrent_batches:
+    if engine.max_inflight_batches > 1:
 
         async def one(task: ScoringTask) -> None:
             t0 = time.perf_counter()
@@ -82,7 +85,7 @@ async def engine_direct(items: list[dict], batch_size: int, engine_kind: str) ->
         await asyncio.gather(*(one(task) for task in tasks))
     else:
         # Length-sorted batches under the service's own limits: the engine's best case.
-        budget = settings.max_batch_tokens or engine.preferred_batch_tokens
+        budget = engine.batch_budget
         batches: list[list[ScoringTask]] = [[]]
         for task in sorted(tasks, key=lambda t: t.length):
             if batches[-1] and (len(batches[-1]) >= batch_size or (len(batches[-1]) + 1) * task.length > budget):
@@ -93,7 +96,6 @@ async def engine_direct(items: list[dict], batch_size: int, engine_kind: str) ->
             await engine.score(batch)
             latencies.append(time.perf_counter() - t0)
     wall = time.perf_counter() - started
-    await judge.shutdown()
     return summary("a: engine in-process", latencies, wall, len(items))
 
 

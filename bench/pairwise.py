@@ -19,10 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.config import Settings  # noqa: E402
-from service.judge import Judge  # noqa: E402
-from service.metrics import Metrics  # noqa: E402
-from service.schemas import CompareRequest  # noqa: E402
+from judge_client.protocol import CompareRequest  # noqa: E402
+
+from service.cli.judge import in_process_settings, open_judge  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "pandalm_pairs.jsonl"
 
@@ -32,10 +31,8 @@ def three_way(p_a: float, p_tie: float, p_b: float) -> str:
 
 
 async def run(rows: list[dict], chunk: int) -> list[dict]:
-    judge = Judge(Settings(request_timeout_s=3600, max_request_timeout_s=3600), Metrics())
-    await judge.load()
     out = []
-    try:
+    async with open_judge(in_process_settings()) as judge:
         for start in range(0, len(rows), chunk):
             part = rows[start : start + chunk]
             pairs = [
@@ -47,7 +44,7 @@ async def run(rows: list[dict], chunk: int) -> list[dict]:
                 }
                 for r in part
             ]
-            response = await judge.compare(CompareRequest.model_validate({"pairs": pairs}), None, None)
+            response = await judge.compare(CompareRequest.model_validate({"pairs": pairs}))
             for row, result in zip(part, response.results, strict=True):
                 ab = result.orders["ab"]
                 out.append(
@@ -60,8 +57,6 @@ async def run(rows: list[dict], chunk: int) -> list[dict]:
                     }
                 )
             print(f"{len(out)}/{len(rows)}", file=sys.stderr, flush=True)
-    finally:
-        await judge.shutdown()
     return out
 
 

@@ -32,8 +32,7 @@ from bench import charts  # noqa: E402
 from bench.overhead import load_items, start_server, wait_until_up  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.model_store import resolve_model  # noqa: E402
-from service.prompts import DEFAULT_RUBRIC, PromptBuilder  # noqa: E402
-from service.schemas import ScoreItem  # noqa: E402
+from service.prompts import DEFAULT_RUBRIC, Prompts  # noqa: E402
 
 LABELS = ["1", "2", "3", "4", "5"]
 
@@ -74,9 +73,11 @@ def main() -> None:
     model_dir = resolve_model(settings.model, settings.cache_dir)
     from transformers import AutoTokenizer
 
-    builder = PromptBuilder(AutoTokenizer.from_pretrained(str(model_dir)), 8192, len(items))
+    prompts = Prompts(AutoTokenizer.from_pretrained(str(model_dir)))
     token_ids = [
-        builder.tokenizer.encode(builder.render(ScoreItem(**item), DEFAULT_RUBRIC), add_special_tokens=False)
+        prompts.tokenizer.encode(
+            prompts.score(item["instruction"], item["response"], None, DEFAULT_RUBRIC), add_special_tokens=False
+        )
         for item in items
     ]
 

@@ -24,16 +24,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from judge_client.protocol import StructuredScoreRequest  # noqa: E402
+
 from bench import charts  # noqa: E402
+from service.cli.judge import open_runtime  # noqa: E402
 from service.config import Settings  # noqa: E402
-from service.judge import Judge  # noqa: E402
-from service.metrics import Metrics  # noqa: E402
-from service.schemas import ScoreRequest  # noqa: E402
+from service.serving import ScoreService  # noqa: E402
 
 WORDS = "the answer is clear correct helpful complete concise relevant accurate kind polite".split()
 
 
-def request(n: int, rng: random.Random) -> ScoreRequest:
+def request(n: int, rng: random.Random) -> StructuredScoreRequest:
     criteria = "Judge the response carefully. " + " ".join(rng.choice(WORDS) for _ in range(300))
     instruction = "Explain why the sky is blue to a ten-year-old."
     items = [
@@ -41,7 +42,7 @@ def request(n: int, rng: random.Random) -> ScoreRequest:
         for i in range(n)
     ]
     descriptions = {str(k): f"Score {k} of 5." for k in range(1, 6)}
-    return ScoreRequest.model_validate(
+    return StructuredScoreRequest.model_validate(
         {"items": items, "rubric": {"criteria": criteria, "score_descriptions": descriptions}}
     )
 
@@ -55,16 +56,13 @@ async def measure(engine_kind: str, reuse: bool, sizes: list[int], repeats: int)
         max_batch_tokens=10**6,
         cpu_kvcache_space_gb=2,
     )
-    judge = Judge(settings, Metrics())
-    await judge.load()
-    engine = judge.engine
-    assert engine is not None and judge.builder is not None
     rng = random.Random(0)
     rows = []
-    try:
+    async with open_runtime(settings) as runtime:
+        engine, service = runtime.engine, ScoreService(runtime)
         for n in sizes:
             # A fresh rubric for every call: vLLM's cache must not carry over between calls.
-            batches = [judge.builder.build(request(n, rng), want_layers=False)[1] for _ in range(repeats + 1)]
+            batches = [service.tasks(request(n, rng)) for _ in range(repeats + 1)]
             await engine.score(batches[0])
             best = float("inf")
             for tasks in batches[1:]:
@@ -74,8 +72,6 @@ async def measure(engine_kind: str, reuse: bool, sizes: list[int], repeats: int)
             tokens = batches[0][0].length
             rows.append({"n": n, "prefix_reuse": reuse, "prompt_tokens": tokens, "seconds_per_item": best / n})
             print(f"N={n:<3} reuse={'on ' if reuse else 'off'} {1000 * best / n:8.1f} ms/item", flush=True)
-    finally:
-        await judge.shutdown()
     return rows
 
 

@@ -24,10 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import charts  # noqa: E402
+from service.cli.judge import open_runtime  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.engines.base import ScoringTask  # noqa: E402
-from service.judge import Judge  # noqa: E402
-from service.metrics import Metrics  # noqa: E402
 
 
 def matmul_flops(size: int = 2048, repeats: int = 10) -> float:
@@ -49,10 +48,11 @@ def model_flops(config, batch: int, tokens: int, params: int, embedding: int) ->
 
 
 async def engine_seconds(batch: int, tokens: int, repeats: int) -> tuple[float, object, int, int]:
-    judge = Judge(Settings(engine="transformers"), Metrics())
-    await judge.load()
-    engine = judge.engine
-    assert engine is not None
+    async with open_runtime(Settings(engine="transformers")) as runtime:
+        return await _engine_seconds(runtime.engine, batch, tokens, repeats)
+
+
+async def _engine_seconds(engine, batch: int, tokens: int, repeats: int) -> tuple[float, object, int, int]:
     model = engine.model  # type: ignore[attr-defined]
     params = sum(p.numel() for p in model.parameters())
     embedding = model.get_input_embeddings().weight.numel()
@@ -66,7 +66,6 @@ async def engine_seconds(batch: int, tokens: int, repeats: int) -> tuple[float, 
         t0 = time.perf_counter()
         await engine.score(tasks)
         times.append(time.perf_counter() - t0)
-    await judge.shutdown()
     return statistics.median(times), model.config, params, embedding
 
 

@@ -23,10 +23,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench import charts  # noqa: E402
 from bench.overhead import http_load, load_items, start_server  # noqa: E402
+from service.cli.judge import open_runtime  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.engines.base import ScoringTask  # noqa: E402
-from service.judge import Judge  # noqa: E402
-from service.metrics import Metrics  # noqa: E402
 
 
 async def level(url: str, items: list[dict], concurrency: int) -> dict:
@@ -66,11 +65,8 @@ class PeakRss:
 
 async def memory_curve(engine: str, sizes: list[int]) -> list[dict]:
     settings = Settings(engine=engine, max_batch_tokens=max(sizes), max_num_batched_tokens=max(sizes))
-    judge = Judge(settings, Metrics())
-    await judge.load()
-    assert judge.engine is not None
     rows = []
-    try:
+    async with open_runtime(settings) as runtime:
         for tokens in sizes:
             batch = max(1, tokens // 512)
             tasks = [
@@ -78,10 +74,8 @@ async def memory_curve(engine: str, sizes: list[int]) -> list[dict]:
                 for i in range(batch)
             ]
             with PeakRss() as sampler:
-                await judge.engine.score(tasks)
+                await runtime.engine.score(tasks)
             rows.append({"batch_tokens": tokens, "peak_rss_mib": sampler.peak / 2**20})
-    finally:
-        await judge.shutdown()
     return rows
 
 

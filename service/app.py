@@ -13,35 +13,38 @@ from service import __version__
 from service.auth import ApiKeys
 from service.config import Settings
 from service.errors import install_error_handlers
-from service.judge import Judge
 from service.logs import RequestContext
 from service.metrics import Metrics
 from service.middleware import BodyLimit, RequestMetrics
+from service.openapi import install_openapi
 from service.routes import router
+from service.runtime import Runtime
+from service.serving import CompareService, ScoreService
 
 logger = logging.getLogger(__name__)
+
+
+async def _exit_when_dead(runtime: Runtime) -> None:
+    # A dead engine or batch loop cannot recover in-process: stop admitting (503), then
+    # ask the server to exit so the orchestrator restarts the pod; the exit code says why.
+    while runtime.alive:
+        await asyncio.sleep(0.5)
+    logger.error("the judge is dead (engine, batch loop or model load); draining and exiting")
+    runtime.exit_code = 1
+    runtime.begin_drain()
+    runtime.request_exit()
 
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     """Build the app. The model loads in the background after startup; /ready says when."""
     metrics = metrics or Metrics()
-    judge = Judge(settings, metrics)
-
-    async def watch_engine() -> None:
-        # A dead engine cannot recover in-process: stop admitting (503), then ask the
-        # server to exit so the orchestrator restarts the pod; the exit code says why.
-        while judge.alive:
-            await asyncio.sleep(0.5)
-        logger.error("the judge engine died; draining and exiting")
-        judge.exit_code = 1
-        judge.begin_drain()
-        app.state.request_exit()
+    runtime = Runtime(settings, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks = [
-            asyncio.create_task(judge.load(), name="load-judge"),
-            asyncio.create_task(watch_engine(), name="watch-engine"),
+            asyncio.create_task(runtime.start(), name="start-runtime"),
+            asyncio.create_task(_exit_when_dead(runtime), name="watch-runtime"),
         ]
         try:
             yield
@@ -49,7 +52,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await judge.shutdown()
+            await runtime.shutdown()
 
     app = FastAPI(
         title="Judge scoring service",
@@ -58,10 +61,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.judge = judge
-    # Replaced by whoever runs the server (the CLI, the tests) with a way to stop it.
-    app.state.request_exit = lambda: None
+    app.state.runtime = runtime
+    app.state.score_service = ScoreService(runtime)
+    app.state.compare_service = CompareService(runtime)
     app.state.api_keys = ApiKeys.from_settings(settings.api_keys, settings.api_keys_file)
     if not app.state.api_keys.enabled:
         logger.warning(
@@ -70,6 +72,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         )
     install_error_handlers(app)
     app.include_router(router)
+    install_openapi(app, settings)
     # Outermost first: metrics see every status, including the body limit's 413.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)

@@ -1,49 +1,129 @@
-"""The batching queue between routes and the engine.
+"""The batching queue between the services and the engine.
 
-Admission (all-or-nothing, 429 when full) is separate from batch forming. Batches are
-bounded by a padded-token budget and an item count, grouped by similar length around
-the oldest waiting item, so long items are never starved. Every item has its own
-future, created before it is enqueued; the loop only resolves futures that are not done
-yet, and an engine failure fails exactly the futures of its batch.
+Admission (all-or-nothing) is separate from batch forming. A request is refused with 429
+when the queue is full, or when its predicted completion (``service.admission``) would
+miss its deadline. Batches are formed around the oldest waiting item from its nearest
+neighbours by length, within the engine's own cost budget (padded tokens for
+transformers, one item for vLLM) and an item count, so long items are never starved. One
+dispatch path: every batch runs as a task, at most ``engine.max_inflight_batches`` at
+once.
+
+Every item has its own future, created before it is enqueued; the loop only resolves
+futures that are not done yet, and a failure fails exactly the futures of its batch. The
+loop survives faults of its own; if it ever ends unexpectedly, ``on_stopped`` says so.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
-from service.engines.base import EngineDead, LabelScores, ScoringTask, common_prefix
-from service.errors import ErrorKind, JudgeError
+from service.admission import Throughput
+from service.engines.base import LabelScores, ScoringTask
+from service.errors import ErrorKind, JudgeError, error_for
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-ScoreFn = Callable[[Sequence[ScoringTask]], Awaitable[Sequence[LabelScores]]]
+# Requests are admitted only while the predicted completion, times this, fits the deadline:
+# batches form by length, not strictly in arrival order, so a request may wait a little
+# longer than the work ahead of it alone would take.
+ADMISSION_SAFETY = 1.25
+
+
+class BatchEngine(Protocol):
+    """What the queue needs of an engine."""
+
+    batch_budget: int
+    max_inflight_batches: int
+
+    def batch_cost(self, batch: Sequence[ScoringTask]) -> int: ...
+
+    async def score(self, batch: Sequence[ScoringTask]) -> Sequence[LabelScores]: ...
 
 
 class ClientGone(Exception):
     """The client disconnected before its results were ready."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Entry:
     task: ScoringTask
     future: asyncio.Future[LabelScores]
     deadline: float
+    submission: Submission
     enqueued: float = field(default_factory=time.monotonic)
+    # Why the request gave this item up ("cancelled", "deadline"), for the skip counter.
+    abandoned: str | None = None
 
 
-def _cancel_with(job: asyncio.Future[Any]) -> Callable[[asyncio.Future[LabelScores]], None]:
-    def cancel(future: asyncio.Future[LabelScores]) -> None:
-        if future.cancelled():
-            job.cancel()
+class Submission:
+    """The items of one admitted request: wait for them, or give them up."""
 
-    return cancel
+    def __init__(self, queue: BatchQueue) -> None:
+        self._queue = queue
+        self.entries: list[_Entry] = []
+        self.started = False
+        self._unresolved = 0
+
+    @property
+    def futures(self) -> list[asyncio.Future[LabelScores]]:
+        return [entry.future for entry in self.entries]
+
+    def abandon(self, reason: str) -> None:
+        """Give up every item not yet resolved: queued ones are skipped (counted under
+        ``reason``), running ones are aborted where the engine can abort them."""
+        for entry in self.entries:
+            if not entry.future.done():
+                entry.abandoned = reason
+                entry.future.cancel()
+
+    async def wait(self, deadline: float, disconnected: Callable[[], Awaitable[None]] | None = None) -> list[Any]:
+        """Every result, in order; gives everything up on failure, disconnect, deadline or
+        cancellation of the waiting task itself."""
+        gathered = asyncio.gather(*self.futures)
+        # Its outcome is read below only on success; mark it retrieved for the other paths.
+        gathered.add_done_callback(lambda f: f.cancelled() or f.exception())
+        watcher = asyncio.ensure_future(disconnected()) if disconnected else None
+        waiting: set[asyncio.Future[Any]] = {gathered} if watcher is None else {gathered, watcher}
+        try:
+            done, _ = await asyncio.wait(
+                waiting, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED
+            )
+        except asyncio.CancelledError:
+            # The request's task was cancelled (e.g. by the server's shutdown): nobody will
+            # read these results, so none may be computed.
+            self.abandon("cancelled")
+            raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        if gathered in done:
+            try:
+                return list(gathered.result())
+            finally:
+                self.abandon("cancelled")  # the rest of a request that failed
+        if watcher is not None and watcher in done:
+            self.abandon("cancelled")
+            raise ClientGone
+        self.abandon("deadline")
+        raise JudgeError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded")
+
+    def _entry_done(self, metrics: Metrics) -> None:
+        self._unresolved -= 1
+        if self._unresolved == 0:
+            (metrics.requests_running if self.started else metrics.requests_waiting).dec()
+
+    def _start(self, metrics: Metrics) -> None:
+        if not self.started and self._unresolved:
+            self.started = True
+            metrics.requests_waiting.dec()
+            metrics.requests_running.inc()
 
 
 def _padded_tokens(entries: Sequence[_Entry]) -> int:
@@ -55,45 +135,66 @@ class BatchQueue:
 
     def __init__(
         self,
-        score: ScoreFn,
+        engine: BatchEngine,
         metrics: Metrics,
         *,
         max_queue: int,
-        max_batch_tokens: int,
         max_batch_size: int,
         max_wait_s: float,
-        concurrent_batches: bool = False,
-        shared_prefix_min: int = 0,
+        on_stopped: Callable[[], None] | None = None,
     ) -> None:
-        self._score = score
+        self._engine = engine
         self._metrics = metrics
         self.max_queue = max_queue
-        self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
-        self.concurrent_batches = concurrent_batches
-        # When > 0, the engine runs a prefix shared by the whole batch (at least this many
-        # tokens) once, so the budget counts it once.
-        self.shared_prefix_min = shared_prefix_min
+        self._on_stopped = on_stopped
+        self.throughput = Throughput()
         self._pending: list[_Entry] = []
         self._depth = 0
+        self._work = 0  # prompt tokens admitted and not yet resolved
         self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(engine.max_inflight_batches)
         self._closing = False
         self._loop_task: asyncio.Task[None] | None = None
         self._batches: set[asyncio.Task[None]] = set()
-        self._seq = itertools.count()
 
     @property
     def depth(self) -> int:
         """Items admitted and not yet resolved (waiting or running)."""
         return self._depth
 
+    @property
+    def running(self) -> bool:
+        """Whether the batch loop is alive."""
+        return self._loop_task is not None and not self._loop_task.done()
+
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._run(), name="batch-queue")
+        self._loop_task.add_done_callback(self._loop_ended)
 
-    def submit(self, tasks: Sequence[ScoringTask], deadline: float) -> list[asyncio.Future[LabelScores]]:
-        """Admit all ``tasks`` or none. ``deadline`` is a ``time.monotonic()`` instant."""
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
         if self._closing:
+            return
+        error = None if task.cancelled() else task.exception()
+        logger.critical("the batch loop ended unexpectedly", exc_info=error)
+        self._fail(self._pending, JudgeError(ErrorKind.UNAVAILABLE, "the judge is unavailable"))
+        self._pending = []
+        if self._on_stopped is not None:
+            self._on_stopped()
+
+    async def run(
+        self,
+        tasks: Sequence[ScoringTask],
+        deadline: float,
+        disconnected: Callable[[], Awaitable[None]] | None = None,
+    ) -> list[LabelScores]:
+        """Admit ``tasks`` (all or none) and wait for their results."""
+        return await self.submit(tasks, deadline).wait(deadline, disconnected)
+
+    def submit(self, tasks: Sequence[ScoringTask], deadline: float) -> Submission:
+        """Admit all ``tasks`` or none. ``deadline`` is a ``time.monotonic()`` instant."""
+        if self._closing or (self._loop_task is not None and self._loop_task.done()):
             raise JudgeError(ErrorKind.UNAVAILABLE, "the service is shutting down")
         if self._depth + len(tasks) > self.max_queue:
             raise JudgeError(
@@ -101,45 +202,98 @@ class BatchQueue:
                 "the queue is full; retry later",
                 {"queued": self._depth, "max_queue": self.max_queue, "requested": len(tasks)},
             )
+        tokens = sum(task.length for task in tasks)
+        self._admit_by_deadline(tokens, deadline)
         loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[LabelScores]] = []
+        submission = Submission(self)
+        submission._unresolved = len(tasks)
         for task in tasks:
-            future: asyncio.Future[LabelScores] = loop.create_future()
-            future.add_done_callback(self._on_done)
-            futures.append(future)
-            self._pending.append(_Entry(task, future, deadline))
+            entry = _Entry(task, loop.create_future(), deadline, submission)
+            entry.future.add_done_callback(partial(self._on_done, entry))
+            submission.entries.append(entry)
+        self._pending.extend(submission.entries)
         self._depth += len(tasks)
+        self._work += tokens
         self._metrics.queue_depth.set(self._depth)
+        self._metrics.requests_waiting.inc()
         self._wake.set()
-        return futures
+        return submission
 
-    def _on_done(self, _: asyncio.Future[LabelScores]) -> None:
+    def _admit_by_deadline(self, tokens: int, deadline: float) -> None:
+        """Refuse (429) a request whose predicted completion misses its deadline. With
+        nothing admitted ahead of it, a request always gets its chance."""
+        predicted = self.throughput.seconds_for(self._work + tokens)
+        if predicted is None or self._depth == 0:
+            return
+        predicted *= ADMISSION_SAFETY
+        budget = deadline - time.monotonic()
+        if predicted <= budget:
+            return
+        # Work drains at the measured rate, so the request would fit after this long.
+        wait = predicted - budget
+        self._metrics.admission_refusals.inc()
+        raise JudgeError(
+            ErrorKind.OVERLOADED,
+            "the request cannot finish within its deadline at the current load; retry later",
+            {"predicted_s": round(predicted, 3), "deadline_s": round(max(0.0, budget), 3)},
+            retry_after_s=wait,
+        )
+
+    def _on_done(self, entry: _Entry, _: asyncio.Future[LabelScores]) -> None:
         self._depth -= 1
+        self._work -= entry.task.length
         self._metrics.queue_depth.set(self._depth)
+        entry.submission._entry_done(self._metrics)
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
-            if self.max_wait_s > 0 and len(self._pending) < self.max_batch_size:
-                await asyncio.sleep(self.max_wait_s)
-            batch = self._take_batch()
-            if not self._pending:
-                self._wake.clear()
-            if not batch:
-                continue
-            if self.concurrent_batches:
-                job = asyncio.create_task(self._run_batch(batch))
-                self._batches.add(job)
-                job.add_done_callback(self._batches.discard)
-            else:
-                await self._run_batch(batch)
+            await self._slots.acquire()
+            launched = False
+            try:
+                if self.max_wait_s > 0 and len(self._pending) < self.max_batch_size:
+                    await asyncio.sleep(self.max_wait_s)
+                launched = self._launch_next()
+            except Exception:
+                # A fault of the loop itself, outside any engine call: fail the oldest item
+                # (so the loop always makes progress) and go on.
+                logger.exception("the batch loop failed to form a batch")
+                self._metrics.queue_faults.inc()
+                self._fail_oldest()
+            finally:
+                if not launched:
+                    self._slots.release()
+
+    def _launch_next(self) -> bool:
+        batch = self._take_batch()
+        if not self._pending:
+            self._wake.clear()
+        if not batch:
+            return False
+        for entry in batch:
+            entry.submission._start(self._metrics)
+        job = asyncio.create_task(self._run_batch(batch))
+        self._batches.add(job)
+        job.add_done_callback(self._batch_ended)
+        return True
+
+    def _batch_ended(self, job: asyncio.Task[None]) -> None:
+        self._batches.discard(job)
+        self._slots.release()
+
+    def _fail_oldest(self) -> None:
+        live = [e for e in self._pending if not e.future.done()]
+        if live:
+            oldest = min(live, key=lambda e: e.enqueued)
+            self._pending.remove(oldest)
+            self._fail([oldest], JudgeError(ErrorKind.INTERNAL, "internal error"))
 
     def _drop_stale(self) -> None:
         now = time.monotonic()
         live = []
         for entry in self._pending:
             if entry.future.done():
-                self._metrics.items_skipped.labels(reason="cancelled").inc()
+                self._metrics.items_skipped.labels(reason=entry.abandoned or "cancelled").inc()
             elif entry.deadline <= now:
                 self._metrics.items_skipped.labels(reason="deadline").inc()
                 entry.future.set_exception(JudgeError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded"))
@@ -155,8 +309,7 @@ class BatchQueue:
         ordered = sorted(self._pending, key=lambda e: e.task.length)
         anchor = min(range(len(ordered)), key=lambda i: ordered[i].enqueued)
         lo, hi = anchor, anchor + 1
-        first = ordered[anchor].task
-        target, shared = first.length, first.length - 1
+        target = ordered[anchor].task.length
         while hi - lo < self.max_batch_size:
             left = ordered[lo - 1] if lo > 0 else None
             right = ordered[hi] if hi < len(ordered) else None
@@ -164,89 +317,59 @@ class BatchQueue:
                 break
             take_left = right is None or (left is not None and target - left.task.length <= right.task.length - target)
             candidate = ordered[lo - 1 : hi] if take_left else ordered[lo : hi + 1]
-            neighbour = left if take_left else right
-            assert neighbour is not None
-            new = neighbour.task
-            new_shared = min(shared, new.length - 1, common_prefix(first.token_ids, new.token_ids))
-            if self._cost(candidate, new_shared) > self.max_batch_tokens:
+            if self._engine.batch_cost([e.task for e in candidate]) > self._engine.batch_budget:
                 break
             lo, hi = (lo - 1, hi) if take_left else (lo, hi + 1)
-            shared = new_shared
         batch = ordered[lo:hi]
         chosen = {id(e) for e in batch}
         self._pending = [e for e in self._pending if id(e) not in chosen]
         return batch
 
-    def _cost(self, entries: Sequence[_Entry], shared: int) -> int:
-        """Tokens the engine computes for a batch: padded, with a shared prefix counted once."""
-        padded = _padded_tokens(entries)
-        if self.shared_prefix_min and shared >= self.shared_prefix_min:
-            return padded - (len(entries) - 1) * shared
-        return padded
-
     async def _run_batch(self, batch: list[_Entry]) -> None:
         started = time.monotonic()
+        self.throughput.batch_started(started)
+        # When every item of the batch has been given up, stop waiting for it (vLLM aborts
+        # the engine request; a transformers pass runs out in its thread, unread).
+        job = asyncio.current_task()
+        finished = False
+
+        def abandon_if_unwanted(_: asyncio.Future[LabelScores]) -> None:
+            if not finished and job is not None and all(e.future.done() for e in batch):
+                job.cancel()
+
         for entry in batch:
-            self._metrics.queue_wait.observe(started - entry.enqueued)
-        self._metrics.batch_size.observe(len(batch))
-        self._metrics.batch_tokens.observe(_padded_tokens(batch))
-        if self.concurrent_batches:
-            await self._run_items(batch, started)
-            return
+            entry.future.add_done_callback(abandon_if_unwanted)
+        completed = 0
         try:
-            results = await self._score([e.task for e in batch])
+            for entry in batch:
+                self._metrics.queue_wait.observe(started - entry.enqueued)
+            self._metrics.batch_size.observe(len(batch))
+            self._metrics.batch_tokens.observe(_padded_tokens(batch))
+            results = await self._engine.score([e.task for e in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} items")
-        except asyncio.CancelledError:
-            self._fail(batch, JudgeError(ErrorKind.UNAVAILABLE, "the service is shutting down"))
-            raise
-        except EngineDead:
-            logger.error("engine is dead; failing batch of %d items", len(batch))
-            self._metrics.batch_failures.inc()
-            self._fail(batch, JudgeError(ErrorKind.UNAVAILABLE, "the judge engine is unavailable"))
-            return
-        except Exception:
-            logger.exception("engine failed a batch of %d items", len(batch))
-            self._metrics.batch_failures.inc()
-            self._fail(batch, JudgeError(ErrorKind.INTERNAL, "internal error"))
-            return
+        except BaseException as exc:
+            finished = True
+            error = error_for(exc)
+            if not isinstance(exc, asyncio.CancelledError):
+                logger.error("a batch of %d items failed", len(batch), exc_info=exc)
+                self._metrics.batch_failures.inc()
+            self._fail(batch, error)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            finished = True
+            completed = sum(e.task.length for e in batch)
+            for entry, result in zip(batch, results, strict=True):
+                if not entry.future.done():
+                    entry.future.set_result(result)
         finally:
-            self._metrics.inference_duration.observe(time.monotonic() - started)
-        for entry, result in zip(batch, results, strict=True):
-            if not entry.future.done():
-                entry.future.set_result(result)
-
-    async def _run_items(self, batch: list[_Entry], started: float) -> None:
-        """For engines that batch themselves: one engine call per item, each cancelled
-        (and so aborted in the engine) when its own future is cancelled."""
-        jobs = []
-        for entry in batch:
-            job = asyncio.ensure_future(self._score([entry.task]))
-            entry.future.add_done_callback(_cancel_with(job))
-            jobs.append(job)
-        try:
-            outcomes = await asyncio.gather(*jobs, return_exceptions=True)
-        except asyncio.CancelledError:
-            for job in jobs:
-                job.cancel()
-            self._fail(batch, JudgeError(ErrorKind.UNAVAILABLE, "the service is shutting down"))
-            raise
-        finally:
-            self._metrics.inference_duration.observe(time.monotonic() - started)
-        for entry, outcome in zip(batch, outcomes, strict=True):
-            if entry.future.done():
-                continue
-            if isinstance(outcome, EngineDead):
-                entry.future.set_exception(JudgeError(ErrorKind.UNAVAILABLE, "the judge engine is unavailable"))
-            elif isinstance(outcome, BaseException):
-                if not isinstance(outcome, asyncio.CancelledError):
-                    logger.error("engine failed an item", exc_info=outcome)
-                    self._metrics.batch_failures.inc()
-                entry.future.set_exception(JudgeError(ErrorKind.INTERNAL, "internal error"))
-            elif len(outcome) != 1:
-                entry.future.set_exception(JudgeError(ErrorKind.INTERNAL, "internal error"))
-            else:
-                entry.future.set_result(outcome[0])
+            now = time.monotonic()
+            self._metrics.inference_duration.observe(now - started)
+            self.throughput.batch_finished(completed, now)
+            rate = self.throughput.tokens_per_s
+            if rate is not None:
+                self._metrics.throughput.set(rate)
 
     @staticmethod
     def _fail(entries: Sequence[_Entry], error: JudgeError) -> None:
@@ -266,37 +389,3 @@ class BatchQueue:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def collect(
-    futures: Sequence[asyncio.Future[LabelScores]],
-    deadline: float,
-    disconnected: Callable[[], Awaitable[None]] | None = None,
-) -> list[LabelScores]:
-    """Wait for every future until ``deadline``; cancel them all on failure or disconnect."""
-    gathered = asyncio.gather(*futures)
-    # Its outcome is read below only on success; mark it retrieved for the other paths.
-    gathered.add_done_callback(lambda f: f.cancelled() or f.exception())
-    watchers: set[asyncio.Future[Any]] = {gathered}
-    watcher = asyncio.ensure_future(disconnected()) if disconnected else None
-    if watcher is not None:
-        watchers.add(watcher)
-    try:
-        done, _ = await asyncio.wait(
-            watchers, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        if watcher is not None:
-            watcher.cancel()
-    if gathered in done:
-        try:
-            return list(gathered.result())
-        finally:
-            for future in futures:
-                future.cancel()
-    for future in futures:
-        future.cancel()
-    gathered.cancel()
-    if watcher is not None and watcher in done:
-        raise ClientGone
-    raise JudgeError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded")

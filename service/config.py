@@ -10,6 +10,10 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+# After the shutdown grace budget ends, closing the engine (vLLM's processes included) and
+# exiting take at most this long. A pod's terminationGracePeriodSeconds must be its preStop
+# delay + JUDGE_SHUTDOWN_GRACE_S + this (a test holds the manifests to it).
+EXIT_MARGIN_S = 10
 
 
 def _default_cache_dir() -> Path:
@@ -65,7 +69,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body.")
     request_timeout_s: float = Field(60.0, gt=0, description="Deadline of a request that names none.")
     max_request_timeout_s: float = Field(300.0, gt=0, description="Cap on the deadline a request may ask for.")
-    shutdown_grace_s: float = Field(25.0, ge=0, description="How long accepted work may finish after SIGTERM.")
+    shutdown_grace_s: float = Field(
+        25.0,
+        ge=0,
+        description=(
+            "The one shutdown budget: from SIGTERM, draining admitted work and closing connections "
+            "together take at most this long."
+        ),
+    )
     layer_weights_file: Path | None = Field(
         None, description="JSON layer weights for method 'lager_weighted' (from fit-layers)."
     )

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service import scoring
-from service.schemas import ItemScore, ScoreRequest, ScoreResponse
+from judge_client.protocol import ItemScore, RawScoreRequest, ScoreResponse, StructuredScoreRequest, score_request
 
-Scorer = Callable[[ScoreRequest], Awaitable[ScoreResponse]]
+from service import scoring
+
+Scorer = Callable[[RawScoreRequest | StructuredScoreRequest], Awaitable[ScoreResponse]]
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,8 @@ async def collect_scores(
             if rubric is not None:
                 payload["rubric"] = rubric
             raw, normed = await asyncio.gather(
-                scorer(ScoreRequest.model_validate({**payload, "layer_norm": False})),
-                scorer(ScoreRequest.model_validate({**payload, "layer_norm": True})),
+                scorer(score_request({**payload, "layer_norm": False})),
+                scorer(score_request({**payload, "layer_norm": True})),
             )
             for it, a, b in zip(part, raw.results, normed.results, strict=True):
                 scored.append(_scored(it, a, b))

@@ -15,7 +15,7 @@ OUTCOMES = {
     401: "unauthorized",
     413: "too_large",
     422: "invalid",
-    429: "queue_full",
+    429: "overloaded",
     499: "cancelled",
     503: "unavailable",
     504: "deadline",
@@ -50,11 +50,43 @@ class Metrics:
         self.batch_tokens = Histogram(
             "judge_batch_tokens", "Tokens per engine batch, padding included.", buckets=TOKEN_BUCKETS, registry=r
         )
-        self.queue_depth = Gauge("judge_queue_depth", "Items admitted and not yet finished.", registry=r)
-        self.items = Counter("judge_items", "Items scored.", ["method"], registry=r)
-        self.prompt_tokens = Counter("judge_prompt_tokens", "Prompt tokens scored.", registry=r)
-        self.items_skipped = Counter("judge_items_skipped", "Items dropped before inference.", ["reason"], registry=r)
+        self.queue_depth = Gauge(
+            "judge_queue_depth", "Prompts admitted to the queue and not yet finished (waiting or running).", registry=r
+        )
+        # Named as in the Gateway API Inference Extension's model-server protocol.
+        self.requests_waiting = Gauge(
+            "judge_num_requests_waiting", "Admitted requests none of whose prompts has started.", registry=r
+        )
+        self.requests_running = Gauge(
+            "judge_num_requests_running", "Admitted requests with prompts in the engine, not yet finished.", registry=r
+        )
+        self.items = Counter(
+            "judge_items",
+            "Request items answered: score items, or compare pairs.",
+            ["endpoint", "method"],
+            registry=r,
+        )
+        self.prompts = Counter(
+            "judge_prompts", "Prompts the engine scored for answered requests (a swapped pair is two).", registry=r
+        )
+        self.prompt_tokens = Counter(
+            "judge_prompt_tokens", "Tokens of the prompts counted in judge_prompts.", registry=r
+        )
+        self.items_skipped = Counter(
+            "judge_items_skipped", "Queued prompts dropped before inference.", ["reason"], registry=r
+        )
         self.batch_failures = Counter("judge_batch_failures", "Engine batches that raised.", registry=r)
+        self.queue_faults = Counter(
+            "judge_queue_faults", "Faults of the batch loop itself, outside engine calls.", registry=r
+        )
+        self.admission_refusals = Counter(
+            "judge_admission_refusals", "Requests refused (429) because they could not meet their deadline.", registry=r
+        )
+        self.throughput = Gauge(
+            "judge_throughput_tokens_per_second",
+            "Prompt tokens completed per second of busy engine time, recently; admission predicts from it.",
+            registry=r,
+        )
         self.expected_score = Histogram(
             "judge_expected_score", "Expected scores returned.", buckets=SCORE_BUCKETS, registry=r
         )
@@ -66,7 +98,14 @@ class Metrics:
                 self.requests.labels(endpoint=endpoint, outcome=outcome)
         for reason in ("cancelled", "deadline"):
             self.items_skipped.labels(reason=reason)
-        for method in ("final", "lager", "lager_weighted", "compare"):
-            self.items.labels(method=method)
+        for method in ("final", "lager", "lager_weighted"):
+            self.items.labels(endpoint="score", method=method)
+        self.items.labels(endpoint="compare", method="final")
         for endpoint in ("score", "compare"):
             self.request_duration.labels(endpoint=endpoint)
+
+    def answered(self, endpoint: str, method: str, items: int, prompts: int, tokens: int) -> None:
+        """Count one answered request: its items (or pairs), and the prompts and tokens scored for it."""
+        self.items.labels(endpoint=endpoint, method=method).inc(items)
+        self.prompts.inc(prompts)
+        self.prompt_tokens.inc(tokens)

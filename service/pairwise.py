@@ -1,7 +1,7 @@
-"""Pairwise judging: prompts, and the maths of order-swapped five-way verdicts.
+"""Pairwise judging maths: order-swapped five-way verdicts.
 
-The judge reads the distribution over five single-token labels, "1".."5", meaning
-Response 1 much better, slightly better, tie, Response 2 slightly better, much better.
+The judge reads the distribution over five labels meaning Response 1 much better,
+slightly better, tie, Response 2 slightly better, much better (``prompts.VERDICT_LABELS``).
 In order "ab" Response 1 is A; in order "ba" it is B, so that order's distribution is
 reversed before the two are averaged.
 """
@@ -10,30 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from service.schemas import VERDICTS
-
-VERDICT_LABELS = ("1", "2", "3", "4", "5")
-
-PAIR_SYSTEM_PROMPT = (
-    "You are an impartial judge. Compare two responses to the same task and decide which "
-    "is better. Answer with the verdict number only."
-)
-DEFAULT_PAIR_CRITERIA = "Which response is more helpful, correct, relevant and clear?"
-
-
-def render_pair_message(instruction: str, first: str, second: str, criteria: str) -> str:
-    """The judge's user turn for one order. Plain concatenation: user text stays literal."""
-    return "\n\n".join(
-        [
-            "### Task\n" + instruction,
-            "### Response 1\n" + first,
-            "### Response 2\n" + second,
-            "### Criteria\n" + criteria,
-            "Verdicts:\n1: Response 1 is much better.\n2: Response 1 is slightly better.\n"
-            "3: They are about equally good.\n4: Response 2 is slightly better.\n5: Response 2 is much better.",
-            "Reply with one verdict number: 1, 2, 3, 4 or 5.",
-        ]
-    )
+VERDICTS = ("A>>B", "A>B", "A=B", "B>A", "B>>A")
 
 
 def in_ab_terms(probs: Sequence[float], order: str) -> tuple[float, ...]:

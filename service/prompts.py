@@ -1,25 +1,14 @@
-"""Judge prompts and rubrics: request items -> token ids, plus the deployment limits.
+"""Judge prompts: the text of every template, and its rendering in the model's chat template.
 
-User text (instruction, response, rubric) is inserted as data with plain string
+User text (instruction, response, rubric, criteria) is inserted as data with plain string
 concatenation; it is never evaluated as a template. The model's own chat template then
 receives it as message content.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from service.engines.base import ScoringTask
-from service.errors import ErrorKind, JudgeError
-from service.pairwise import (
-    DEFAULT_PAIR_CRITERIA,
-    PAIR_SYSTEM_PROMPT,
-    VERDICT_LABELS,
-    render_pair_message,
-)
-from service.schemas import CompareRequest, ScoreItem, ScoreRequest
 
 SYSTEM_PROMPT = (
     "You are an impartial judge. Read the task, the response and the scoring rubric, "
@@ -35,6 +24,15 @@ DEFAULT_SCORE_DESCRIPTIONS = {
     "4": "Good: helpful and correct, with minor issues.",
     "5": "Excellent: fully helpful, correct, clear and complete.",
 }
+
+PAIR_SYSTEM_PROMPT = (
+    "You are an impartial judge. Compare two responses to the same task and decide which "
+    "is better. Answer with the verdict number only."
+)
+DEFAULT_PAIR_CRITERIA = "Which response is more helpful, correct, relevant and clear?"
+# The pairwise judge's labels: Response 1 much better, slightly better, tie, Response 2
+# slightly better, much better.
+VERDICT_LABELS = ("1", "2", "3", "4", "5")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,87 +63,38 @@ def render_user_message(instruction: str, response: str, reference: str | None, 
     return "\n\n".join(parts)
 
 
-class PromptBuilder:
-    """Turns validated requests into scoring tasks for one tokenizer and model length."""
+def render_pair_message(instruction: str, first: str, second: str, criteria: str) -> str:
+    """The pairwise judge's user turn for one order. Plain concatenation: user text stays literal."""
+    return "\n\n".join(
+        [
+            "### Task\n" + instruction,
+            "### Response 1\n" + first,
+            "### Response 2\n" + second,
+            "### Criteria\n" + criteria,
+            "Verdicts:\n1: Response 1 is much better.\n2: Response 1 is slightly better.\n"
+            "3: They are about equally good.\n4: Response 2 is slightly better.\n5: Response 2 is much better.",
+            "Reply with one verdict number: 1, 2, 3, 4 or 5.",
+        ]
+    )
 
-    def __init__(self, tokenizer: Any, max_model_len: int, max_items: int) -> None:
+
+class Prompts:
+    """Renders judge prompts in one tokenizer's chat template, ending where the label goes."""
+
+    def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
-        self.max_model_len = max_model_len
-        self.max_items = max_items
 
     def chat(self, system: str, user: str) -> str:
         """A system and a user turn in the model's chat template, ending where the answer goes."""
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
-    def render(self, item: ScoreItem, rubric: Rubric) -> str:
-        """The full prompt text of a structured item, ending where the score token goes."""
-        user = render_user_message(item.instruction or "", item.response or "", item.reference_answer, rubric)
-        return self.chat(SYSTEM_PROMPT, user)
+    def score(self, instruction: str, response: str, reference: str | None, rubric: Rubric) -> str:
+        """The full prompt of a structured item."""
+        return self.chat(SYSTEM_PROMPT, render_user_message(instruction, response, reference, rubric))
 
-    def render_pair(self, instruction: str, first: str, second: str, criteria: str | None) -> str:
-        user = render_pair_message(instruction, first, second, criteria or DEFAULT_PAIR_CRITERIA)
-        return self.chat(PAIR_SYSTEM_PROMPT, user)
-
-    def label_ids(self, labels: Sequence[str]) -> tuple[int, ...]:
-        ids = []
-        for label in labels:
-            tokens = self.tokenizer.encode(label, add_special_tokens=False)
-            if len(tokens) != 1:
-                raise JudgeError(
-                    ErrorKind.INVALID_REQUEST,
-                    f"label {label!r} is {len(tokens)} tokens for this model's tokenizer; "
-                    "labels must be exactly one token",
-                    {"label": label, "tokens": len(tokens)},
-                )
-            ids.append(tokens[0])
-        return tuple(ids)
-
-    def _check_count(self, count: int, what: str) -> None:
-        if count > self.max_items:
-            raise JudgeError(
-                ErrorKind.INVALID_REQUEST,
-                f"{count} {what} exceed the limit of {self.max_items} per request",
-                {what: count, "max_items": self.max_items},
-            )
-
-    def _encode(self, text: str, index: int, name: str) -> tuple[int, ...]:
-        token_ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
-        if not token_ids:
-            raise JudgeError(ErrorKind.INVALID_REQUEST, f"items[{index}] encodes to no tokens")
-        if len(token_ids) > self.max_model_len:
-            raise JudgeError(
-                ErrorKind.INVALID_REQUEST,
-                f"items[{index}] ({name!r}) is {len(token_ids)} tokens; the model accepts at most {self.max_model_len}",
-                {"item": index, "prompt_tokens": len(token_ids), "max_model_len": self.max_model_len},
-            )
-        return token_ids
-
-    def build_pairs(self, request: CompareRequest) -> list[ScoringTask]:
-        """Two tasks per pair (A first, then B first) or one without swapping."""
-        self._check_count(len(request.pairs), "pairs")
-        label_ids = self.label_ids(VERDICT_LABELS)
-        tasks = []
-        for index, pair in enumerate(request.pairs):
-            orders = [(pair.response_a, pair.response_b)]
-            if request.swap:
-                orders.append((pair.response_b, pair.response_a))
-            for first, second in orders:
-                text = self.render_pair(pair.instruction, first, second, request.criteria)
-                tasks.append(ScoringTask(token_ids=self._encode(text, index, pair.id), label_ids=label_ids))
-        return tasks
-
-    def build(self, request: ScoreRequest, want_layers: bool) -> tuple[tuple[str, ...], list[ScoringTask]]:
-        """Validate deployment limits and tokenise every item; raise before any work is queued."""
-        self._check_count(len(request.items), "items")
-        rubric = DEFAULT_RUBRIC
-        if request.rubric is not None:
-            rubric = Rubric(request.rubric.criteria, tuple(request.rubric.score_descriptions.items()))
-        labels = request.label_set
-        label_ids = self.label_ids(labels)
-        tasks = []
-        for index, item in enumerate(request.items):
-            text = item.prompt if item.prompt is not None else self.render(item, rubric)
-            token_ids = self._encode(text, index, item.id)
-            tasks.append(ScoringTask(token_ids=token_ids, label_ids=label_ids, want_layers=want_layers))
-        return labels, tasks
+    def pair(self, instruction: str, first: str, second: str, criteria: str | None) -> str:
+        """The full prompt of one order of a pair."""
+        return self.chat(
+            PAIR_SYSTEM_PROMPT, render_pair_message(instruction, first, second, criteria or DEFAULT_PAIR_CRITERIA)
+        )

@@ -1,5 +1,10 @@
 """Graceful shutdown: on SIGTERM stop admitting (503, not ready), let admitted work
-finish within the grace period, then let uvicorn close and exit."""
+finish within what is left of the grace budget, then let uvicorn close and exit.
+
+The grace (``JUDGE_SHUTDOWN_GRACE_S``) is one budget counted from the first signal: the
+drain, uvicorn's graceful close of open connections and the queue's close each get only
+what is left of it, so the whole shutdown fits the pod's termination grace period.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,10 @@ import logging
 import threading
 import time
 from types import FrameType
-from typing import Any
 
 import uvicorn
+
+from service.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -21,25 +27,30 @@ class DrainingServer(uvicorn.Server):
     503 instead of a refused connection. A second signal exits at once.
     """
 
-    def __init__(self, config: uvicorn.Config, judge: Any, grace_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
         super().__init__(config)
-        self.judge = judge
-        self.grace_s = grace_s
+        self.runtime = runtime
         self._draining = False
+        runtime.request_exit = self.exit_within_grace
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._draining:
             super().handle_exit(sig, frame)
             return
         self._draining = True
-        logger.info("signal %d: draining for up to %.0fs", sig, self.grace_s)
-        self.judge.begin_drain()
+        self.runtime.begin_drain()
+        logger.info("signal %d: draining for up to %.0fs", sig, self.runtime.grace_left())
         threading.Thread(target=self._exit_when_drained, name="drain", daemon=True).start()
 
     def _exit_when_drained(self) -> None:
-        deadline = time.monotonic() + self.grace_s
-        queue = self.judge.queue
-        while queue is not None and queue.depth > 0 and time.monotonic() < deadline:
+        queue = self.runtime.queue
+        while queue is not None and queue.depth > 0 and self.runtime.grace_left() > 0:
             time.sleep(0.05)
         logger.info("drained; shutting down")
+        self.exit_within_grace()
+
+    def exit_within_grace(self) -> None:
+        """Close the server; open connections get only what is left of the grace budget."""
+        self.runtime.begin_drain()
+        self.config.timeout_graceful_shutdown = self.runtime.grace_left()  # type: ignore[assignment]
         self.should_exit = True

@@ -44,8 +44,8 @@ class RunningServer:
     url: str
 
     @property
-    def judge(self) -> Any:
-        return self.app.state.judge
+    def runtime(self) -> Any:
+        return self.app.state.runtime
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 120), **kwargs)
@@ -56,6 +56,7 @@ class RunningServer:
 
 
 ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 def metric_sum(url: str, sample: str, **labels: str) -> float:
@@ -70,18 +71,18 @@ def metric_sum(url: str, sample: str, **labels: str) -> float:
     )
 
 
-def items_taken_in(url: str) -> float:
-    """Items the server has taken in so far (queued, running or scored), from its own metrics."""
-    return metric_sum(url, "judge_queue_depth") + metric_sum(url, "judge_items_total")
+def prompts_taken_in(url: str) -> float:
+    """Prompts the server has taken in so far (queued, running or scored), from its own metrics."""
+    return metric_sum(url, "judge_queue_depth") + metric_sum(url, "judge_prompts_total")
 
 
-def wait_admitted(url: str, items: int, since: float, timeout: float = 60) -> None:
-    """Block until ``items`` more items than ``since`` (an earlier ``items_taken_in``) are in,
-    so a test acts on requests that are surely inside the server."""
+def wait_admitted(url: str, prompts: int, since: float, timeout: float = 60) -> None:
+    """Block until ``prompts`` more prompts than ``since`` (an earlier ``prompts_taken_in``)
+    are in, so a test acts on requests that are surely inside the server."""
     deadline = time.monotonic() + timeout
-    while items_taken_in(url) < since + items:
+    while prompts_taken_in(url) < since + prompts:
         if time.monotonic() > deadline:
-            pytest.fail(f"the server did not take in {items} items within {timeout:.0f} s")
+            pytest.fail(f"the server did not take in {prompts} prompts within {timeout:.0f} s")
         time.sleep(0.05)
 
 
@@ -124,7 +125,7 @@ def start_server(**overrides: Any) -> RunningServer:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    app.state.request_exit = lambda: setattr(server, "should_exit", True)
+    app.state.runtime.request_exit = lambda: setattr(server, "should_exit", True)
     running = RunningServer(app, server, thread, f"http://127.0.0.1:{settings.port}")
     deadline = time.monotonic() + 300
     with running.client() as client:
@@ -134,7 +135,7 @@ def start_server(**overrides: Any) -> RunningServer:
                     return running
             except httpx.TransportError:
                 pass
-            if running.judge.failed:
+            if running.runtime.failed:
                 break
             time.sleep(0.1)
     running.stop()
@@ -168,7 +169,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="session")
 def transformers_only(server: RunningServer) -> None:
-    if server.judge.engine_kind != "transformers":
+    if server.runtime.engine_kind != "transformers":
         pytest.skip("batch forming and fault injection are features of the transformers engine")
 
 

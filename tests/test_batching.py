@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from service.batching import BatchQueue, collect
+from service.batching import BatchQueue
 from service.engines.base import ScoringTask
 from service.engines.transformers import TransformersEngine
 from service.errors import ErrorKind, JudgeError
@@ -47,9 +47,34 @@ def task(length: int, first: int = 1) -> ScoringTask:
     return ScoringTask(token_ids=tuple((first + i) % VOCAB for i in range(length)), label_ids=(1, 2, 3))
 
 
-def make_queue(engine: TransformersEngine, metrics: Metrics, **limits: float) -> BatchQueue:
-    options = {"max_queue": 64, "max_batch_tokens": 4096, "max_batch_size": 8, "max_wait_s": 0.0, **limits}
-    return BatchQueue(engine.score, metrics, **options)  # type: ignore[arg-type]
+class Recording:
+    """The real engine, with the lengths of every batch it ran recorded and, for fault
+    injection, a token that makes its batch-cost function raise."""
+
+    def __init__(self, engine: TransformersEngine, budget: int | None = None, poison: int | None = None) -> None:
+        self.engine = engine
+        self.batch_budget = budget or engine.batch_budget
+        self.max_inflight_batches = engine.max_inflight_batches
+        self.poison = poison
+        self.seen: list[list[int]] = []
+
+    def batch_cost(self, batch):
+        if self.poison is not None and any(self.poison in t.token_ids for t in batch):
+            raise ValueError("poisoned batch cost")
+        return self.engine.batch_cost(batch)
+
+    async def score(self, batch):
+        self.seen.append([t.length for t in batch])
+        return await self.engine.score(batch)
+
+
+def make_queue(engine, metrics: Metrics, **limits) -> BatchQueue:
+    options = {"max_queue": 64, "max_batch_size": 8, "max_wait_s": 0.0, **limits}
+    return BatchQueue(engine, metrics, **options)
+
+
+def later(seconds: float = 30) -> float:
+    return time.monotonic() + seconds
 
 
 def test_batched_equals_one_by_one(engine: TransformersEngine) -> None:
@@ -61,22 +86,19 @@ def test_batched_equals_one_by_one(engine: TransformersEngine) -> None:
 
 
 def test_batches_respect_token_budget_and_group_by_length(engine: TransformersEngine) -> None:
-    async def run() -> list[list[int]]:
-        seen: list[list[int]] = []
+    recording = Recording(engine, budget=100)
 
-        async def recording(batch):
-            seen.append([t.length for t in batch])
-            return await engine.score(batch)
-
-        queue = BatchQueue(recording, Metrics(), max_queue=64, max_batch_tokens=100, max_batch_size=4, max_wait_s=0)
+    async def run() -> None:
+        queue = make_queue(recording, Metrics(), max_batch_size=4)
         lengths = [50, 5, 48, 6, 49, 4, 7]
-        futures = queue.submit([task(n) for n in lengths], time.monotonic() + 30)
+        # Distinct first tokens: no shared prefix discounts the cost.
+        submission = queue.submit([task(n, first=n) for n in lengths], later())
         queue.start()
-        await collect(futures, time.monotonic() + 30)
+        await submission.wait(later())
         await queue.close(1)
-        return seen
 
-    seen = asyncio.run(run())
+    asyncio.run(run())
+    seen = recording.seen
     assert sorted(n for batch in seen for n in batch) == sorted([50, 5, 48, 6, 49, 4, 7])
     for batch in seen:
         assert max(batch) * len(batch) <= 100 or len(batch) == 1
@@ -89,44 +111,39 @@ def test_a_shared_prefix_counts_once_against_the_budget(engine: TransformersEngi
     prefix = tuple(range(1, 41))
     tasks = [ScoringTask(token_ids=(*prefix, 50 + i, 51, 52), label_ids=(1, 2)) for i in range(4)]
 
-    async def run(shared_prefix_min: int) -> list[int]:
-        sizes: list[int] = []
+    def sizes(prefix_reuse: bool) -> list[int]:
+        recording = Recording(engine, budget=100)
 
-        async def recording(batch):
-            sizes.append(len(batch))
-            return await engine.score(batch)
+        async def run() -> None:
+            queue = make_queue(recording, Metrics())
+            submission = queue.submit(tasks, later())
+            queue.start()
+            await submission.wait(later())
+            await queue.close(1)
 
-        queue = BatchQueue(
-            recording,
-            Metrics(),
-            max_queue=64,
-            max_batch_tokens=100,
-            max_batch_size=8,
-            max_wait_s=0,
-            shared_prefix_min=shared_prefix_min,
-        )
-        futures = queue.submit(tasks, time.monotonic() + 30)
-        queue.start()
-        await collect(futures, time.monotonic() + 30)
-        await queue.close(1)
-        return sizes
+        engine.prefix_reuse = prefix_reuse
+        try:
+            asyncio.run(run())
+        finally:
+            engine.prefix_reuse = True
+        return [len(batch) for batch in recording.seen]
 
     # Padded, 4 x 43 = 172 tokens exceed 100; with the 40-token shared prefix counted once,
     # 40 + 4 x 3 = 52 fit.
-    assert asyncio.run(run(0)) == [2, 2]
-    assert asyncio.run(run(32)) == [4]
+    assert sizes(False) == [2, 2]
+    assert sizes(True) == [4]
 
 
 def test_admission_is_all_or_nothing(engine: TransformersEngine) -> None:
     async def run() -> None:
         queue = make_queue(engine, Metrics(), max_queue=4)
-        futures = queue.submit([task(4)] * 3, time.monotonic() + 30)
+        submission = queue.submit([task(4)] * 3, later())
         with pytest.raises(JudgeError) as refused:
-            queue.submit([task(4)] * 2, time.monotonic() + 30)
+            queue.submit([task(4)] * 2, later())
         assert refused.value.kind is ErrorKind.QUEUE_FULL
         assert queue.depth == 3
         queue.start()
-        await collect(futures, time.monotonic() + 30)
+        await submission.wait(later())
         assert queue.depth == 0
         await queue.close(1)
 
@@ -139,13 +156,13 @@ def test_engine_failure_fails_only_its_batch(engine: TransformersEngine) -> None
         queue = make_queue(engine, metrics, max_batch_size=1)
         # A token id outside the vocabulary makes the real model raise.
         bad = ScoringTask(token_ids=(1, VOCAB + 5), label_ids=(1, 2))
-        futures = queue.submit([task(3), bad, task(5)], time.monotonic() + 30)
+        futures = queue.submit([task(3), bad, task(5)], later()).futures
         queue.start()
         results = await asyncio.gather(*futures, return_exceptions=True)
         assert not isinstance(results[0], Exception) and not isinstance(results[2], Exception)
         assert isinstance(results[1], JudgeError) and results[1].kind is ErrorKind.INTERNAL
         # The loop keeps running.
-        (after,) = await collect(queue.submit([task(6)], time.monotonic() + 30), time.monotonic() + 30)
+        (after,) = await queue.run([task(6)], later())
         assert len(after.logprobs) == 3
         assert metrics.batch_failures._value.get() == 1
         await queue.close(1)
@@ -153,32 +170,114 @@ def test_engine_failure_fails_only_its_batch(engine: TransformersEngine) -> None
     asyncio.run(run())
 
 
-def test_expired_and_cancelled_items_are_skipped_and_counted(engine: TransformersEngine) -> None:
+def test_a_fault_of_the_loop_itself_fails_one_item_and_the_loop_survives(engine: TransformersEngine) -> None:
+    poison = 63
+    recording = Recording(engine, poison=poison)
+
     async def run() -> None:
         metrics = Metrics()
-        queue = make_queue(engine, metrics)
-        expired = queue.submit([task(3)], time.monotonic() - 1)
-        cancelled = queue.submit([task(3)], time.monotonic() + 30)
-        cancelled[0].cancel()
-        live = queue.submit([task(3)], time.monotonic() + 30)
+        queue = make_queue(recording, metrics)
         queue.start()
-        await collect(live, time.monotonic() + 30)
-        with pytest.raises(JudgeError) as late:
-            await expired[0]
-        assert late.value.kind is ErrorKind.DEADLINE_EXCEEDED
-        skipped = metrics.items_skipped
-        assert skipped.labels(reason="deadline")._value.get() == 1
-        assert skipped.labels(reason="cancelled")._value.get() == 1
+        bad = ScoringTask(token_ids=(1, 2, poison), label_ids=(1, 2))
+        futures = queue.submit([task(3), bad, task(4)], later()).futures
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert isinstance(results[1], JudgeError) and results[1].kind is ErrorKind.INTERNAL
+        assert queue.running
+        assert metrics.queue_faults._value.get() >= 1
+        # Every item without the fault is answered, now and later.
+        assert len(await queue.run([task(6), task(7)], later())) == 2
         await queue.close(1)
 
     asyncio.run(run())
 
 
+def test_a_loop_that_ends_is_reported_and_refuses_work(engine: TransformersEngine) -> None:
+    stopped: list[bool] = []
+
+    async def run() -> None:
+        queue = make_queue(engine, Metrics(), on_stopped=lambda: stopped.append(True))
+        queue.start()
+        waiting = queue.submit([task(5)], later()).futures
+        assert queue._loop_task is not None
+        queue._loop_task.cancel()
+        with pytest.raises(JudgeError) as failed:
+            await waiting[0]
+        assert failed.value.kind is ErrorKind.UNAVAILABLE
+        assert not queue.running and stopped == [True]
+        with pytest.raises(JudgeError) as refused:
+            queue.submit([task(5)], later())
+        assert refused.value.kind is ErrorKind.UNAVAILABLE
+        await queue.close(0)
+
+    asyncio.run(run())
+
+
+def test_a_cancelled_request_leaves_no_work_behind(engine: TransformersEngine) -> None:
+    recording = Recording(engine)
+
+    async def run() -> Metrics:
+        metrics = Metrics()
+        queue = make_queue(recording, metrics)
+        request = asyncio.create_task(queue.run([task(5), task(6), task(7)], later()))
+        while queue.depth < 3:
+            await asyncio.sleep(0.01)
+        # E.g. the server's shutdown timeout cancels the request's task while it waits.
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        queue.start()
+        await queue.run([task(9)], later())
+        await queue.close(1)
+        return metrics
+
+    metrics = asyncio.run(run())
+    assert recording.seen == [[9]]
+    assert metrics.items_skipped.labels(reason="cancelled")._value.get() == 3
+
+
+def test_expired_and_cancelled_items_are_skipped_and_counted(engine: TransformersEngine) -> None:
+    async def run() -> Metrics:
+        metrics = Metrics()
+        queue = make_queue(engine, metrics)
+        expired = queue.submit([task(3)], time.monotonic() - 1)
+        cancelled = queue.submit([task(3)], later())
+        cancelled.abandon("cancelled")
+        live = queue.submit([task(3)], later())
+        queue.start()
+        await live.wait(later())
+        with pytest.raises(JudgeError) as late:
+            await expired.futures[0]
+        assert late.value.kind is ErrorKind.DEADLINE_EXCEEDED
+        await queue.close(1)
+        return metrics
+
+    skipped = asyncio.run(run()).items_skipped
+    assert skipped.labels(reason="deadline")._value.get() == 1
+    assert skipped.labels(reason="cancelled")._value.get() == 1
+
+
+def test_a_request_past_its_deadline_counts_its_items_as_deadline(engine: TransformersEngine) -> None:
+    async def run() -> Metrics:
+        metrics = Metrics()
+        queue = make_queue(engine, metrics)
+        with pytest.raises(JudgeError) as late:
+            await queue.run([task(8), task(9)], time.monotonic() + 0.05)
+        assert late.value.kind is ErrorKind.DEADLINE_EXCEEDED
+        queue.start()  # the loop now finds the given-up items
+        await queue.run([task(4)], later())
+        await queue.close(1)
+        return metrics
+
+    skipped = asyncio.run(run()).items_skipped
+    assert skipped.labels(reason="deadline")._value.get() == 2
+    assert skipped.labels(reason="cancelled")._value.get() == 0
+
+
 def test_close_drains_then_fails_with_503(engine: TransformersEngine) -> None:
     async def run() -> None:
         queue = make_queue(engine, Metrics())
-        done = queue.submit([task(8)], time.monotonic() + 30)
-        stranded = queue.submit([task(8)], time.monotonic() + 30)
+        done = queue.submit([task(8)], later()).futures
+        stranded = queue.submit([task(8)], later()).futures
         # Never started: nothing can finish within the grace period.
         await queue.close(0.05)
         for future in (*done, *stranded):
@@ -186,20 +285,63 @@ def test_close_drains_then_fails_with_503(engine: TransformersEngine) -> None:
                 await future
             assert error.value.kind is ErrorKind.UNAVAILABLE
         with pytest.raises(JudgeError):
-            queue.submit([task(1)], time.monotonic() + 30)
+            queue.submit([task(1)], later())
 
     asyncio.run(run())
 
 
-def test_collect_times_out_with_504(engine: TransformersEngine) -> None:
+def test_wait_times_out_with_504(engine: TransformersEngine) -> None:
     async def run() -> None:
         queue = make_queue(engine, Metrics())
-        futures = queue.submit([task(8)], time.monotonic() + 30)
+        submission = queue.submit([task(8)], later())
         with pytest.raises(JudgeError) as error:
-            await collect(futures, time.monotonic())
+            await submission.wait(time.monotonic())
         assert error.value.kind is ErrorKind.DEADLINE_EXCEEDED
-        assert futures[0].cancelled()
+        assert submission.futures[0].cancelled()
         await queue.close(0)
+
+    asyncio.run(run())
+
+
+def test_admission_refuses_what_cannot_meet_its_deadline(engine: TransformersEngine) -> None:
+    async def run() -> None:
+        metrics = Metrics()
+        queue = make_queue(engine, metrics)
+        queue.throughput.add(1.0, 100)  # measured: 100 prompt tokens per second
+        ahead = queue.submit([task(50)], later())  # 0.5 s of work ahead
+        # 50 + 50 tokens, 1 s at the measured rate (1.25 s with the safety margin), in 0.5 s: refused.
+        with pytest.raises(JudgeError) as refused:
+            queue.submit([task(50)], time.monotonic() + 0.5)
+        assert refused.value.kind is ErrorKind.OVERLOADED
+        assert refused.value.retry_after_s == pytest.approx(0.75, abs=0.05)
+        assert refused.value.details["predicted_s"] == pytest.approx(1.25)
+        assert metrics.admission_refusals._value.get() == 1
+        # Within the deadline: admitted.
+        fits = queue.submit([task(50)], time.monotonic() + 1.5)
+        queue.start()
+        await ahead.wait(later())
+        await fits.wait(later())
+        # Nothing ahead: a request always gets its chance, whatever the prediction.
+        assert len(await queue.run([task(60)], time.monotonic() + 5)) == 1
+        assert queue.throughput.tokens_per_s is not None and queue.throughput.tokens_per_s != 100
+        await queue.close(1)
+
+    asyncio.run(run())
+
+
+def test_request_gauges_follow_waiting_and_running(engine: TransformersEngine) -> None:
+    async def run() -> None:
+        metrics = Metrics()
+        queue = make_queue(engine, metrics)
+        first, second = queue.submit([task(5)], later()), queue.submit([task(6), task(7)], later())
+        assert metrics.requests_waiting._value.get() == 2
+        assert metrics.requests_running._value.get() == 0
+        queue.start()
+        await first.wait(later())
+        await second.wait(later())
+        assert metrics.requests_waiting._value.get() == 0
+        assert metrics.requests_running._value.get() == 0
+        await queue.close(1)
 
     asyncio.run(run())
 

@@ -15,12 +15,12 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
-from service.config import Settings
+from service.config import EXIT_MARGIN_S, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 K8S_VERSION = "1.37.0"
-CRD_KINDS = {"ServiceMonitor", "HTTPRoute"}
+CRD_KINDS = {"ServiceMonitor", "HTTPRoute", "ScaledObject"}
 
 
 def tool(name: str) -> str:
@@ -45,7 +45,7 @@ def by_kind(docs: list[dict], kind: str) -> dict:
     return doc
 
 
-@pytest.fixture(scope="module", params=["cpu", "gpu"])
+@pytest.fixture(scope="module", params=["cpu", "gpu", "cpu-keda"])
 def rendered(request: pytest.FixtureRequest) -> list[dict]:
     return render(request.param)
 
@@ -53,7 +53,8 @@ def rendered(request: pytest.FixtureRequest) -> list[dict]:
 def test_every_manifest_validates(rendered: list[dict]) -> None:
     kinds = {doc["kind"] for doc in rendered}
     assert kinds >= {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "NetworkPolicy"}
-    assert kinds >= {"HorizontalPodAutoscaler", "ServiceMonitor", "HTTPRoute"}
+    assert kinds >= {"ServiceMonitor", "HTTPRoute"}
+    assert len(kinds & {"HorizontalPodAutoscaler", "ScaledObject"}) == 1  # exactly one autoscaler
     for doc in rendered:
         if doc["kind"] in CRD_KINDS:
             continue
@@ -96,16 +97,43 @@ def test_probes_ports_and_env_match_the_service(rendered: list[dict]) -> None:
     assert judge_vars <= settings, judge_vars - settings
     # Values parse as the service's own settings.
     Settings(**{name.removeprefix("JUDGE_").lower(): value for name, value in config.items()})
-    # Drain: the grace period covers the preStop delay and the service's own shutdown grace.
     spec = deployment["spec"]["template"]["spec"]
-    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert spec["terminationGracePeriodSeconds"] > pre_stop + float(config["JUDGE_SHUTDOWN_GRACE_S"])
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
     assert spec["securityContext"]["runAsNonRoot"]
     secret_volumes = [v for v in spec["volumes"] if "secret" in v]
     mounted = {m["mountPath"] for m in container["volumeMounts"]}
     assert secret_volumes and str(Path(config["JUDGE_API_KEYS_FILE"]).parent) in mounted
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu", "cpu-keda"])
+def test_termination_grace_is_derived_from_the_one_shutdown_budget(overlay: str) -> None:
+    """The pod's grace period is exactly the preStop delay, the service's shutdown budget
+    and its exit margin: shorter kills a draining pod, longer delays every rollout."""
+    docs = render(overlay)
+    spec = by_kind(docs, "Deployment")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    settings = Settings(**{k.removeprefix("JUDGE_").lower(): v for k, v in by_kind(docs, "ConfigMap")["data"].items()})
+    assert spec["terminationGracePeriodSeconds"] == pre_stop + settings.shutdown_grace_s + EXIT_MARGIN_S
+
+
+def test_keda_overlay_replaces_the_hpa(client) -> None:
+    docs = render("cpu-keda")
+    kinds = {doc["kind"] for doc in docs}
+    assert "ScaledObject" in kinds and "HorizontalPodAutoscaler" not in kinds
+    scaled = by_kind(docs, "ScaledObject")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    target = scaled["spec"]["scaleTargetRef"]
+    assert target["kind"] == "Deployment" and target["name"] == by_kind(docs, "Deployment")["metadata"]["name"]
+    assert scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
+    (prometheus,) = [t for t in scaled["spec"]["triggers"] if t["type"] == "prometheus"]
+    assert float(prometheus["metadata"]["threshold"]) > 0
+    service = by_kind(docs, "Service")["metadata"]["name"]
+    assert f'service="{service}"' in prometheus["metadata"]["query"]
+    exported = {s.name for f in text_string_to_metric_families(client.get("/metrics").text) for s in f.samples}
+    for metric in re.findall(r"\b(judge_[a-z_]+)\b", prometheus["metadata"]["query"]):
+        assert metric in exported, metric
 
 
 def test_gpu_overlay_requests_gpus_and_vllm() -> None:

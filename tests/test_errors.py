@@ -85,10 +85,23 @@ def test_prompt_longer_than_model(client) -> None:
 
 
 def test_deadline_passed(client) -> None:
-    response = client.post("/v1/score", json={"items": [ITEM], "timeout_s": 0.0001})
+    response = client.post("/v1/score", json={"items": [ITEM], "timeout_s": 0.01})
     assert_error(response, 504, "deadline_exceeded")
-    response = client.post("/v1/score", json={"items": [ITEM]}, headers={"X-Request-Timeout": "0.0001"})
+    response = client.post("/v1/score", json={"items": [ITEM]}, headers={"X-Request-Timeout": "0.01"})
     assert_error(response, 504, "deadline_exceeded")
+
+
+def test_deadline_below_the_minimum_is_refused(client) -> None:
+    response = client.post("/v1/score", json={"items": [ITEM], "timeout_s": 5e-324})
+    assert_error(response, 422, "invalid_request", "timeout_s", "0.01")
+    response = client.post("/v1/score", json={"items": [ITEM]}, headers={"X-Request-Timeout": "0.001"})
+    assert_error(response, 422, "invalid_request", "x-request-timeout")
+
+
+def test_unsupported_method_names_the_allowed_ones(client) -> None:
+    response = client.request("TRACE", "/ready")
+    assert_error(response, 405, "method_not_allowed")
+    assert response.headers["Allow"] == "GET"
 
 
 def test_not_found_uses_envelope(client) -> None:
@@ -120,11 +133,11 @@ def test_queue_full_gets_429_with_retry_after(small_server: RunningServer) -> No
         if response.status_code == 429:
             assert_error(response, 429, "queue_full")
             assert response.headers["Retry-After"].isdigit()
-    assert small_server.judge.queue.depth == 0
+    assert small_server.runtime.queue.depth == 0
 
 
 def test_engine_failure_gives_generic_500_and_service_recovers(small_server: RunningServer) -> None:
-    model = small_server.judge.engine.model
+    model = small_server.runtime.engine.model
     layers = model.model.layers
     # A real fault inside the real model: the decoder stack is gone.
     model.model.layers = None
@@ -141,7 +154,7 @@ def test_engine_failure_gives_generic_500_and_service_recovers(small_server: Run
 
 
 def test_draining_gets_503(small_server: RunningServer) -> None:
-    small_server.judge.begin_drain()
+    small_server.runtime.begin_drain()
     with small_server.client() as client:
         assert_error(client.get("/ready"), 503, "unavailable")
         response = client.post("/v1/score", json={"items": [ITEM]})

@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from service.lager import LayerWeights
-from tests.conftest import Reference, RunningServer, engine_settings, process_server
+from tests.conftest import SHARED_DATA, Reference, RunningServer, engine_settings, process_server
 
 LABELS = ["1", "2", "3", "4", "5"]
 PROMPTS = [
     "Rate the answer from 1 to 5.\nQ: capital of Italy?\nA: Rome.\nScore:",
     "<|im_start|>user\nHow good is 'the cat sat on the mat' as a poem, 1-5?<|im_end|>\n<|im_start|>assistant\n",
 ]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "topical_chat_usr.jsonl"
+DATA = SHARED_DATA / "topical_chat_usr.jsonl"
 
 
 def reference_layer_logits(reference: Reference, prompt: str, layer_norm: bool) -> torch.Tensor:
@@ -59,7 +59,7 @@ def test_layer_norm_final_entry_equals_final_method(server: RunningServer, clien
     final = score(client, items=items)["results"]
     layered = score(client, items=items, return_layers=True, layer_norm=True)["results"]
     # vLLM's own log-softmax runs in float32; the layer rows are projected in float64.
-    tol = 1e-6 if server.judge.engine_kind == "transformers" else 1e-4
+    tol = 1e-6 if server.runtime.engine_kind == "transformers" else 1e-4
     for f, lay in zip(final, layered, strict=True):
         assert list(lay["layers"][-1].values()) == pytest.approx(list(f["distribution"].values()), abs=tol)
 
@@ -104,7 +104,7 @@ def test_lager_weighted_served_with_fitted_weights(
     server: RunningServer, fitted: Path, reference: Reference, tmp_path: Path
 ) -> None:
     # A server process of its own: one vLLM engine per process, as in production.
-    settings = engine_settings(server.judge.engine_kind)
+    settings = engine_settings(server.runtime.engine_kind)
     with process_server(tmp_path / "server.log", **settings, layer_weights_file=fitted) as (_, url):
         with httpx.Client(base_url=url, timeout=120) as client:
             result = score(client, items=[{"id": "p", "prompt": PROMPTS[1]}], method="lager_weighted")["results"][0]

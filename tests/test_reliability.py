@@ -6,8 +6,10 @@ stops by itself.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import random
 import signal
 import socket
 import statistics
@@ -16,15 +18,16 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import (
     RunningServer,
-    items_taken_in,
     metric_sum,
     process_server,
+    prompts_taken_in,
     start_server,
     wait_admitted,
 )
@@ -93,6 +96,73 @@ def test_load_every_request_gets_200_or_429(running_process) -> None:
     )
 
 
+async def deadline_load(url: str, seconds: float, timeout_s: float | None, clients: int = 64) -> dict:
+    """``clients`` concurrent clients for ``seconds``, each sending requests of 1-6 distinct
+    short items (with ``timeout_s`` as their deadline) and waiting ``Retry-After`` after a
+    429 or 503. Counts what was answered within the window; with a deadline, the requests
+    still out when it ends are awaited too (none may hang)."""
+    stop_at = time.monotonic() + seconds
+    records: list[tuple[int, float, int]] = []  # status, latency, items
+
+    async def client_loop(index: int) -> None:
+        rng = random.Random(index)
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            for n in range(100_000):  # bounded, and bounded in time below
+                if time.monotonic() > stop_at:
+                    return
+                count = rng.randint(1, 6)
+                items = [
+                    {"id": str(k), "prompt": f"Request {index}.{n}.{k}: " + "text " * rng.randint(5, 60) + "Score:"}
+                    for k in range(count)
+                ]
+                body = {"items": items} | ({"timeout_s": timeout_s} if timeout_s else {})
+                t0 = time.perf_counter()
+                response = await client.post("/v1/score", json=body)
+                records.append((response.status_code, time.perf_counter() - t0, count))
+                if response.status_code in (429, 503):
+                    pause = float(response.headers["Retry-After"])
+                    await asyncio.sleep(max(0.0, min(pause, stop_at - time.monotonic())))
+
+    loops = [asyncio.create_task(client_loop(i)) for i in range(clients)]
+    await asyncio.sleep(seconds)
+    if timeout_s is None:
+        # Without deadlines the queue holds far more than the window: leave it (the
+        # clients disconnect, and the server drops their items).
+        for loop in loops:
+            loop.cancel()
+    done, pending = await asyncio.wait(loops, timeout=180)
+    assert not pending, "a request was left unanswered"
+    for loop in done:
+        if not loop.cancelled() and loop.exception() is not None:
+            raise loop.exception()  # type: ignore[misc]
+    ok = [(latency, items) for status, latency, items in records if status == 200]
+    latencies = sorted(latency for latency, _ in ok)
+    statuses = [status for status, _, _ in records]
+    return {
+        "answered": len(records),
+        "statuses": {code: statuses.count(code) for code in sorted(set(statuses))},
+        "goodput_items_per_s": sum(items for _, items in ok) / seconds,
+        "p50_s": statistics.median(latencies) if latencies else None,
+        "p99_s": latencies[int(0.99 * (len(latencies) - 1))] if latencies else None,
+    }
+
+
+def test_deadline_aware_admission_keeps_goodput_under_overload(tmp_path: Path) -> None:
+    """64 clients of 1-6 items each overload the CPU many times over. With 10 s deadlines,
+    admission refuses (429) what cannot finish in time instead of computing work nobody
+    receives: almost no 504s, every 200 within its deadline, and nearly the throughput of
+    the same load without deadlines."""
+    with process_server(tmp_path / "server.log") as (_, url):
+        free = asyncio.run(deadline_load(url, 20, None))
+        bounded = asyncio.run(deadline_load(url, 40, 10.0))
+    print(f"\nwithout deadlines: {free}\nwith 10 s deadlines: {bounded}")
+    statuses = bounded["statuses"]
+    assert set(statuses) <= {200, 429, 503, 504}, statuses
+    assert statuses.get(504, 0) <= 0.01 * bounded["answered"], statuses
+    assert statuses.get(200, 0) > 0 and bounded["p99_s"] <= 10.0
+    assert bounded["goodput_items_per_s"] >= 0.9 * free["goodput_items_per_s"], (bounded, free)
+
+
 def test_client_disconnect_mid_request_is_skipped(running_process) -> None:
     _, url = running_process
     port = int(url.rsplit(":", 1)[1])
@@ -117,7 +187,7 @@ def test_client_disconnect_mid_request_is_skipped(running_process) -> None:
 def test_sigterm_drains_accepted_work_and_refuses_new(running_process) -> None:
     proc, url = running_process
     payload = {"items": [{"id": str(i), "prompt": "word " * 600 + "Score:"} for i in range(4)]}
-    before = items_taken_in(url)
+    before = prompts_taken_in(url)
     with ThreadPoolExecutor(6) as pool:
         accepted = [pool.submit(httpx.post, f"{url}/v1/score", json=payload, timeout=120) for _ in range(6)]
         wait_admitted(url, 6 * len(payload["items"]), since=before)
@@ -143,7 +213,7 @@ def test_engine_failure_mid_load_fails_only_its_requests(server: RunningServer, 
                     return
                 results.append(client.post("/v1/score", json=SHORT).status_code)
 
-    model = server.judge.engine.model
+    model = server.runtime.engine.model
     layers = model.model.layers
     with ThreadPoolExecutor(6) as pool:
         jobs = [pool.submit(client_loop) for _ in range(6)]
@@ -202,13 +272,12 @@ def test_duplicate_ids_are_scored_in_order(tight_server: RunningServer) -> None:
 
 
 def test_rubric_template_syntax_stays_literal(tight_server: RunningServer) -> None:
-    from service.prompts import PromptBuilder, Rubric
-    from service.schemas import ScoreItem
+    from service.prompts import Prompts, Rubric
 
     evil = "{{ 7*7 }} {% for x in range(3) %}{{ x }}{% endfor %} {{ config }} ${HOME} %(name)s {0}"
     rubric = {"criteria": evil, "score_descriptions": {"1": evil, "2": "{{ self.__init__ }}"}}
-    builder = PromptBuilder(tight_server.judge.builder.tokenizer, 4096, 4)
-    text = builder.render(ScoreItem(id="a", instruction=evil, response=evil), Rubric(evil, (("1", evil), ("2", "x"))))
+    prompts = Prompts(tight_server.runtime.prompts.tokenizer)
+    text = prompts.score(evil, evil, None, Rubric(evil, (("1", evil), ("2", "x"))))
     assert text.count(evil) == 4 and "49" not in text
     with tight_server.client() as client:
         body = {"items": [{"id": "a", "instruction": evil, "response": evil}], "rubric": rubric}

@@ -52,4 +52,5 @@ def build_engine(settings: Settings, model_dir: Path, tokenizer: Any) -> Engine:
         device=settings.device,
         dtype=settings.dtype,
         prefix_reuse=settings.prefix_reuse,
+        max_batch_tokens=settings.max_batch_tokens,
     )

@@ -28,7 +28,8 @@ class TransformersEngine:
     """Scores label tokens with a Hugging Face causal LM."""
 
     supports_layers = True
-    concurrent_batches = False
+    # One model, one forward pass at a time.
+    max_inflight_batches = 1
 
     def __init__(
         self,
@@ -39,6 +40,7 @@ class TransformersEngine:
         dtype: str = "auto",
         prefix_reuse: bool = True,
         prefix_reuse_min_tokens: int = 32,
+        max_batch_tokens: int | None = None,
     ) -> None:
         self.name = name
         self.model_dir = model_dir
@@ -55,7 +57,7 @@ class TransformersEngine:
         self.prefix_reuse_min_tokens = prefix_reuse_min_tokens
         # On CPU, padded batches beyond ~2k tokens run slower per item (measured in
         # bench/overhead.py: 16k-token batches gave 0.85 items/s, 2k-token ones 1.46).
-        self.preferred_batch_tokens = 2048 if self.device.type == "cpu" else 16384
+        self.batch_budget = max_batch_tokens or (2048 if self.device.type == "cpu" else 16384)
         # Prompt tokens not recomputed thanks to a shared prefix (for metrics and benchmarks).
         self.prefix_tokens_reused = 0
         self._head_weight: torch.Tensor | None = None
@@ -67,9 +69,13 @@ class TransformersEngine:
     def healthy(self) -> bool:
         return self._healthy
 
-    @property
-    def shared_prefix_min(self) -> int:
-        return self.prefix_reuse_min_tokens if self.prefix_reuse else 0
+    def batch_cost(self, batch: Sequence[ScoringTask]) -> int:
+        """Tokens the forward pass computes: padded to the longest task, with a prefix the
+        whole batch shares (see ``_shared_prefix``) counted once."""
+        if not batch:
+            return 0
+        padded = max(task.length for task in batch) * len(batch)
+        return padded - (len(batch) - 1) * self._shared_prefix(batch)
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load)

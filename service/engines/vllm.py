@@ -32,10 +32,9 @@ logger = logging.getLogger(__name__)
 class VllmEngine:
     """Scores label tokens with vLLM's asynchronous engine."""
 
-    concurrent_batches = True
-    # vLLM schedules its own steps; the queue sends items one by one.
-    preferred_batch_tokens = 16384
-    shared_prefix_min = 0
+    # vLLM schedules its own steps: the queue sends every item as its own batch, so each
+    # can be aborted alone, and lets many run at once.
+    batch_budget = 1
 
     def __init__(self, model_dir: Path, name: str, settings: Settings) -> None:
         self.name = name
@@ -47,6 +46,7 @@ class VllmEngine:
         self._dead = False
         self._ids = itertools.count()
         self.supports_layers = False
+        self.max_inflight_batches = settings.max_queue
 
     @property
     def healthy(self) -> bool:
@@ -100,6 +100,9 @@ class VllmEngine:
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
+
+    def batch_cost(self, batch: Sequence[ScoringTask]) -> int:
+        return len(batch)
 
     async def score(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
         return list(await asyncio.gather(*(self._score_one(task) for task in batch)))

@@ -10,19 +10,17 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from service import evaluation
-from service.config import Settings
+from service import evaluation, scoring
+from service.cli.judge import add_judge_arguments, open_from_args
 from service.lager import LayerWeights, fit_layer_weights
 from service.prompts import DEFAULT_RUBRIC
-from service.schemas import ScoreRequest, ScoreResponse
 
 logger = logging.getLogger(__name__)
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", type=Path, help="JSONL: instruction, response, human_score[, reference_answer, rubric]")
-    parser.add_argument("--url", help="score through a running service instead of in-process")
-    parser.add_argument("--model", help="JUDGE_MODEL for in-process scoring")
+    add_judge_arguments(parser)
     parser.add_argument("--fit-fraction", type=float, default=0.5, help="share of items used for fitting")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fit/eval split")
     parser.add_argument("--limit", type=int, help="use only the first N items of the file")
@@ -31,44 +29,19 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 
 @contextlib.asynccontextmanager
 async def open_scorer(args: argparse.Namespace) -> AsyncIterator[tuple[evaluation.Scorer, str]]:
-    """A scorer over HTTP (``--url``) or on an in-process judge; also yields the model name."""
-    if args.url:
-        import httpx
-
-        async with httpx.AsyncClient(base_url=args.url, timeout=3600) as client:
-            model = (await client.get("/ready")).json().get("model", "")
-
-            async def over_http(request: ScoreRequest) -> ScoreResponse:
-                response = await client.post("/v1/score", json=request.model_dump(exclude_none=True))
-                if response.status_code != 200:
-                    raise RuntimeError(f"service answered {response.status_code}: {response.text[:300]}")
-                return ScoreResponse.model_validate(response.json())
-
-            yield over_http, model
-        return
-    from service.judge import Judge
-    from service.metrics import Metrics
-
-    overrides = {"model": args.model} if args.model else {}
-    settings = Settings(request_timeout_s=3600, max_request_timeout_s=3600, **overrides)
-    judge = Judge(settings, Metrics())
-    await judge.load()
-    if not judge.ready:
-        raise RuntimeError("the judge model failed to load; see the log above")
-
-    async def in_process(request: ScoreRequest) -> ScoreResponse:
-        return await judge.score(request, None, None)
-
-    try:
-        yield in_process, settings.model
-    finally:
-        await judge.shutdown()
+    """A scorer over HTTP (``--url``, with ``--api-key``) or on the in-process judge; also
+    yields the model name."""
+    async with open_from_args(args) as judge:
+        yield judge.score, judge.model
 
 
-def _labels_and_values(items: list[evaluation.Labelled]) -> tuple[list[str], list[float]]:
+def labels_and_values(items: list[evaluation.Labelled]) -> tuple[list[str], list[float]]:
+    """The rubric's labels and their values: numeric labels are their number, other labels
+    their position in score order (1, 2, ...), the scale human scores are given on."""
     rubric = items[0].rubric
     labels = list(rubric["score_descriptions"]) if rubric else list(DEFAULT_RUBRIC.labels)
-    return labels, [float(label) for label in labels]
+    values = scoring.label_values(labels, None)
+    return labels, list(values) if values is not None else [float(i) for i in range(1, len(labels) + 1)]
 
 
 def _load(args: argparse.Namespace) -> list[evaluation.Labelled]:
@@ -85,7 +58,7 @@ async def _fit(args: argparse.Namespace, items: list[evaluation.Labelled]) -> La
 def fit_scored(
     scored: list[evaluation.Scored], model: str, layer_norm: bool, epochs: int, lr: float, seed: int
 ) -> LayerWeights:
-    _, values = _labels_and_values([s.item for s in scored])
+    _, values = labels_and_values([s.item for s in scored])
     matrices = [s.layers_normed if layer_norm else s.layers for s in scored]
     weights, losses = fit_layer_weights(
         matrices, [s.item.human for s in scored], values, epochs=epochs, lr=lr, seed=seed
@@ -116,7 +89,7 @@ async def _evaluate(args: argparse.Namespace) -> dict:
                 fit_scoredset = await evaluation.collect_scores(fit_items, scorer, progress=not args.no_progress)
                 weights = fit_scored(fit_scoredset, model, args.layer_norm, args.epochs, args.lr, args.seed)
         scored = await evaluation.collect_scores(eval_items, scorer, progress=not args.no_progress)
-    labels, values = _labels_and_values(eval_items)
+    labels, values = labels_and_values(eval_items)
     rows = evaluation.method_rows(scored, labels, values, weights)
     curves = {
         "layer (no final norm)": evaluation.per_layer_spearman(scored, labels, values, normed=False),

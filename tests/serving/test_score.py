@@ -8,8 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.prompts import DEFAULT_RUBRIC, PromptBuilder
-from service.schemas import ScoreItem
+from service.prompts import DEFAULT_RUBRIC, Prompts
 from tests.conftest import Reference, RunningServer
 
 LABELS = ["1", "2", "3", "4", "5"]
@@ -59,7 +58,7 @@ def test_structured_request_returns_full_result(client) -> None:
 
 def tolerance(server: RunningServer) -> float:
     """Exactness: 1e-5 for the transformers engine; vLLM's own kernels agree to 1e-3."""
-    return 1e-5 if server.judge.engine_kind == "transformers" else 1e-3
+    return 1e-5 if server.runtime.engine_kind == "transformers" else 1e-3
 
 
 def test_raw_logprobs_equal_direct_forward_pass(server: RunningServer, client, reference: Reference) -> None:
@@ -79,8 +78,7 @@ def test_raw_logprobs_equal_direct_forward_pass(server: RunningServer, client, r
 
 def test_structured_item_scores_its_rendered_prompt(server: RunningServer, client, reference: Reference) -> None:
     item = {"id": "s", "instruction": "Name a primary colour.", "response": "Blue."}
-    builder = PromptBuilder(reference.tokenizer, 8192, 64)
-    prompt = builder.render(ScoreItem(**item), DEFAULT_RUBRIC)
+    prompt = Prompts(reference.tokenizer).score(item["instruction"], item["response"], None, DEFAULT_RUBRIC)
     assert prompt.endswith("<|im_start|>assistant\n")
     body = score(client, {"items": [item], "return_logprobs": True})
     expected = reference.label_logprobs(prompt, LABELS)
@@ -123,9 +121,9 @@ def test_items_sharing_an_instruction_reuse_its_prefix(server: RunningServer, cl
     instruction = "Summarise the following text in one sentence. " + "The quick brown fox jumps. " * 30
     responses = ["A fox jumps.", "Foxes are quick and brown and they jump over things.", "No.", "It is about a fox."]
     items = [{"id": str(i), "instruction": instruction, "response": r} for i, r in enumerate(responses)]
-    before = server.judge.engine.prefix_tokens_reused
+    before = server.runtime.engine.prefix_tokens_reused
     together = score(client, {"items": items, "return_logprobs": True})["results"]
-    assert server.judge.engine.prefix_tokens_reused - before >= 3 * 200
+    assert server.runtime.engine.prefix_tokens_reused - before >= 3 * 200
     for item, batched in zip(items, together, strict=True):
         alone = score(client, {"items": [item], "return_logprobs": True})["results"][0]
         assert list(batched["logprobs"].values()) == pytest.approx(list(alone["logprobs"].values()), abs=1e-4)
@@ -184,7 +182,7 @@ def test_metrics_parse_and_name_the_model(client) -> None:
 def test_health_ready_docs(server: RunningServer, client) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready").json()
-    expected = {"status": "ok", "model": "SmolLM2-135M-Instruct", "engine": server.judge.settings.engine}
+    expected = {"status": "ok", "model": "SmolLM2-135M-Instruct", "engine": server.runtime.settings.engine}
     assert ready == {**expected, "max_items": 64}
     assert client.get("/docs").status_code == 200
     assert "/v1/score" in client.get("/openapi.json").json()["paths"]

@@ -17,61 +17,30 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from service.config import Settings
-from service.schemas import ScoreRequest
+from judge_client.protocol import score_request
+from pydantic import ValidationError
+
+from service.cli.judge import JudgeFailed, add_judge_arguments, open_from_args
 
 Scorer = Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
 
 
-class ItemFailed(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 @contextlib.asynccontextmanager
 async def open_scorer(args: argparse.Namespace) -> AsyncIterator[tuple[Scorer, int]]:
-    """Yield (score a list of items, items per request) over HTTP or in-process."""
-    options = {"method": args.method}
-    if args.url:
-        from service.client import AsyncJudgeClient, JudgeError
+    """Yield (score a list of item dicts, items per request) over HTTP or in-process."""
+    async with open_from_args(args) as judge:
 
-        async with AsyncJudgeClient(args.url, api_key=args.api_key, concurrency=args.concurrency) as client:
+        async def score(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            try:
+                request = score_request({"items": items, "method": args.method})
+            except ValidationError as exc:
+                # The items themselves are malformed: the service would answer 422 too.
+                first = exc.errors()[0]
+                raise JudgeFailed(422, f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
+            response = await judge.score(request)
+            return [r.model_dump() for r in response.results]
 
-            async def over_http(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-                try:
-                    response = await client.score(items, **options)
-                except JudgeError as exc:
-                    raise ItemFailed(exc.status, exc.message) from exc
-                return [r.model_dump() for r in response.results]
-
-            yield over_http, await client.max_items()
-        return
-    from service.errors import JudgeError as ServiceError
-    from service.judge import Judge
-    from service.metrics import Metrics
-
-    overrides = {"model": args.model} if args.model else {}
-    judge = Judge(Settings(request_timeout_s=3600, max_request_timeout_s=3600, **overrides), Metrics())
-    await judge.load()
-    if not judge.ready:
-        raise SystemExit("the judge model failed to load; see the log above")
-
-    async def in_process(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        try:
-            request = ScoreRequest.model_validate({"items": items, **options})
-            response = await judge.score(request, None, None)
-        except ServiceError as exc:
-            raise ItemFailed(exc.kind.status, exc.message) from exc
-        except ValueError as exc:  # pydantic validation of the item itself
-            raise ItemFailed(422, str(exc).splitlines()[-1].strip()) from exc
-        return [r.model_dump() for r in response.results]
-
-    try:
-        yield in_process, judge.settings.max_items
-    finally:
-        await judge.shutdown()
+        yield score, judge.max_items
 
 
 def read_items(path: Path, errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -150,7 +119,7 @@ async def _score_chunk(
 ) -> None:
     try:
         results = await scorer(chunk)
-    except ItemFailed as exc:
+    except JudgeFailed as exc:
         if exc.status == 422 and len(chunk) > 1:
             # One bad item rejects its whole request: retry one by one to find it.
             for item in chunk:
@@ -193,10 +162,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("input", type=Path, help="JSONL: id + instruction/response[/reference_answer] or prompt")
     parser.add_argument("-o", "--output", type=Path, required=True, help="results JSONL (appended; resumable)")
     parser.add_argument("--errors", type=Path, help="failed items JSONL (default: <output>.errors.jsonl)")
-    parser.add_argument("--url", help="a running service; default: score in-process")
-    parser.add_argument("--api-key", help="bearer key for --url")
-    parser.add_argument("--model", help="JUDGE_MODEL for in-process scoring")
+    add_judge_arguments(parser)
     parser.add_argument("--method", default="final", choices=["final", "lager", "lager_weighted"])
-    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(handler=score_command)

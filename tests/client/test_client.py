@@ -11,9 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from judge_client import AsyncJudgeClient, CompareResponse, ItemScore, JudgeClient, JudgeError, ScoreResponse
 
-from service.client import AsyncJudgeClient, JudgeClient, JudgeError
-from service.schemas import CompareResponse, ItemScore, ScoreResponse
 from tests.conftest import RunningServer, start_server
 
 ITEMS = [{"id": f"i{n}", "instruction": f"What is {n}+{n}?", "response": str(2 * n)} for n in range(7)]
@@ -45,7 +44,7 @@ def test_client_retries_429_until_served(busy_server: RunningServer) -> None:
     with ThreadPoolExecutor(6) as pool:
         assert list(pool.map(run, range(6))) == [4] * 6
     metrics = busy_server.client().get("/metrics", headers={"Authorization": "Bearer secret"}).text
-    line = next(x for x in metrics.splitlines() if 'outcome="queue_full"' in x and "judge_requests_total" in x)
+    line = next(x for x in metrics.splitlines() if 'outcome="overloaded"' in x and "judge_requests_total" in x)
     assert float(line.split()[-1]) > 0
 
 

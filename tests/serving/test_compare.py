@@ -7,7 +7,7 @@ import math
 import pytest
 
 from service import pairwise
-from service.prompts import PromptBuilder
+from service.prompts import Prompts
 from tests.conftest import RunningServer
 
 PAIR = {"id": "p1", "instruction": "What is 2+2?", "response_a": "4", "response_b": "It is 5."}
@@ -27,10 +27,10 @@ def test_compare_orders_match_independent_scoring(server: RunningServer, client)
     response = client.post("/v1/compare", json={"pairs": [PAIR]})
     assert response.status_code == 200, response.text
     result = response.json()["results"][0]
-    builder = PromptBuilder(server.judge.builder.tokenizer, 8192, 64)
+    builder = Prompts(server.runtime.prompts.tokenizer)
     prompts = {
-        "ab": builder.render_pair(PAIR["instruction"], PAIR["response_a"], PAIR["response_b"], None),
-        "ba": builder.render_pair(PAIR["instruction"], PAIR["response_b"], PAIR["response_a"], None),
+        "ab": builder.pair(PAIR["instruction"], PAIR["response_a"], PAIR["response_b"], None),
+        "ba": builder.pair(PAIR["instruction"], PAIR["response_b"], PAIR["response_a"], None),
     }
     raw = client.post("/v1/score", json={"items": [{"id": k, "prompt": v} for k, v in prompts.items()]}).json()
     ab = list(raw["results"][0]["distribution"].values())
@@ -64,5 +64,7 @@ def test_compare_errors_use_the_table(client) -> None:
     assert too_many.status_code == 422 and too_many.json()["error"]["details"]["pairs"] == 65
     unknown = client.post("/v1/compare", json={"pairs": [{**PAIR, "winner": "a"}]})
     assert unknown.status_code == 422 and "winner" in unknown.text
-    late = client.post("/v1/compare", json={"pairs": [PAIR], "timeout_s": 0.0001})
+    too_short = client.post("/v1/compare", json={"pairs": [PAIR], "timeout_s": 0.0001})
+    assert too_short.status_code == 422 and "timeout_s" in too_short.text
+    late = client.post("/v1/compare", json={"pairs": [PAIR], "timeout_s": 0.01})
     assert late.status_code == 504

@@ -1,8 +1,9 @@
 """Python clients for the service: ``JudgeClient`` and ``AsyncJudgeClient`` on httpx.
 
-Results are the server's own pydantic models. Large item lists are split into chunks of
-the server's ``max_items``; 429 and 503 answers are retried with exponential backoff that
-honours ``Retry-After``. One pooled connection set per client; use it as a context manager.
+Results are the wire models of ``judge_client.protocol``. Large item lists are split into
+chunks of the server's ``max_items``; 429 and 503 answers, and connections that fail, are
+retried with exponential backoff that honours ``Retry-After``. One pooled connection set
+per client; use it as a context manager.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
+from pydantic import BaseModel
 
-from service.schemas import CompareRequest, CompareResponse, ScoreRequest, ScoreResponse
+from judge_client.protocol import CompareRequest, CompareResponse, ScoreResponse
 
 RETRY_STATUSES = {429, 503}
 
@@ -32,10 +34,16 @@ class JudgeError(Exception):
         super().__init__(f"{status} {self.type}: {self.message}")
 
 
-def _payload(request: ScoreRequest | CompareRequest | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(request, (ScoreRequest, CompareRequest)):
+def _payload(request: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(request, BaseModel):
         return request.model_dump(exclude_none=True)
     return dict(request)
+
+
+def _request(entries: Sequence[Mapping[str, Any]] | BaseModel, key: str, options: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(entries, BaseModel):
+        return _payload(entries)
+    return {key: [_payload(entry) for entry in entries], **options}
 
 
 def _chunks(payload: dict[str, Any], key: str, size: int) -> Iterator[dict[str, Any]]:
@@ -54,15 +62,13 @@ def _delay(response: httpx.Response | None, attempt: int, backoff: float) -> flo
     return backoff * (2**attempt) * (0.5 + random.random())
 
 
+def _retryable(response: httpx.Response | None) -> bool:
+    # No response: the connection failed; scoring is idempotent, so sending again is safe.
+    return response is None or response.status_code in RETRY_STATUSES
+
+
 class _Base:
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None,
-        retries: int,
-        backoff: float,
-        max_items: int | None,
-    ) -> None:
+    def __init__(self, base_url: str, api_key: str | None, retries: int, backoff: float, max_items: int | None) -> None:
         self.base_url = base_url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.retries = retries
@@ -73,11 +79,12 @@ class _Base:
     def _scores(parts: Sequence[Any]) -> ScoreResponse:
         """Reassemble chunked /v1/score answers, in request order."""
         results = [r for part in parts for r in part["results"]]
-        return ScoreResponse(model=parts[0]["model"], method=parts[0]["method"], results=results)
+        return ScoreResponse.model_validate({**parts[0], "results": results})
 
     @staticmethod
     def _verdicts(parts: Sequence[Any]) -> CompareResponse:
-        return CompareResponse(model=parts[0]["model"], results=[r for part in parts for r in part["results"]])
+        results = [r for part in parts for r in part["results"]]
+        return CompareResponse.model_validate({**parts[0], "results": results})
 
     @staticmethod
     def _result(response: httpx.Response) -> Any:
@@ -115,11 +122,16 @@ class JudgeClient(_Base):
     def close(self) -> None:
         self._http.close()
 
-    def _post(self, path: str, payload: dict[str, Any]) -> Any:
+    def _send(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
         response = None
         for attempt in range(self.retries + 1):
-            response = self._http.post(path, json=payload)
-            if response.status_code not in RETRY_STATUSES or attempt == self.retries:
+            try:
+                response = self._http.request(method, path, json=payload)
+            except httpx.TransportError:
+                if attempt == self.retries:
+                    raise
+                response = None
+            if not _retryable(response) or attempt == self.retries:
                 break
             time.sleep(_delay(response, attempt, self.backoff))
         assert response is not None
@@ -127,20 +139,26 @@ class JudgeClient(_Base):
 
     def max_items(self) -> int:
         if self._max_items is None:
-            self._max_items = int(self._result(self._http.get("/ready"))["max_items"])
+            self._max_items = int(self._send("GET", "/ready")["max_items"])
         return self._max_items
 
     def ready(self) -> bool:
         return self._http.get("/ready").status_code == 200
 
-    def score(self, items: Sequence[Mapping[str, Any]] | ScoreRequest, **options: Any) -> ScoreResponse:
-        """Score items (dicts or a ``ScoreRequest``); ``options`` are the request's other fields."""
-        payload = _payload(items) if isinstance(items, ScoreRequest) else {"items": list(items), **options}
-        return self._scores([self._post("/v1/score", part) for part in _chunks(payload, "items", self.max_items())])
+    def model(self) -> str:
+        """The name of the served judge model (from /ready)."""
+        return str(self._send("GET", "/ready")["model"])
+
+    def score(self, items: Sequence[Mapping[str, Any]] | BaseModel, **options: Any) -> ScoreResponse:
+        """Score items (dicts or item models, or a whole request model); ``options`` are the request's other fields."""
+        payload = _request(items, "items", options)
+        parts = [self._send("POST", "/v1/score", part) for part in _chunks(payload, "items", self.max_items())]
+        return self._scores(parts)
 
     def compare(self, pairs: Sequence[Mapping[str, Any]] | CompareRequest, **options: Any) -> CompareResponse:
-        payload = _payload(pairs) if isinstance(pairs, CompareRequest) else {"pairs": list(pairs), **options}
-        return self._verdicts([self._post("/v1/compare", p) for p in _chunks(payload, "pairs", self.max_items())])
+        payload = _request(pairs, "pairs", options)
+        parts = [self._send("POST", "/v1/compare", part) for part in _chunks(payload, "pairs", self.max_items())]
+        return self._verdicts(parts)
 
 
 class AsyncJudgeClient(_Base):
@@ -171,12 +189,17 @@ class AsyncJudgeClient(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _post(self, path: str, payload: dict[str, Any]) -> Any:
+    async def _send(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
         response = None
         async with self._slots:
             for attempt in range(self.retries + 1):
-                response = await self._http.post(path, json=payload)
-                if response.status_code not in RETRY_STATUSES or attempt == self.retries:
+                try:
+                    response = await self._http.request(method, path, json=payload)
+                except httpx.TransportError:
+                    if attempt == self.retries:
+                        raise
+                    response = None
+                if not _retryable(response) or attempt == self.retries:
                     break
                 await asyncio.sleep(_delay(response, attempt, self.backoff))
         assert response is not None
@@ -184,19 +207,21 @@ class AsyncJudgeClient(_Base):
 
     async def max_items(self) -> int:
         if self._max_items is None:
-            self._max_items = int(self._result(await self._http.get("/ready"))["max_items"])
+            self._max_items = int((await self._send("GET", "/ready"))["max_items"])
         return self._max_items
 
-    async def score(self, items: Sequence[Mapping[str, Any]] | ScoreRequest, **options: Any) -> ScoreResponse:
-        payload = _payload(items) if isinstance(items, ScoreRequest) else {"items": list(items), **options}
+    async def model(self) -> str:
+        """The name of the served judge model (from /ready)."""
+        return str((await self._send("GET", "/ready"))["model"])
+
+    async def score(self, items: Sequence[Mapping[str, Any]] | BaseModel, **options: Any) -> ScoreResponse:
+        payload = _request(items, "items", options)
         size = await self.max_items()
-        return self._scores(
-            await asyncio.gather(*(self._post("/v1/score", p) for p in _chunks(payload, "items", size)))
-        )
+        chunks = _chunks(payload, "items", size)
+        return self._scores(await asyncio.gather(*(self._send("POST", "/v1/score", p) for p in chunks)))
 
     async def compare(self, pairs: Sequence[Mapping[str, Any]] | CompareRequest, **options: Any) -> CompareResponse:
-        payload = _payload(pairs) if isinstance(pairs, CompareRequest) else {"pairs": list(pairs), **options}
+        payload = _request(pairs, "pairs", options)
         size = await self.max_items()
-        return self._verdicts(
-            await asyncio.gather(*(self._post("/v1/compare", p) for p in _chunks(payload, "pairs", size)))
-        )
+        chunks = _chunks(payload, "pairs", size)
+        return self._verdicts(await asyncio.gather(*(self._send("POST", "/v1/compare", p) for p in chunks)))

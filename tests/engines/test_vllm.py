@@ -8,33 +8,31 @@ import random
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+from judge_client.protocol import score_request
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.config import Settings
-from service.judge import Judge
-from service.metrics import Metrics
-from service.schemas import ScoreRequest
+from service.cli.judge import in_process_settings, open_judge
 from tests.conftest import (
+    SHARED_DATA,
     VLLM_TEST_SETTINGS,
     RunningServer,
     engine_settings,
-    items_taken_in,
+    prompts_taken_in,
     start_server,
     wait_admitted,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "topical_chat_usr.jsonl"
+DATA = SHARED_DATA / "topical_chat_usr.jsonl"
 WORDS = "judge score answer model quality helpful correct response question rubric".split()
 
 
 @pytest.fixture(scope="module")
 def vllm_server(server: RunningServer) -> RunningServer:
-    if server.judge.engine_kind != "vllm":
+    if server.runtime.engine_kind != "vllm":
         pytest.skip("vLLM-engine test")
     return server
 
@@ -70,16 +68,8 @@ def transformers_scores(payloads: list[dict]) -> list[list[dict]]:
     """The same requests on an in-process transformers engine."""
 
     async def run() -> list[list[dict]]:
-        judge = Judge(Settings(engine="transformers"), Metrics())
-        await judge.load()
-        try:
-            out = []
-            for payload in payloads:
-                response = await judge.score(ScoreRequest.model_validate(payload), None, None)
-                out.append([r.model_dump() for r in response.results])
-            return out
-        finally:
-            await judge.shutdown()
+        async with open_judge(in_process_settings(engine="transformers")) as judge:
+            return [[r.model_dump() for r in (await judge.score(score_request(p))).results] for p in payloads]
 
     return asyncio.run(run())
 
@@ -201,7 +191,7 @@ def test_engine_death_fails_fast_and_exits() -> None:
                 return client.post("/v1/score", json=payload).status_code
 
         requests = 16
-        before = items_taken_in(running.url)
+        before = prompts_taken_in(running.url)
         with ThreadPoolExecutor(requests) as pool:
             pending = [pool.submit(call, i) for i in range(requests)]
             # Kill the engine only once every request is in: one that arrives after the server has
@@ -215,8 +205,8 @@ def test_engine_death_fails_fast_and_exits() -> None:
         deadline = time.monotonic() + 30
         while running.thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert running.judge.exit_code == 1
-        assert not running.judge.accepting
+        assert running.runtime.exit_code == 1
+        assert not running.runtime.accepting
         assert not running.thread.is_alive(), "the server did not exit after the engine died"
     finally:
         running.stop()

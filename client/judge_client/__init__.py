@@ -1,0 +1,34 @@
+"""Client of the judge-scoring service: typed requests and answers over httpx."""
+
+from judge_client.client import AsyncJudgeClient, JudgeClient, JudgeError
+from judge_client.protocol import (
+    CompareRequest,
+    CompareResponse,
+    ItemScore,
+    PairVerdict,
+    RawItem,
+    RawScoreRequest,
+    ScoreRequest,
+    ScoreResponse,
+    StructuredItem,
+    StructuredScoreRequest,
+    score_request,
+)
+
+__all__ = [
+    "AsyncJudgeClient",
+    "CompareRequest",
+    "CompareResponse",
+    "ItemScore",
+    "JudgeClient",
+    "JudgeError",
+    "PairVerdict",
+    "RawItem",
+    "RawScoreRequest",
+    "ScoreRequest",
+    "ScoreResponse",
+    "StructuredItem",
+    "StructuredScoreRequest",
+    "score_request",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,249 @@
+"""The service's HTTP wire models: what each endpoint accepts and answers.
+
+Structural rules live here, so the OpenAPI schema states them: a client generated from
+``/openapi.json`` cannot build a request these models refuse, apart from the rules JSON
+Schema cannot express (named in the README). Limits that depend on the deployment (items
+per request, prompt length in tokens, what the loaded tokenizer makes of a label) are
+checked by the server.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, TypeAdapter, model_validator
+
+MAX_TEXT_CHARS = 200_000
+MAX_LABELS = 32
+MAX_LABEL_CHARS = 32
+# A deadline shorter than this cannot be met by any engine; it is refused with 422.
+MIN_TIMEOUT_S = 0.01
+MAX_TIMEOUT_S = 3600.0
+DEFAULT_LABELS = ("1", "2", "3", "4", "5")
+
+ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
+NonEmptyText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL_CHARS)]
+Method = Literal["final", "lager", "lager_weighted"]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Timeout = Annotated[
+    float,
+    Field(
+        ge=MIN_TIMEOUT_S,
+        le=MAX_TIMEOUT_S,
+        description=f"Deadline in seconds ({MIN_TIMEOUT_S} to {MAX_TIMEOUT_S:g}), capped by the server's maximum.",
+    ),
+]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Response(BaseModel):
+    # A newer server may add fields; an older client keeps working.
+    model_config = ConfigDict(extra="ignore")
+
+
+class RawItem(_Request):
+    """A prompt used verbatim: no chat template, no special tokens."""
+
+    id: ItemId
+    prompt: NonEmptyText
+
+
+class StructuredItem(_Request):
+    """A response to grade, rendered into the judge prompt with the rubric."""
+
+    id: ItemId
+    instruction: Text
+    response: Text
+    reference_answer: Text | None = None
+
+
+class RubricSpec(_Request):
+    criteria: NonEmptyText
+    score_descriptions: dict[Label, Text] = Field(
+        ...,
+        min_length=2,
+        max_length=MAX_LABELS,
+        description="Label -> description, in score order.",
+    )
+
+
+class _ScoreOptions(_Request):
+    label_values: dict[Label, FiniteFloat] | None = Field(
+        None, description="Numeric value of each label; numeric labels default to their number."
+    )
+    method: Method = "final"
+    return_layers: bool = Field(False, description="Add per-layer label distributions.")
+    return_logprobs: bool = Field(False, description="Add each label's raw log-probability.")
+    layer_norm: bool | None = Field(
+        None, description="LAGER: apply the final norm to each layer first; default from the server."
+    )
+    timeout_s: Timeout | None = None
+
+    @property
+    def label_set(self) -> tuple[str, ...]:
+        """The labels this request reads, in score order."""
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _values_name_labels(self) -> _ScoreOptions:
+        if self.label_values is not None:
+            unknown = sorted(set(self.label_values) - set(self.label_set))
+            if unknown:
+                raise ValueError(f"label_values names labels the request does not read: {unknown}")
+        return self
+
+
+class RawScoreRequest(_ScoreOptions):
+    """Raw prompts with their own labels."""
+
+    items: list[RawItem] = Field(..., min_length=1)
+    labels: list[Label] | None = Field(
+        None,
+        min_length=2,
+        max_length=MAX_LABELS,
+        description="The labels to read, in score order; default ['1','2','3','4','5'].",
+        json_schema_extra={"uniqueItems": True},
+    )
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> RawScoreRequest:
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be unique")
+        return self
+
+    @property
+    def label_set(self) -> tuple[str, ...]:
+        return tuple(self.labels) if self.labels is not None else DEFAULT_LABELS
+
+
+class StructuredScoreRequest(_ScoreOptions):
+    """Structured items graded against one rubric (the built-in 1-5 one by default)."""
+
+    items: list[StructuredItem] = Field(..., min_length=1)
+    rubric: RubricSpec | None = Field(None, description="A general-quality 1-5 rubric by default.")
+
+    @property
+    def label_set(self) -> tuple[str, ...]:
+        return tuple(self.rubric.score_descriptions) if self.rubric is not None else DEFAULT_LABELS
+
+
+def _score_request_kind(data: Any) -> str | None:
+    """'raw' or 'structured' from the items; None for a mix, which no schema branch accepts."""
+    if isinstance(data, BaseModel):
+        return "raw" if isinstance(data, RawScoreRequest) else "structured"
+    items = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return "structured"
+    kinds = {"raw" if "prompt" in item else "structured" for item in items if isinstance(item, dict)}
+    if len(kinds) > 1:
+        return None
+    return kinds.pop() if kinds else "structured"
+
+
+ScoreRequest = Annotated[
+    Union[Annotated[RawScoreRequest, Tag("raw")], Annotated[StructuredScoreRequest, Tag("structured")]],  # noqa: UP007
+    Discriminator(
+        _score_request_kind,
+        custom_error_type="mixed_items",
+        custom_error_message=(
+            "items must be all raw prompts ({id, prompt}) or all structured ({id, instruction, response}), not a mix"
+        ),
+    ),
+]
+SCORE_REQUEST: TypeAdapter[RawScoreRequest | StructuredScoreRequest] = TypeAdapter(ScoreRequest)
+
+
+def score_request(data: Any) -> RawScoreRequest | StructuredScoreRequest:
+    """Validate a score request given as a dict (or either request model)."""
+    return SCORE_REQUEST.validate_python(data)
+
+
+class ItemScore(_Response):
+    id: str
+    distribution: dict[str, float] = Field(description="Probabilities over the labels; sum to 1.")
+    expected_score: float | None = Field(description="Sum of p * value; null without numeric values.")
+    mode: str = Field(description="The most probable label.")
+    std: float | None = Field(description="Standard deviation of the score under the distribution.")
+    confidence: float = Field(description="1 - entropy / log(number of labels), in [0, 1].")
+    label_mass: float = Field(description="Probability of all labels before renormalising.")
+    prompt_tokens: int
+    logprobs: dict[str, float] | None = Field(
+        None, description="Raw log-probability of each label over the full vocabulary (return_logprobs)."
+    )
+    layers: list[dict[str, float]] | None = Field(
+        None, description="Per-layer label distributions, embeddings first (return_layers)."
+    )
+
+
+class ScoreResponse(_Response):
+    model: str
+    method: Method
+    results: list[ItemScore]
+
+
+class ComparePair(_Request):
+    id: ItemId
+    instruction: Text
+    response_a: Text
+    response_b: Text
+
+
+class LengthControl(_Request):
+    """WildBench's rule: 'slightly better' becomes a tie when the winner is longer by more than K characters."""
+
+    k: int = Field(..., ge=0, description="Characters by which a slightly-better winner may be longer.")
+
+
+class CompareRequest(_Request):
+    pairs: list[ComparePair] = Field(..., min_length=1)
+    criteria: NonEmptyText | None = Field(None, description="What 'better' means; a general default.")
+    swap: bool = Field(True, description="Also score with B shown first and average the two orders.")
+    length_control: LengthControl | None = None
+    timeout_s: Timeout | None = None
+
+
+class PairVerdict(_Response):
+    id: str
+    distribution: dict[str, float] = Field(description="Over A>>B, A>B, A=B, B>A, B>>A; order-averaged.")
+    p_a_wins: float
+    p_tie: float
+    p_b_wins: float
+    verdict: str = Field(description="The most probable of the five verdicts.")
+    position_consistency: float | None = Field(
+        description="1 - total variation distance between the two orders' distributions; null without swap."
+    )
+    orders: dict[str, dict[str, float]] = Field(description="Each order's own distribution, keyed 'ab' and 'ba'.")
+    prompt_tokens: int
+
+
+class CompareResponse(_Response):
+    model: str
+    results: list[PairVerdict]
+
+
+class ReadyResponse(_Response):
+    status: Literal["ok"]
+    model: str
+    engine: str
+    max_items: int = Field(description="Most items (or pairs) one request may carry.")
+
+
+class HealthResponse(_Response):
+    status: Literal["ok"]
+
+
+class ErrorDetail(_Response):
+    type: str
+    message: str
+    details: Any = None
+
+
+class ErrorResponse(_Response):
+    """The one shape of every error answer."""
+
+    error: ErrorDetail

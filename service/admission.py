@@ -1,0 +1,60 @@
+"""Deadline-aware admission: how long the work already admitted will take.
+
+The queue admits a request only if its predicted completion fits its deadline. The
+prediction is the prompt tokens admitted and not yet finished (the request's own
+included) over the recently measured throughput: prompt tokens the engine completed per
+second of busy time, over a window of recent batches. Busy time runs from the moment a
+batch starts while none was running to the end of the last batch, so the gaps between
+back-to-back batches count, idle stretches do not, and batches that run at once (vLLM)
+share one clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class Throughput:
+    """Prompt tokens completed per second of busy time, over the last ``window_s`` of it."""
+
+    def __init__(self, window_s: float = 30.0) -> None:
+        self.window_s = window_s
+        self._samples: deque[tuple[float, int]] = deque()  # (busy seconds, tokens completed)
+        self._busy_s = 0.0
+        self._tokens = 0
+        self._running = 0
+        # Start of the busy time not yet attributed to a finished batch.
+        self._since: float | None = None
+
+    def batch_started(self, now: float) -> None:
+        if self._running == 0:
+            self._since = now
+        self._running += 1
+
+    def batch_finished(self, tokens: int, now: float) -> None:
+        """A batch ended; ``tokens``: prompt tokens it completed (0 when it failed)."""
+        self._running -= 1
+        if self._since is not None:
+            self.add(now - self._since, tokens)
+        self._since = now if self._running else None
+
+    def add(self, busy_s: float, tokens: int) -> None:
+        self._samples.append((busy_s, tokens))
+        self._busy_s += busy_s
+        self._tokens += tokens
+        while len(self._samples) > 1 and self._busy_s - self._samples[0][0] >= self.window_s:
+            old_s, old_tokens = self._samples.popleft()
+            self._busy_s -= old_s
+            self._tokens -= old_tokens
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """The measured rate; None before anything was measured."""
+        if self._busy_s <= 0 or self._tokens <= 0:
+            return None
+        return self._tokens / self._busy_s
+
+    def seconds_for(self, tokens: int) -> float | None:
+        """Predicted seconds to complete ``tokens`` prompt tokens; None when unknown."""
+        rate = self.tokens_per_s
+        return None if rate is None else tokens / rate

@@ -1,0 +1,30 @@
+"""Command line: ``judge-service serve`` (also ``python -m service``) and the commands
+that score files, fit LAGER weights and evaluate against human scores."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from service.cli import layers, score_file, serve
+from service.logs import configure_logging
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="judge-service", description="LLM-as-a-judge scoring service.")
+    commands = parser.add_subparsers(dest="command")
+    serve.register(commands)
+    layers.register(commands)
+    score_file.register(commands)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if not words or (words[0].startswith("-") and words[0] not in ("-h", "--help")):
+        words.insert(0, "serve")
+    args = parser.parse_args(words)
+    if args.command not in ("serve", "prepare"):
+        configure_logging("warning")
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Every deployment limit, checked in one place before anything is queued.
+
+The wire models (``judge_client.protocol``) carry the structural rules; what depends on
+the deployment is here: items per request, what the loaded tokenizer makes of a label,
+prompt length against the model, the methods the engine and the layer weights allow,
+and the deadline cap. Each check raises a ``JudgeError`` naming the field or label, so a
+bad request is refused whole and nothing downstream validates again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from service.errors import ErrorKind, JudgeError
+from service.lager import LayerWeights
+
+
+class Limits:
+    """The limits of one loaded judge."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        max_items: int,
+        max_model_len: int,
+        engine_kind: str,
+        supports_layers: bool,
+        layer_weights: LayerWeights | None,
+        request_timeout_s: float,
+        max_request_timeout_s: float,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.max_items = max_items
+        self.max_model_len = max_model_len
+        self.engine_kind = engine_kind
+        self.supports_layers = supports_layers
+        self.layer_weights = layer_weights
+        self.request_timeout_s = request_timeout_s
+        self.max_request_timeout_s = max_request_timeout_s
+
+    @staticmethod
+    def check_layer_weights(weights: LayerWeights, source: object, num_layers: int) -> None:
+        """At startup: the weights file must fit the loaded model."""
+        if len(weights.weights) != num_layers:
+            raise ValueError(
+                f"{source} has {len(weights.weights)} layer weights; the model needs {num_layers} "
+                "(one per layer entry but the final normed one)"
+            )
+
+    def deadline(self, timeout_s: float | None) -> float:
+        """The ``time.monotonic()`` instant by which a request must be answered."""
+        timeout = min(timeout_s or self.request_timeout_s, self.max_request_timeout_s)
+        return time.monotonic() + timeout
+
+    def check_count(self, count: int, what: str) -> None:
+        if count > self.max_items:
+            raise JudgeError(
+                ErrorKind.INVALID_REQUEST,
+                f"{count} {what} exceed the limit of {self.max_items} per request",
+                {what: count, "max_items": self.max_items},
+            )
+
+    def wants_layers(self, method: str, return_layers: bool) -> bool:
+        """Whether a score request needs per-layer logits; refuses what this judge cannot serve."""
+        if method == "lager_weighted" and self.layer_weights is None:
+            raise JudgeError(
+                ErrorKind.INVALID_REQUEST,
+                "method 'lager_weighted' needs layer weights; the server has none (JUDGE_LAYER_WEIGHTS_FILE)",
+            )
+        wanted = method != "final" or return_layers
+        if wanted and not self.supports_layers:
+            raise JudgeError(
+                ErrorKind.INVALID_REQUEST,
+                f"method {method!r} and return_layers need per-layer scores, "
+                f"which this {self.engine_kind} engine does not provide (JUDGE_VLLM_LAYERS=false)",
+            )
+        return wanted
+
+    def label_ids(self, labels: Sequence[str]) -> tuple[int, ...]:
+        """The token id of each label, tokenised alone without special tokens."""
+        ids = []
+        for label in labels:
+            tokens = self.tokenizer.encode(label, add_special_tokens=False)
+            if len(tokens) != 1:
+                raise JudgeError(
+                    ErrorKind.INVALID_REQUEST,
+                    f"label {label!r} is {len(tokens)} tokens for this model's tokenizer; "
+                    "labels must be exactly one token",
+                    {"label": label, "tokens": len(tokens)},
+                )
+            ids.append(tokens[0])
+        return tuple(ids)
+
+    def encode(self, text: str, index: int, name: str) -> tuple[int, ...]:
+        """A rendered prompt's token ids, within the model's length."""
+        token_ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
+        if not token_ids:
+            raise JudgeError(ErrorKind.INVALID_REQUEST, f"items[{index}] encodes to no tokens")
+        if len(token_ids) > self.max_model_len:
+            raise JudgeError(
+                ErrorKind.INVALID_REQUEST,
+                f"items[{index}] ({name!r}) is {len(token_ids)} tokens; the model accepts at most {self.max_model_len}",
+                {"item": index, "prompt_tokens": len(token_ids), "max_model_len": self.max_model_len},
+            )
+        return token_ids

@@ -1,0 +1,200 @@
+"""The runtime: the one long-lived object behind every service.
+
+It holds the model's tokenizer, the engine and the queue, and the state every endpoint
+reads: readiness, drain, health and the exit code. The shutdown grace is one budget,
+counted from the moment draining begins: the drain, the server's own graceful close and
+the queue's close all spend the same remaining time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from service.batching import BatchQueue
+from service.config import Settings
+from service.engines import Engine, LabelScores, ScoringTask, build_engine, choose_engine
+from service.errors import ErrorKind, JudgeError
+from service.lager import LayerWeights
+from service.limits import Limits
+from service.metrics import Metrics
+from service.model_store import resolve_model
+from service.prompts import Prompts
+
+logger = logging.getLogger(__name__)
+
+# Prompt tokens of the calibration batch run at startup: a first throughput measurement,
+# so deadline-aware admission has a prediction before the first real batch.
+CALIBRATION_ITEMS = 4
+CALIBRATION_TOKENS = 256
+
+
+class Runtime:
+    """Model, engine, queue and the service's state."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.engine: Engine | None = None
+        self.queue: BatchQueue | None = None
+        self.prompts: Prompts | None = None
+        self.limits: Limits | None = None
+        self.layer_weights = LayerWeights.load(settings.layer_weights_file) if settings.layer_weights_file else None
+        self.ready = False
+        self.draining = False
+        self.failed = False
+        self.exit_code = 0
+        self._drain_deadline: float | None = None
+        # Set by whoever runs the server: stops it (the exit code says why).
+        self.request_exit: Callable[[], None] = lambda: None
+
+    @property
+    def engine_kind(self) -> str:
+        return choose_engine(self.settings.engine)
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.model
+
+    async def start(self) -> None:
+        """Load the model, warm it up, start the queue; mark ready. A failure is logged and
+        leaves the runtime failed, with any engine that had started closed again."""
+        started = time.monotonic()
+        engine = None
+        try:
+            model_dir, tokenizer = await asyncio.to_thread(self._load_tokenizer)
+            engine = build_engine(self.settings, model_dir, tokenizer)
+            await engine.start()
+            if self.layer_weights is not None:
+                Limits.check_layer_weights(self.layer_weights, self.settings.layer_weights_file, engine.num_layers)
+            self.prompts = Prompts(tokenizer)
+            self.limits = Limits(
+                tokenizer,
+                max_items=self.settings.max_items,
+                max_model_len=min(engine.max_model_len, self.settings.max_model_len or engine.max_model_len),
+                engine_kind=self.engine_kind,
+                supports_layers=engine.supports_layers,
+                layer_weights=self.layer_weights,
+                request_timeout_s=self.settings.request_timeout_s,
+                max_request_timeout_s=self.settings.max_request_timeout_s,
+            )
+            self.queue = self._make_queue(engine)
+            self.engine = engine
+            await self._calibrate(len(tokenizer), min(CALIBRATION_TOKENS, self.limits.max_model_len))
+        except Exception:
+            self.failed = True
+            logger.exception("failed to load the judge model")
+            if self.queue is not None:
+                await self.queue.close(0)
+            await self._close(engine)
+            return
+        self.metrics.model_info.info({"model": self.settings.model, "engine": self.engine_kind})
+        self.ready = True
+        self.metrics.ready.set(1)
+        logger.info(
+            "judge ready: model=%s engine=%s in %.1fs",
+            self.settings.model,
+            self.engine_kind,
+            time.monotonic() - started,
+        )
+
+    def _load_tokenizer(self) -> tuple[Path, Any]:
+        from transformers import AutoTokenizer
+
+        model_dir = resolve_model(self.settings.model, self.settings.cache_dir)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        return model_dir, tokenizer
+
+    def _make_queue(self, engine: Engine) -> BatchQueue:
+        wait_ms = self.settings.max_wait_ms
+        if wait_ms is None:
+            # An engine that batches by itself gains nothing from waiting.
+            wait_ms = 0.0 if engine.max_inflight_batches > 1 else 2.0
+        queue = BatchQueue(
+            engine,
+            self.metrics,
+            max_queue=self.settings.max_queue,
+            max_batch_size=self.settings.max_batch_size,
+            max_wait_s=wait_ms / 1000,
+            on_stopped=self._queue_stopped,
+        )
+        queue.start()
+        return queue
+
+    async def _calibrate(self, vocab_size: int, length: int) -> None:
+        """Run one batch of distinct prompts through the queue: it warms the engine up and
+        gives admission its first throughput measurement."""
+        assert self.queue is not None
+        tasks = [
+            ScoringTask(
+                token_ids=tuple((item * 7919 + k * 104729 + 1000) % vocab_size for k in range(length)),
+                label_ids=(0,),
+            )
+            for item in range(CALIBRATION_ITEMS)
+        ]
+        await self.queue.run(tasks, time.monotonic() + 600)
+
+    def _queue_stopped(self) -> None:
+        # The batch loop cannot be restarted safely with futures in unknown states: fail
+        # health and readiness, and exit so the orchestrator restarts the process.
+        self.failed = True
+        self.metrics.ready.set(0)
+
+    @property
+    def alive(self) -> bool:
+        if self.failed:
+            return False
+        if self.engine is not None and not self.engine.healthy:
+            return False
+        return self.queue is None or self.queue.running
+
+    @property
+    def accepting(self) -> bool:
+        return self.ready and not self.draining and self.alive
+
+    def require_ready(self) -> tuple[Prompts, Limits]:
+        if not self.accepting or self.prompts is None or self.limits is None:
+            raise JudgeError(ErrorKind.UNAVAILABLE, "the judge is not ready")
+        return self.prompts, self.limits
+
+    async def run(
+        self, tasks: Sequence[ScoringTask], deadline: float, disconnected: Callable[[], Awaitable[None]] | None
+    ) -> list[LabelScores]:
+        """Score ``tasks`` through the queue: admission, batching, deadline, disconnect."""
+        if self.queue is None or not self.accepting:
+            raise JudgeError(ErrorKind.UNAVAILABLE, "the judge is not ready")
+        return await self.queue.run(tasks, deadline, disconnected)
+
+    def begin_drain(self) -> None:
+        """Stop admitting new requests (503); admitted work still completes. Starts the
+        shutdown grace budget."""
+        if self._drain_deadline is None:
+            self._drain_deadline = time.monotonic() + self.settings.shutdown_grace_s
+        self.draining = True
+        self.metrics.ready.set(0)
+
+    def grace_left(self) -> float:
+        """Seconds left of the shutdown grace budget (all of it before draining began)."""
+        if self._drain_deadline is None:
+            return self.settings.shutdown_grace_s
+        return max(0.0, self._drain_deadline - time.monotonic())
+
+    async def shutdown(self) -> None:
+        self.begin_drain()
+        if self.queue is not None:
+            await self.queue.close(self.grace_left())
+        await self._close(self.engine)
+
+    async def _close(self, engine: Engine | None) -> None:
+        if engine is None:
+            return
+        try:
+            await engine.close()
+        except Exception:
+            logger.exception("closing the engine failed")
+        if engine is self.engine:
+            self.engine = None

@@ -1,0 +1,79 @@
+"""``/v1/compare``: pairs of responses -> order-averaged five-way verdicts."""
+
+from __future__ import annotations
+
+import asyncio
+
+from judge_client.protocol import ComparePair, CompareRequest, CompareResponse, PairVerdict
+
+from service import pairwise, scoring
+from service.engines import LabelScores, ScoringTask
+from service.limits import Limits
+from service.pairwise import VERDICTS
+from service.prompts import VERDICT_LABELS, Prompts
+from service.runtime import Runtime
+from service.serving.score import Disconnected
+
+
+class CompareService:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def compare(
+        self, request: CompareRequest, timeout_s: float | None, disconnected: Disconnected
+    ) -> CompareResponse:
+        prompts, limits = self.runtime.require_ready()
+        deadline = limits.deadline(timeout_s)
+        tasks = await asyncio.to_thread(self._tasks, request, prompts, limits)
+        results = await self.runtime.run(tasks, deadline, disconnected)
+        per_pair = 2 if request.swap else 1
+        verdicts = [
+            self._verdict(
+                pair, request, results[i * per_pair : (i + 1) * per_pair], tasks[i * per_pair : (i + 1) * per_pair]
+            )
+            for i, pair in enumerate(request.pairs)
+        ]
+        tokens = sum(t.length for t in tasks)
+        self.runtime.metrics.answered("compare", "final", len(verdicts), len(tasks), tokens)
+        return CompareResponse(model=self.runtime.model_name, results=verdicts)
+
+    @staticmethod
+    def _tasks(request: CompareRequest, prompts: Prompts, limits: Limits) -> list[ScoringTask]:
+        """Two tasks per pair (A first, then B first), or one without swapping."""
+        limits.check_count(len(request.pairs), "pairs")
+        label_ids = limits.label_ids(VERDICT_LABELS)
+        tasks = []
+        for index, pair in enumerate(request.pairs):
+            orders = [(pair.response_a, pair.response_b)]
+            if request.swap:
+                orders.append((pair.response_b, pair.response_a))
+            for first, second in orders:
+                text = prompts.pair(pair.instruction, first, second, request.criteria)
+                tasks.append(ScoringTask(token_ids=limits.encode(text, index, pair.id), label_ids=label_ids))
+        return tasks
+
+    @staticmethod
+    def _verdict(
+        pair: ComparePair, request: CompareRequest, results: list[LabelScores], tasks: list[ScoringTask]
+    ) -> PairVerdict:
+        orders = {
+            order: pairwise.in_ab_terms(scoring.softmax(result.logprobs), order)
+            for order, result in zip(("ab", "ba"), results, strict=False)
+        }
+        mean = tuple(sum(column) / len(orders) for column in zip(*orders.values(), strict=True))
+        if request.length_control is not None:
+            mean = pairwise.length_controlled(
+                mean, len(pair.response_a), len(pair.response_b), request.length_control.k
+            )
+        p_a_wins, p_tie, p_b_wins, verdict = pairwise.summarise(mean)
+        return PairVerdict(
+            id=pair.id,
+            distribution=dict(zip(VERDICTS, mean, strict=True)),
+            p_a_wins=p_a_wins,
+            p_tie=p_tie,
+            p_b_wins=p_b_wins,
+            verdict=verdict,
+            position_consistency=pairwise.consistency(orders["ab"], orders["ba"]) if request.swap else None,
+            orders={order: dict(zip(VERDICTS, probs, strict=True)) for order, probs in orders.items()},
+            prompt_tokens=sum(t.length for t in tasks),
+        )

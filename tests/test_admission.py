@@ -1,0 +1,45 @@
+"""The throughput measurement behind deadline-aware admission."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.admission import Throughput
+
+
+def test_rate_is_tokens_over_busy_time_without_idle_gaps() -> None:
+    meter = Throughput(window_s=100)
+    assert meter.tokens_per_s is None and meter.seconds_for(10) is None
+    meter.batch_started(0.0)
+    meter.batch_finished(200, 1.0)
+    # Idle from 1.0 to 5.0: not counted.
+    meter.batch_started(5.0)
+    meter.batch_finished(100, 6.0)
+    assert meter.tokens_per_s == pytest.approx(150.0)
+    assert meter.seconds_for(300) == pytest.approx(2.0)
+
+
+def test_concurrent_batches_share_one_clock() -> None:
+    meter = Throughput(window_s=100)
+    meter.batch_started(0.0)
+    meter.batch_started(0.0)
+    meter.batch_finished(100, 1.0)
+    meter.batch_finished(100, 1.0)
+    # 200 tokens in 1 s of busy time, not in 2.
+    assert meter.tokens_per_s == pytest.approx(200.0)
+
+
+def test_window_forgets_old_batches() -> None:
+    meter = Throughput(window_s=10)
+    meter.add(10.0, 10)  # 1 token/s, long ago
+    for _ in range(10):
+        meter.add(1.0, 100)  # 100 tokens/s since
+    assert meter.tokens_per_s == pytest.approx(100.0)
+
+
+def test_failed_batches_count_their_time_not_tokens() -> None:
+    meter = Throughput(window_s=100)
+    meter.add(1.0, 100)
+    meter.batch_started(1.0)
+    meter.batch_finished(0, 2.0)
+    assert meter.tokens_per_s == pytest.approx(50.0)

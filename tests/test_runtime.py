@@ -1,0 +1,65 @@
+"""The runtime: readiness, health and exit when its parts die, and no engine left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from service.config import Settings
+from service.metrics import Metrics
+from service.runtime import Runtime
+from tests.conftest import engine_settings, start_server
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_dead_batch_loop_turns_health_and_readiness_503_and_exits_non_zero() -> None:
+    running = start_server()
+    try:
+        queue = running.runtime.queue
+        loop_task = queue._loop_task
+        # Kill the loop from outside, as an unforeseen fault would.
+        loop_task.get_loop().call_soon_threadsafe(loop_task.cancel)
+        deadline = time.monotonic() + 30
+        while running.runtime.alive and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with running.client() as client:
+            statuses = {path: client.get(path).status_code for path in ("/health", "/ready")}
+            score = client.post("/v1/score", json={"items": [{"id": "a", "prompt": "Score:"}]})
+        assert statuses == {"/health": 503, "/ready": 503}
+        assert score.status_code == 503
+        running.thread.join(timeout=60)
+        assert not running.thread.is_alive(), "the server did not exit"
+        assert running.runtime.exit_code == 1
+    finally:
+        running.stop()
+
+
+def test_a_failed_load_check_closes_the_started_engine(tmp_path: Path) -> None:
+    """Layer weights that do not fit the model fail the start after the engine started; the
+    engine (for vLLM: its engine-core and worker processes) must not outlive it."""
+    weights = tmp_path / "weights.json"
+    weights.write_text(json.dumps({"weights": [0.0, 0.0, 0.0]}))
+    settings = Settings(layer_weights_file=weights, **engine_settings("vllm"))
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+
+    async def start() -> Runtime:
+        runtime = Runtime(settings, Metrics())
+        await runtime.start()
+        return runtime
+
+    runtime = asyncio.run(start())
+    assert runtime.failed and not runtime.ready and runtime.engine is None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()]
+        left = [p for p in left if p.status() != psutil.STATUS_ZOMBIE]
+        if not left:
+            break
+        time.sleep(0.5)
+    assert not left, [p.name() for p in left]
