@@ -28,6 +28,15 @@ from service.config import Settings
 from service.model_store import embedded_gguf_path
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test on a real server (the session's, or a module's ``*_server`` fixture) is
+    slow, whether or not its module says so."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if any(name == "server" or name.endswith(("_server", "_process")) for name in names):
+            item.add_marker(pytest.mark.slow)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

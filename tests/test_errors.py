@@ -9,6 +9,8 @@ import pytest
 
 from tests.conftest import RunningServer, start_server
 
+pytestmark = pytest.mark.slow
+
 ITEM = {"id": "a", "instruction": "Say hi.", "response": "Hi!"}
 
 

@@ -16,6 +16,8 @@ import torch
 from service.lager import LayerWeights
 from tests.conftest import SHARED_DATA, Reference, RunningServer, engine_settings, process_server
 
+pytestmark = pytest.mark.slow
+
 LABELS = ["1", "2", "3", "4", "5"]
 PROMPTS = [
     "Rate the answer from 1 to 5.\nQ: capital of Italy?\nA: Rome.\nScore:",
@@ -103,6 +105,7 @@ def test_fit_layers_lowers_its_own_loss(fitted: Path) -> None:
 def test_lager_weighted_served_with_fitted_weights(
     server: RunningServer, fitted: Path, reference: Reference, tmp_path: Path
 ) -> None:
+
     # A server process of its own: one vLLM engine per process, as in production.
     settings = engine_settings(server.runtime.engine_kind)
     with process_server(tmp_path / "server.log", **settings, layer_weights_file=fitted) as (_, url):

@@ -32,6 +32,8 @@ from tests.conftest import (
     wait_admitted,
 )
 
+pytestmark = pytest.mark.slow
+
 SHORT = {"items": [{"id": "s", "prompt": "Rate 1-5. Answer: fine. Score:"}]}
 
 
@@ -264,11 +266,20 @@ def test_nasty_bodies_get_clear_4xx(tight_server: RunningServer, body: bytes) ->
 
 
 def test_duplicate_ids_are_scored_in_order(tight_server: RunningServer) -> None:
-    items = [{"id": "same", "prompt": "Score:"}, {"id": "same", "prompt": "Rate it. Score:"}]
+    prompts = ["Score:", "Rate it. Score:", "Score:"]
+    items = [{"id": "same", "prompt": p} for p in prompts]
     with tight_server.client() as client:
-        results = client.post("/v1/score", json={"items": items}).json()["results"]
-    assert [r["id"] for r in results] == ["same", "same"]
-    assert results[0]["prompt_tokens"] != results[1]["prompt_tokens"]
+        together = client.post("/v1/score", json={"items": items, "return_logprobs": True}).json()["results"]
+        alone = [
+            client.post("/v1/score", json={"items": [item], "return_logprobs": True}).json()["results"][0]
+            for item in items
+        ]
+    assert [r["id"] for r in together] == ["same"] * 3
+    # Each position holds its own item's answer: swapped results would not match.
+    for mine, single in zip(together, alone, strict=True):
+        assert mine["prompt_tokens"] == single["prompt_tokens"]
+        assert list(mine["logprobs"].values()) == pytest.approx(list(single["logprobs"].values()), abs=1e-4)
+    assert together[0]["logprobs"] != together[1]["logprobs"]
 
 
 def test_rubric_template_syntax_stays_literal(tight_server: RunningServer) -> None:

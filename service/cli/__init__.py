@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from service.cli import layers, score_file, serve
+from service.cli.judge import JudgeFailed
 from service.logs import configure_logging
 
 
@@ -23,7 +24,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(words)
     if args.command not in ("serve", "prepare"):
         configure_logging("warning")
-    args.handler(args)
+    try:
+        args.handler(args)
+    except JudgeFailed as exc:
+        # The judge refused or failed: its message, not a stack trace.
+        sys.exit(f"judge-service {args.command}: the judge answered {exc.status}: {exc.message}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from tests.conftest import (
     wait_admitted,
 )
 
+pytestmark = pytest.mark.slow
+
 DATA = SHARED_DATA / "topical_chat_usr.jsonl"
 WORDS = "judge score answer model quality helpful correct response question rubric".split()
 

@@ -10,17 +10,9 @@ from service import pairwise
 from service.prompts import Prompts
 from tests.conftest import RunningServer
 
+pytestmark = pytest.mark.slow
+
 PAIR = {"id": "p1", "instruction": "What is 2+2?", "response_a": "4", "response_b": "It is 5."}
-
-
-def test_pairwise_maths() -> None:
-    assert pairwise.in_ab_terms([0.1, 0.2, 0.3, 0.15, 0.25], "ba") == (0.25, 0.15, 0.3, 0.2, 0.1)
-    assert pairwise.consistency([1, 0, 0, 0, 0], [1, 0, 0, 0, 0]) == 1.0
-    assert pairwise.consistency([1, 0, 0, 0, 0], [0, 0, 0, 0, 1]) == 0.0
-    probs = (0.1, 0.4, 0.2, 0.2, 0.1)
-    assert pairwise.length_controlled(probs, 500, 10, 100) == pytest.approx((0.1, 0.0, 0.6, 0.2, 0.1))
-    assert pairwise.length_controlled(probs, 10, 500, 100) == pytest.approx((0.1, 0.4, 0.4, 0.0, 0.1))
-    assert pairwise.length_controlled(probs, 10, 50, 100) == probs
 
 
 def test_compare_orders_match_independent_scoring(server: RunningServer, client) -> None:

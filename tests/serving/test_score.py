@@ -11,6 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.prompts import DEFAULT_RUBRIC, Prompts
 from tests.conftest import Reference, RunningServer
 
+pytestmark = pytest.mark.slow
+
 LABELS = ["1", "2", "3", "4", "5"]
 
 RAW_PROMPTS = [
