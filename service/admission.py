@@ -25,6 +25,13 @@ class Throughput:
         self._running = 0
         # Start of the busy time not yet attributed to a finished batch.
         self._since: float | None = None
+        # A measurement taken before serving (the runtime's calibration): the rate until
+        # real batches have been measured.
+        self._prior: tuple[float, int] | None = None
+
+    def seed(self, busy_s: float, tokens: int) -> None:
+        """A first measurement, used only until real batches replace it."""
+        self._prior = (busy_s, tokens)
 
     def batch_started(self, now: float) -> None:
         if self._running == 0:
@@ -50,9 +57,11 @@ class Throughput:
     @property
     def tokens_per_s(self) -> float | None:
         """The measured rate; None before anything was measured."""
-        if self._busy_s <= 0 or self._tokens <= 0:
-            return None
-        return self._tokens / self._busy_s
+        if self._busy_s > 0 and self._tokens > 0:
+            return self._tokens / self._busy_s
+        if self._prior is not None and self._prior[0] > 0:
+            return self._prior[1] / self._prior[0]
+        return None
 
     def seconds_for(self, tokens: int) -> float | None:
         """Predicted seconds to complete ``tokens`` prompt tokens; None when unknown."""

@@ -18,6 +18,18 @@ from service.config import Settings
 _BOUNDED_LISTS = {"RawScoreRequest": "items", "StructuredScoreRequest": "items", "CompareRequest": "pairs"}
 
 
+def _headers_are_never_null(schema: dict[str, Any]) -> None:
+    """An optional header is absent or a value: HTTP has no null header, so the schema must
+    not offer one (FastAPI derives ``anyOf: [T, null]`` from ``T | None``)."""
+    for operation in (op for path in schema.get("paths", {}).values() for op in path.values()):
+        for parameter in operation.get("parameters", []):
+            branches = parameter.get("schema", {}).get("anyOf")
+            if parameter.get("in") == "header" and branches:
+                kept = [b for b in branches if b.get("type") != "null"]
+                if len(kept) == 1:
+                    parameter["schema"] = {**{k: v for k, v in parameter["schema"].items() if k != "anyOf"}, **kept[0]}
+
+
 def install_openapi(app: FastAPI, settings: Settings) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -25,6 +37,7 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
             components = schema.get("components", {}).get("schemas", {})
             for model, field in _BOUNDED_LISTS.items():
                 components[model]["properties"][field]["maxItems"] = settings.max_items
+            _headers_are_never_null(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -27,8 +27,8 @@ from service.prompts import Prompts
 
 logger = logging.getLogger(__name__)
 
-# Prompt tokens of the calibration batch run at startup: a first throughput measurement,
-# so deadline-aware admission has a prediction before the first real batch.
+# The calibration batch run at startup (twice: a warm-up, then timed): a first throughput
+# measurement, so deadline-aware admission has a prediction before the first real batch.
 CALIBRATION_ITEMS = 4
 CALIBRATION_TOKENS = 256
 
@@ -84,7 +84,7 @@ class Runtime:
             )
             self.queue = self._make_queue(engine)
             self.engine = engine
-            await self._calibrate(len(tokenizer), min(CALIBRATION_TOKENS, self.limits.max_model_len))
+            await self._calibrate(engine, len(tokenizer), min(CALIBRATION_TOKENS, self.limits.max_model_len))
         except Exception:
             self.failed = True
             logger.exception("failed to load the judge model")
@@ -125,9 +125,9 @@ class Runtime:
         queue.start()
         return queue
 
-    async def _calibrate(self, vocab_size: int, length: int) -> None:
-        """Run one batch of distinct prompts through the queue: it warms the engine up and
-        gives admission its first throughput measurement."""
+    async def _calibrate(self, engine: Engine, vocab_size: int, length: int) -> None:
+        """Run a batch of distinct prompts on the engine, once to warm it up and once timed:
+        admission's first throughput measurement."""
         assert self.queue is not None
         tasks = [
             ScoringTask(
@@ -136,7 +136,10 @@ class Runtime:
             )
             for item in range(CALIBRATION_ITEMS)
         ]
-        await self.queue.run(tasks, time.monotonic() + 600)
+        await engine.score(tasks)
+        started = time.monotonic()
+        await engine.score(tasks)
+        self.queue.throughput.seed(time.monotonic() - started, sum(task.length for task in tasks))
 
     def _queue_stopped(self) -> None:
         # The batch loop cannot be restarted safely with futures in unknown states: fail

@@ -37,6 +37,14 @@ def test_window_forgets_old_batches() -> None:
     assert meter.tokens_per_s == pytest.approx(100.0)
 
 
+def test_a_seed_stands_in_only_until_real_batches_are_measured() -> None:
+    meter = Throughput(window_s=100)
+    meter.seed(2.0, 100)
+    assert meter.tokens_per_s == pytest.approx(50.0)
+    meter.add(1.0, 400)
+    assert meter.tokens_per_s == pytest.approx(400.0)
+
+
 def test_failed_batches_count_their_time_not_tokens() -> None:
     meter = Throughput(window_s=100)
     meter.add(1.0, 100)

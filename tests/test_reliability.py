@@ -168,7 +168,9 @@ def test_deadline_aware_admission_keeps_goodput_under_overload(tmp_path: Path) -
 def test_client_disconnect_mid_request_is_skipped(running_process) -> None:
     _, url = running_process
     port = int(url.rsplit(":", 1)[1])
-    body = json.dumps({"items": [{"id": str(i), "prompt": "word " * 1500 + "Score:"} for i in range(8)]}).encode()
+    # Long deadlines: this test is about disconnects, not admission.
+    items = [{"id": str(i), "prompt": "word " * 1500 + "Score:"} for i in range(8)]
+    body = json.dumps({"items": items, "timeout_s": 300}).encode()
     for _ in range(3):
         with socket.create_connection(("127.0.0.1", port)) as sock:
             head = (
@@ -188,7 +190,7 @@ def test_client_disconnect_mid_request_is_skipped(running_process) -> None:
 
 def test_sigterm_drains_accepted_work_and_refuses_new(running_process) -> None:
     proc, url = running_process
-    payload = {"items": [{"id": str(i), "prompt": "word " * 600 + "Score:"} for i in range(4)]}
+    payload = {"items": [{"id": str(i), "prompt": "word " * 600 + "Score:"} for i in range(4)], "timeout_s": 300}
     before = prompts_taken_in(url)
     with ThreadPoolExecutor(6) as pool:
         accepted = [pool.submit(httpx.post, f"{url}/v1/score", json=payload, timeout=120) for _ in range(6)]

@@ -9,6 +9,7 @@ per client; use it as a context manager.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -62,11 +63,6 @@ def _delay(response: httpx.Response | None, attempt: int, backoff: float) -> flo
     return backoff * (2**attempt) * (0.5 + random.random())
 
 
-def _retryable(response: httpx.Response | None) -> bool:
-    # No response: the connection failed; scoring is idempotent, so sending again is safe.
-    return response is None or response.status_code in RETRY_STATUSES
-
-
 class _Base:
     def __init__(self, base_url: str, api_key: str | None, retries: int, backoff: float, max_items: int | None) -> None:
         self.base_url = base_url.rstrip("/")
@@ -74,6 +70,13 @@ class _Base:
         self.retries = retries
         self.backoff = backoff
         self._max_items = max_items
+
+    def _retry_delay(self, attempt: int, response: httpx.Response | None) -> float | None:
+        """Seconds to wait before sending again, or None to stop. No response means the
+        connection failed; scoring is idempotent, so sending again is safe."""
+        if attempt >= self.retries or (response is not None and response.status_code not in RETRY_STATUSES):
+            return None
+        return _delay(response, attempt, self.backoff)
 
     @staticmethod
     def _scores(parts: Sequence[Any]) -> ScoreResponse:
@@ -123,19 +126,16 @@ class JudgeClient(_Base):
         self._http.close()
 
     def _send(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
-        response = None
-        for attempt in range(self.retries + 1):
+        for attempt in itertools.count():
             try:
                 response = self._http.request(method, path, json=payload)
             except httpx.TransportError:
-                if attempt == self.retries:
+                if (delay := self._retry_delay(attempt, None)) is None:
                     raise
-                response = None
-            if not _retryable(response) or attempt == self.retries:
-                break
-            time.sleep(_delay(response, attempt, self.backoff))
-        assert response is not None
-        return self._result(response)
+            else:
+                if (delay := self._retry_delay(attempt, response)) is None:
+                    return self._result(response)
+            time.sleep(delay)
 
     def max_items(self) -> int:
         if self._max_items is None:
@@ -190,20 +190,17 @@ class AsyncJudgeClient(_Base):
         await self._http.aclose()
 
     async def _send(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
-        response = None
         async with self._slots:
-            for attempt in range(self.retries + 1):
+            for attempt in itertools.count():
                 try:
                     response = await self._http.request(method, path, json=payload)
                 except httpx.TransportError:
-                    if attempt == self.retries:
+                    if (delay := self._retry_delay(attempt, None)) is None:
                         raise
-                    response = None
-                if not _retryable(response) or attempt == self.retries:
-                    break
-                await asyncio.sleep(_delay(response, attempt, self.backoff))
-        assert response is not None
-        return self._result(response)
+                else:
+                    if (delay := self._retry_delay(attempt, response)) is None:
+                        return self._result(response)
+                await asyncio.sleep(delay)
 
     async def max_items(self) -> int:
         if self._max_items is None:

@@ -93,7 +93,14 @@ class TransformersEngine:
         self._head_weight = self._head_bias = None
 
     async def score(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
-        return await asyncio.to_thread(self._forward, batch)
+        running = asyncio.ensure_future(asyncio.to_thread(self._forward, batch))
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            # A forward pass in its thread cannot be stopped: keep this call (and so the
+            # queue's batch slot) until it ends, so no second pass queues up behind it.
+            await asyncio.gather(running, return_exceptions=True)
+            raise
 
     def _forward(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
         if self.model is None:

@@ -159,8 +159,9 @@ def test_lager_and_layers_parity_under_continuous_batching(vllm_server: RunningS
     ]
 
     def call(payload: dict) -> list[dict]:
+        # The longest deadline: this test is about parity, not admission.
         with vllm_server.client(timeout=600) as client:
-            response = client.post("/v1/score", json=payload)
+            response = client.post("/v1/score", json={**payload, "timeout_s": 300})
         assert response.status_code == 200, response.text
         return response.json()["results"]
 
@@ -186,7 +187,8 @@ def test_engine_death_fails_fast_and_exits() -> None:
             if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline())
         ]
         assert cores, "no vLLM engine-core process found"
-        payload = {"items": [{"id": str(i), "prompt": "word " * 1500 + "Score:"} for i in range(4)]}
+        # Long deadlines: every request must be admitted before the engine dies.
+        payload = {"items": [{"id": str(i), "prompt": "word " * 1500 + "Score:"} for i in range(4)], "timeout_s": 300}
 
         def call(_: int) -> int:
             with running.client(timeout=120) as client:
