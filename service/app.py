@@ -17,6 +17,7 @@ from service.judge import Judge
 from service.logs import RequestContext
 from service.metrics import Metrics
 from service.middleware import BodyLimit, RequestMetrics
+from service.pages import pages_router
 from service.routes import router
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         version=__version__,
         description="LLM-as-a-judge scoring: label distributions, expected scores and confidence.",
         lifespan=lifespan,
+        # Served by service.pages from the installed packages instead of a public CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -70,6 +74,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         )
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(pages_router(settings.playground))
     # Outermost first: metrics see every status, including the body limit's 413.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
