@@ -10,11 +10,10 @@ from typing import Any, get_args
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
+from judge_client.protocol import Method
 
 from service.errors import ErrorKind, JudgeError
-from service.pairwise import DEFAULT_PAIR_CRITERIA
-from service.prompts import DEFAULT_RUBRIC
-from service.schemas import Method
+from service.prompts import DEFAULT_PAIR_CRITERIA, DEFAULT_RUBRIC
 
 # Swagger UI and ReDoc bundles as shipped (and pinned) by the fastapi-offline package.
 DOCS_ASSETS = Path(str(importlib.resources.files("fastapi_offline") / "static"))
