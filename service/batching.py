@@ -65,11 +65,14 @@ class _Entry:
 class Submission:
     """The items of one admitted request: wait for them, or give them up."""
 
-    def __init__(self, queue: BatchQueue) -> None:
-        self._queue = queue
+    def __init__(self) -> None:
         self.entries: list[_Entry] = []
         self.started = False
         self._unresolved = 0
+
+    def add(self, entry: _Entry) -> None:
+        self.entries.append(entry)
+        self._unresolved += 1
 
     @property
     def futures(self) -> list[asyncio.Future[LabelScores]]:
@@ -205,12 +208,11 @@ class BatchQueue:
         tokens = sum(task.length for task in tasks)
         self._admit_by_deadline(tokens, deadline)
         loop = asyncio.get_running_loop()
-        submission = Submission(self)
-        submission._unresolved = len(tasks)
+        submission = Submission()
         for task in tasks:
             entry = _Entry(task, loop.create_future(), deadline, submission)
             entry.future.add_done_callback(partial(self._on_done, entry))
-            submission.entries.append(entry)
+            submission.add(entry)
         self._pending.extend(submission.entries)
         self._depth += len(tasks)
         self._work += tokens
