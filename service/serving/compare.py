@@ -41,7 +41,7 @@ class CompareService:
     def _tasks(request: CompareRequest, prompts: Prompts, limits: Limits) -> list[ScoringTask]:
         """Two tasks per pair (A first, then B first), or one without swapping."""
         limits.check_count(len(request.pairs), "pairs")
-        label_ids = limits.label_ids(VERDICT_LABELS)
+        trie = limits.label_trie(VERDICT_LABELS)
         tasks = []
         for index, pair in enumerate(request.pairs):
             orders = [(pair.response_a, pair.response_b)]
@@ -49,7 +49,7 @@ class CompareService:
                 orders.append((pair.response_b, pair.response_a))
             for first, second in orders:
                 text = prompts.pair(pair.instruction, first, second, request.criteria)
-                tasks.append(ScoringTask(token_ids=limits.encode(text, index, pair.id), label_ids=label_ids))
+                tasks.append(ScoringTask.reading(limits.encode(text, index, pair.id), trie))
         return tasks
 
     @staticmethod

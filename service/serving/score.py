@@ -75,7 +75,7 @@ class ScoreService:
         prompts, limits = self.runtime.require_ready()
         want_layers = limits.wants_layers(request.method, request.return_layers)
         limits.check_count(len(request.items), "items")
-        label_ids = limits.label_ids(request.label_set)
+        trie = limits.label_trie(request.label_set, want_layers)
         texts: list[str]
         if isinstance(request, RawScoreRequest):
             texts = [item.prompt for item in request.items]
@@ -86,7 +86,7 @@ class ScoreService:
             texts = [prompts.score(i.instruction, i.response, i.reference_answer, rubric) for i in request.items]
         items: Sequence[RawItem | StructuredItem] = request.items
         return [
-            ScoringTask(token_ids=limits.encode(text, index, item.id), label_ids=label_ids, want_layers=want_layers)
+            ScoringTask.reading(limits.encode(text, index, item.id), trie, want_layers)
             for index, (item, text) in enumerate(zip(items, texts, strict=True))
         ]
 
