@@ -7,33 +7,20 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from service.batching import BatchQueue
 from service.engines.base import ScoringTask
 from service.engines.transformers import TransformersEngine
 from service.errors import ErrorKind, JudgeError
 from service.metrics import Metrics
+from tests.conftest import tiny_llama
 
 VOCAB = 64
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    path = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(config).save_pretrained(str(path))
-    return path
+    return tiny_llama(tmp_path_factory.mktemp("tiny"), VOCAB)
 
 
 @pytest.fixture(scope="module")

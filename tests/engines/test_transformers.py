@@ -4,16 +4,16 @@ equal to direct forward passes over the prompt plus each label prefix, on every 
 from __future__ import annotations
 
 import asyncio
-import math
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from service.engines.base import ScoringTask
 from service.engines.transformers import TransformersEngine
 from service.labels import LabelTrie
+from tests.conftest import tiny_llama, trie_rule_logprobs
 
 VOCAB = 64
 # "10" = (1, 0), "1" = (1,), "2" = (2,), "123" = (1, 2, 3): prefixes of each other.
@@ -22,22 +22,8 @@ LABELS = [(1,), (2,), (1, 0), (1, 2, 3), (5, 6)]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():  # far from uniform: errors would show
-        model.lm_head.weight.mul_(20)
-    path = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(str(path))
-    return path
+    # A sharpened head: far from uniform, so errors would show.
+    return tiny_llama(tmp_path_factory.mktemp("tiny"), VOCAB, head_scale=20)
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +42,7 @@ def direct(model_dir: Path, prompt: tuple[int, ...]) -> list[float]:
         logits = model(input_ids=torch.tensor([prompt + prefix])).logits[0, -1]
         return torch.log_softmax(logits.double(), dim=-1)
 
-    out = []
-    for seq in LABELS:
-        total = sum(float(next_logprobs(seq[:k])[t]) for k, t in enumerate(seq))
-        onward = {o[len(seq)] for o in LABELS if len(o) > len(seq) and o[: len(seq)] == seq}
-        if onward:
-            after = next_logprobs(seq)
-            total += math.log(1 - sum(math.exp(float(after[c])) for c in onward))
-        out.append(total)
-    return out
+    return trie_rule_logprobs(LABELS, next_logprobs)
 
 
 def task(prompt: tuple[int, ...]) -> ScoringTask:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from service.prompts import Prompts, Rubric
-from tests.conftest import Reference, RunningServer
+from tests.conftest import Reference, RunningServer, trie_rule_logprobs
 
 pytestmark = pytest.mark.slow
 
@@ -37,16 +37,7 @@ def reference_label_logprobs(reference: Reference, prompt: str, labels: list[str
         out = reference.model(input_ids=torch.tensor([prompt_ids + list(prefix)]), output_hidden_states=True)
         return torch.log_softmax(out.hidden_states[-1][0, -1].double() @ head.T, dim=-1)
 
-    out = []
-    for seq in sequences:
-        total = sum(float(next_logprobs(seq[:k])[token]) for k, token in enumerate(seq))
-        # Tokens by which a longer label goes on after this whole label.
-        onward = {other[len(seq)] for other in sequences if len(other) > len(seq) and other[: len(seq)] == seq}
-        if onward:
-            after = next_logprobs(seq)
-            total += math.log(1.0 - sum(math.exp(float(after[c])) for c in onward))
-        out.append(total)
-    return out
+    return trie_rule_logprobs(sequences, next_logprobs)
 
 
 def served_logprobs(client, **payload) -> list[dict]:
