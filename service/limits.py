@@ -51,10 +51,11 @@ class Limits:
                 "(one per layer entry but the final normed one)"
             )
 
-    def deadline(self, timeout_s: float | None) -> float:
-        """The ``time.monotonic()`` instant by which a request must be answered."""
+    def deadline(self, timeout_s: float | None, arrived: float | None = None) -> float:
+        """The ``time.monotonic()`` instant by which a request that reached the server at
+        ``arrived`` (default: now) must be answered."""
         timeout = min(timeout_s or self.request_timeout_s, self.max_request_timeout_s)
-        return time.monotonic() + timeout
+        return (time.monotonic() if arrived is None else arrived) + timeout
 
     def check_count(self, count: int, what: str) -> None:
         if count > self.max_items:

@@ -20,10 +20,14 @@ class CompareService:
         self.runtime = runtime
 
     async def compare(
-        self, request: CompareRequest, timeout_s: float | None, disconnected: Disconnected
+        self,
+        request: CompareRequest,
+        timeout_s: float | None,
+        disconnected: Disconnected,
+        arrived: float | None = None,
     ) -> CompareResponse:
         prompts, limits = self.runtime.require_ready()
-        deadline = limits.deadline(timeout_s)
+        deadline = limits.deadline(timeout_s, arrived)
         tasks = await asyncio.to_thread(self._tasks, request, prompts, limits)
         results = await self.runtime.run(tasks, deadline, disconnected)
         per_pair = 2 if request.swap else 1

@@ -50,9 +50,15 @@ class ScoreService:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    async def score(self, request: ScoreRequest, timeout_s: float | None, disconnected: Disconnected) -> ScoreResponse:
+    async def score(
+        self,
+        request: ScoreRequest,
+        timeout_s: float | None,
+        disconnected: Disconnected,
+        arrived: float | None = None,
+    ) -> ScoreResponse:
         _, limits = self.runtime.require_ready()
-        deadline = limits.deadline(timeout_s)
+        deadline = limits.deadline(timeout_s, arrived)
         tasks = await asyncio.to_thread(self.tasks, request)
         results = await self.runtime.run(tasks, deadline, disconnected)
         labels = request.label_set
