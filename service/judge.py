@@ -170,7 +170,7 @@ class Judge:
             raise JudgeError(
                 ErrorKind.INVALID_REQUEST,
                 f"method {request.method!r} and return_layers need per-layer scores, "
-                f"which this {self.engine_kind} engine does not provide (JUDGE_VLLM_LAYERS=false)",
+                f"which this {self.engine_kind} engine does not provide ({self.engine.layers_unavailable})",
             )
         deadline = self._deadline(timeout_s)
         labels, tasks = await asyncio.to_thread(builder.build, request, want_layers)

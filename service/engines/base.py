@@ -57,6 +57,10 @@ class EngineDead(EngineError):
     """The engine can no longer serve; the process should be restarted."""
 
 
+class UnsupportedModel(EngineError):
+    """The engine cannot serve this model's scores exactly; it refuses to load it."""
+
+
 class Engine(Protocol):
     """A loaded judge model that scores batches of tasks."""
 
@@ -66,8 +70,9 @@ class Engine(Protocol):
     num_layers: int
     # Whether the queue should send batches concurrently (the engine batches itself).
     concurrent_batches: bool
-    # Whether tasks may ask for per-layer label logits (LAGER).
+    # Whether tasks may ask for per-layer label logits (LAGER), and if not, why.
     supports_layers: bool
+    layers_unavailable: str | None
     # The batch token budget that runs fastest on this engine's device.
     preferred_batch_tokens: int
 

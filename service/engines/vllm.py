@@ -47,6 +47,7 @@ class VllmEngine:
         self._dead = False
         self._ids = itertools.count()
         self.supports_layers = False
+        self.layers_unavailable: str | None = "JUDGE_VLLM_LAYERS=false"
 
     @property
     def healthy(self) -> bool:
@@ -93,7 +94,7 @@ class VllmEngine:
             counts = await self._engine.collective_rpc("judge_install_layer_capture")
             if set(counts) != {self.num_layers}:
                 raise EngineError(f"layer capture hooked {counts} layers, the model has {self.num_layers}")
-            self.supports_layers = True
+            self.supports_layers, self.layers_unavailable = True, None
         await self._score_one(ScoringTask(token_ids=(0,) * 8, label_ids=(0,)))
 
     async def close(self) -> None:

@@ -1,0 +1,56 @@
+"""Load-time probes: the transformers engine's own paths against the model's own forward pass.
+
+The engine does not run the model's ``forward`` to score: it runs the decoder on left-padded
+batches (or a shared prefix's KV cache with right-padded suffixes), then applies the head
+to the scoring position only. Whether padding, positions and caches give exactly what the
+model computes for one prompt alone depends on the family (absolute positions, ALiBi,
+recurrent or convolutional layers...). These probes score a few prompts of random tokens
+each way and compare with ``log_softmax(model(input_ids).logits[0, -1])``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from service.engines.base import LabelScores, ScoringTask
+
+# Prompt lengths of the padded probe; the prefix probe shares 40 tokens between 3 prompts.
+PADDED_LENGTHS = (5, 17, 9, 33)
+PREFIX_TOKENS, PREFIX_TAILS = 40, (2, 9, 5)
+
+
+def logprob_tolerance(dtype: torch.dtype) -> float:
+    """How far a batched result may be from the model's own forward pass, in nats."""
+    return 1e-4 if dtype in (torch.float32, torch.float64) else 0.1
+
+
+def probe_tasks(vocab_size: int, want_layers: bool) -> tuple[list[ScoringTask], list[ScoringTask]]:
+    """Prompts without a common prefix, and prompts sharing a long one."""
+    generator = torch.Generator().manual_seed(1234)
+
+    def tokens(n: int) -> tuple[int, ...]:
+        return tuple(torch.randint(3, vocab_size, (n,), generator=generator).tolist())
+
+    labels = tokens(64)
+    padded = [ScoringTask(tokens(n), labels, want_layers) for n in PADDED_LENGTHS]
+    shared = tokens(PREFIX_TOKENS)
+    prefixed = [ScoringTask(shared + tokens(n), labels, want_layers) for n in PREFIX_TAILS]
+    return padded, prefixed
+
+
+@torch.inference_mode()
+def own_logprobs(model: Any, task: ScoringTask, device: torch.device) -> torch.Tensor:
+    """The model's own forward pass on one prompt: label log-probabilities, float64."""
+    logits = model(input_ids=torch.tensor([task.token_ids], device=device), use_cache=False).logits
+    return torch.log_softmax(logits[0, -1].to(torch.float64), dim=-1)[list(task.label_ids)].cpu()
+
+
+def max_error(got: Sequence[LabelScores], want: Sequence[torch.Tensor]) -> float:
+    """The largest label log-probability difference between results and expectations."""
+    return max(
+        float((torch.tensor(result.logprobs, dtype=torch.float64) - expected).abs().max())
+        for result, expected in zip(got, want, strict=True)
+    )
