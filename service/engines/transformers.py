@@ -125,7 +125,8 @@ class TransformersEngine:
         padded, prefixed = probes.probe_tasks(int(self.head.weight.shape[0]), self.supports_layers)
         want = [probes.own_logprobs(self.model, task, self.device) for task in padded + prefixed]
         tol = probes.logprob_tolerance(self.dtype)
-        alone = probes.max_error([self._score_batch([task])[0] for task in padded], want[: len(padded)])
+        # One prompt alone takes the plain causal path, as single items and unpadded batches do.
+        alone = probes.max_error(self._score_batch(padded[:1]), want[:1])
         if alone > tol:
             raise UnsupportedModel(
                 f"{architecture(self.model)}: scoring a prompt alone differs from the model's own forward pass "
