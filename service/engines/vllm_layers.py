@@ -11,10 +11,7 @@ batching and chunked prefill; a chunk that does not end the prompt is ignored. T
 end then fetches and removes the result by key with ``judge_pop_layer_logits``.
 
 What is read is found in the model and proven, not assumed from one family's layout:
-- the head: the module and bias the model itself passes to its ``LogitsProcessor`` (seen
-  by a hook during one ``compute_logits`` call), with the family's logit transform from
-  ``heads``; the label rows of this head are proven equal to the model's own
-  ``compute_logits`` on hidden states whose logits reach magnitudes from 0.5 to 2000;
+- the head: the label rows of the model's own head and logit transform (``vllm_head``);
 - the layers: the model's one list of ``num_hidden_layers`` modules;
 - each layer's residual stream: its output, or its output plus the residual it returns
   (vLLM layers pass the residual separately), whichever the final norm maps to the
@@ -32,14 +29,14 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from service.engines.heads import LogitTransform, architecture, head_tolerance, transform_for
+from service.engines.heads import architecture, head_tolerance
+from service.engines.vllm_head import LabelRows, LayerCaptureUnavailable, model_device
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +46,6 @@ MAX_KEPT = 8192
 
 LayerLogits = tuple[list[list[float]], list[list[float]]]
 Norm = Callable[[torch.Tensor], torch.Tensor]
-
-
-class LayerCaptureUnavailable(RuntimeError):
-    """The model lacks something per-layer capture needs; the message says what."""
 
 
 class _Target:
@@ -82,85 +75,10 @@ def _normed(norm: Norm, hidden: torch.Tensor) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _hidden_arg(layer: torch.nn.Module) -> int:
     """Position of ``hidden_states`` among a layer's forward arguments."""
     names = list(inspect.signature(layer.forward).parameters)
     return names.index("hidden_states") if "hidden_states" in names else 0
-
-
-class LabelRows:
-    """The model's own head, as its ``compute_logits`` applies it, restricted to label rows."""
-
-    def __init__(self, model: Any, config: Any, hidden_size: int, dtype: torch.dtype, device: torch.device) -> None:
-        processor = getattr(model, "logits_processor", None)
-        if processor is None or getattr(processor, "logits_as_input", False):
-            raise LayerCaptureUnavailable("no logits processor applying an LM head")
-        seen: dict[str, Any] = {}
-
-        def grab(module: Any, args: tuple, kwargs: dict) -> None:
-            seen["head"] = args[0] if args else kwargs["lm_head"]
-            seen["bias"] = args[2] if len(args) > 2 else kwargs.get("embedding_bias")
-
-        handle = processor.register_forward_pre_hook(grab, with_kwargs=True)
-        try:
-            probe = torch.zeros((1, hidden_size), dtype=dtype, device=device)
-            model.compute_logits(probe)
-        finally:
-            handle.remove()
-        head: Any = seen.get("head")
-        if not isinstance(getattr(head, "weight", None), torch.Tensor):
-            raise LayerCaptureUnavailable("no LM-head weight passed to the logits processor")
-        shard = getattr(head, "shard_indices", None)
-        self.vocab_start = int(shard.org_vocab_start_index) if shard is not None else 0
-        self.vocab_end = int(shard.org_vocab_end_index) if shard is not None else int(head.weight.shape[0])
-        self.weight: torch.Tensor = head.weight
-        bias = seen.get("bias")
-        self.bias = bias if isinstance(bias, torch.Tensor) else None
-        # The transformers family's transform: vLLM's head is proven to apply the same one.
-        self.transform: LogitTransform = transform_for(config)
-
-    def rows(self, label_ids: list[int], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """This rank's head rows for the labels; zero rows for labels another rank holds."""
-        weight = torch.zeros((len(label_ids), self.weight.shape[1]), dtype=dtype, device=self.weight.device)
-        bias = None if self.bias is None else torch.zeros(len(label_ids), dtype=dtype, device=weight.device)
-        for i, token in enumerate(label_ids):
-            if self.vocab_start <= token < self.vocab_end:
-                weight[i] = self.weight[token - self.vocab_start].to(dtype)
-                if bias is not None and self.bias is not None:
-                    bias[i] = self.bias[token - self.vocab_start].to(dtype)
-        return weight, bias
-
-    def label_logits(self, hidden: torch.Tensor, label_ids: list[int], dtype: torch.dtype) -> torch.Tensor:
-        weight, bias = self.rows(label_ids, dtype)
-        return self.transform(torch.nn.functional.linear(hidden.to(dtype), weight, bias))
-
-    @torch.inference_mode()
-    def prove(self, model: Any, dtype: torch.dtype) -> str | None:
-        """Compare with the model's own ``compute_logits``; a message when they differ.
-
-        With tensor parallelism only the rank that receives the gathered logits compares,
-        on the labels it holds (the other ranks apply the same code to their slices).
-        """
-        generator = torch.Generator().manual_seed(0)
-        labels = list(range(self.vocab_start, self.vocab_end, max(1, (self.vocab_end - self.vocab_start) // 64)))
-        rows = torch.randn((8, self.weight.shape[1]), generator=generator, dtype=torch.float64)
-        raw = torch.nn.functional.linear(rows.to(self.weight.device), self.rows(labels, torch.float64)[0])
-        targets = torch.logspace(math.log10(0.5), math.log10(2000.0), 8, dtype=torch.float64, device=raw.device)
-        rows = (rows.to(raw.device) * (targets / raw.abs().amax(dim=-1).clamp(min=1e-12)).unsqueeze(-1)).to(dtype)
-        theirs = model.compute_logits(rows)
-        if theirs is None:
-            return None
-        theirs = theirs[:, labels].to(torch.float64)
-        ours = self.label_logits(rows, labels, torch.float64)
-        scale = ours.abs().amax(dim=-1, keepdim=True).clamp(min=1.0)
-        error = float(((theirs - ours).abs() / scale).max())
-        if error > head_tolerance(dtype):
-            return f"vLLM's logits differ from the family's head ({self.transform}) by {error:.3g} (relative)"
-        return None
 
 
 class LayerCapture:
@@ -174,7 +92,7 @@ class LayerCapture:
         dtype = runner.model_config.dtype
         self.decoder, layers = _layer_list(model, self.num_layers)
         # The head is proven by judge_check_head before the capture is installed.
-        self.head = LabelRows(model, config, int(config.hidden_size), dtype, _device(model))
+        self.head = LabelRows(model, config, int(config.hidden_size), dtype, model_device(model))
         self.norms: list[Norm] = [
             module for module in self.decoder.children() if "norm" in type(module).__name__.lower()
         ]
@@ -347,7 +265,7 @@ class LayerCaptureExtension:
         config = runner.model_config.hf_text_config
         model = runner.get_model()
         try:
-            head = LabelRows(model, config, int(config.hidden_size), runner.model_config.dtype, _device(model))
+            head = LabelRows(model, config, int(config.hidden_size), runner.model_config.dtype, model_device(model))
             problem = head.prove(model, runner.model_config.dtype)
         except LayerCaptureUnavailable as exc:
             problem = str(exc)
