@@ -294,6 +294,19 @@ def test_head_transform_unknown_to_the_judge_is_refused(tiny: TinyModels, monkey
         start_engine(path)
 
 
+def test_model_whose_padded_batches_are_inexact_is_scored_one_item_at_a_time(tiny: TinyModels) -> None:
+    """What the engine does when its load-time probe finds padded batches inexact (no tested
+    family does): every item runs alone, unpadded, and still equals the model's forward pass."""
+    engine = start_engine(tiny.dir("gpt2"))
+    engine.batches_exact = False
+    tasks = [ScoringTask(prompt_ids(p), label_ids()) for p in PROMPTS]
+    exact = tiny.exact("gpt2")
+    for task, got in zip(tasks, asyncio.run(engine.score(tasks)), strict=True):
+        assert list(got.logprobs) == pytest.approx(
+            own_logprobs(exact, task.token_ids)[list(label_ids())].tolist(), abs=1e-5
+        )
+
+
 @pytest.fixture(scope="session")
 def t5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = T5Config(vocab_size=49152, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2)

@@ -20,6 +20,7 @@ from service.engines.base import LabelScores, ScoringTask
 # Prompt lengths of the padded probe; the prefix probe shares 40 tokens between 3 prompts.
 PADDED_LENGTHS = (5, 17, 9, 33)
 PREFIX_TOKENS, PREFIX_TAILS = 40, (2, 9, 5)
+PROBE_LABELS = 64
 
 
 def logprob_tolerance(dtype: torch.dtype) -> float:
@@ -27,30 +28,34 @@ def logprob_tolerance(dtype: torch.dtype) -> float:
     return 1e-4 if dtype in (torch.float32, torch.float64) else 0.1
 
 
-def probe_tasks(vocab_size: int, want_layers: bool) -> tuple[list[ScoringTask], list[ScoringTask]]:
-    """Prompts without a common prefix, and prompts sharing a long one."""
+def probe_prompts(vocab_size: int) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """Prompts of random tokens without a common prefix, and prompts sharing a long one."""
     generator = torch.Generator().manual_seed(1234)
 
     def tokens(n: int) -> tuple[int, ...]:
         return tuple(torch.randint(3, vocab_size, (n,), generator=generator).tolist())
 
-    labels = tokens(64)
-    padded = [ScoringTask(tokens(n), labels, want_layers) for n in PADDED_LENGTHS]
+    padded = [tokens(n) for n in PADDED_LENGTHS]
     shared = tokens(PREFIX_TOKENS)
-    prefixed = [ScoringTask(shared + tokens(n), labels, want_layers) for n in PREFIX_TAILS]
-    return padded, prefixed
+    return padded, [shared + tokens(n) for n in PREFIX_TAILS]
 
 
 @torch.inference_mode()
-def own_logprobs(model: Any, task: ScoringTask, device: torch.device) -> torch.Tensor:
-    """The model's own forward pass on one prompt: label log-probabilities, float64."""
-    logits = model(input_ids=torch.tensor([task.token_ids], device=device), use_cache=False).logits
-    return torch.log_softmax(logits[0, -1].to(torch.float64), dim=-1)[list(task.label_ids)].cpu()
+def own_logprobs(model: Any, token_ids: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """The model's own forward pass on one prompt: full-vocabulary log-probabilities, float64."""
+    logits = model(input_ids=torch.tensor([token_ids], device=device), use_cache=False).logits
+    return torch.log_softmax(logits[0, -1].to(torch.float64), dim=-1).cpu()
 
 
-def max_error(got: Sequence[LabelScores], want: Sequence[torch.Tensor]) -> float:
-    """The largest label log-probability difference between results and expectations."""
+def probe_task(token_ids: tuple[int, ...], own: torch.Tensor, want_layers: bool) -> ScoringTask:
+    """Score the tokens the model itself finds likeliest, as judge labels are: where a wrong
+    computation shows, and where half-precision rounding is smallest in nats."""
+    return ScoringTask(token_ids, tuple(own.topk(PROBE_LABELS).indices.tolist()), want_layers)
+
+
+def max_error(got: Sequence[LabelScores], tasks: Sequence[ScoringTask], own: Sequence[torch.Tensor]) -> float:
+    """The largest label log-probability difference between results and the model's own."""
     return max(
-        float((torch.tensor(result.logprobs, dtype=torch.float64) - expected).abs().max())
-        for result, expected in zip(got, want, strict=True)
+        float((torch.tensor(result.logprobs, dtype=torch.float64) - expected[list(task.label_ids)]).abs().max())
+        for result, task, expected in zip(got, tasks, own, strict=True)
     )

@@ -122,29 +122,34 @@ class TransformersEngine:
         model is refused; if padded batches differ, the engine scores one item at a time;
         if the shared-prefix path differs, it is turned off."""
         assert self.head is not None
-        padded, prefixed = probes.probe_tasks(int(self.head.weight.shape[0]), self.supports_layers)
-        want = [probes.own_logprobs(self.model, task, self.device) for task in padded + prefixed]
+        padded_ids, prefixed_ids = probes.probe_prompts(int(self.head.weight.shape[0]))
+        own = [probes.own_logprobs(self.model, ids, self.device) for ids in padded_ids + prefixed_ids]
+        tasks = [
+            probes.probe_task(ids, logprobs, self.supports_layers)
+            for ids, logprobs in zip(padded_ids + prefixed_ids, own, strict=True)
+        ]
+        padded, prefixed = tasks[: len(padded_ids)], tasks[len(padded_ids) :]
         tol = probes.logprob_tolerance(self.dtype)
         # One prompt alone takes the plain causal path, as single items and unpadded batches do.
-        alone = probes.max_error(self._score_batch(padded[:1]), want[:1])
+        alone = probes.max_error(self._score_batch(padded[:1]), padded[:1], own[:1])
         if alone > tol:
             raise UnsupportedModel(
                 f"{architecture(self.model)}: scoring a prompt alone differs from the model's own forward pass "
                 f"by {alone:.3g} nats; the judge refuses to serve inexact scores"
             )
-        error = self._probe_error(padded, want[: len(padded)])
+        error = self._probe_error(padded, own[: len(padded)])
         if error > tol:
             self.batches_exact = False
             logger.warning(
                 "%s: padded batches are off by %.3g nats; scoring one item at a time", architecture(self.model), error
             )
-        if self.prefix_reuse and (error := self._probe_error(prefixed, want[len(padded) :])) > tol:
+        if self.prefix_reuse and (error := self._probe_error(prefixed, own[len(padded) :])) > tol:
             self.prefix_reuse = False
             logger.warning("%s: shared-prefix batches are off by %.3g nats; no reuse", architecture(self.model), error)
 
-    def _probe_error(self, batch: list[ScoringTask], want: list[torch.Tensor]) -> float:
+    def _probe_error(self, batch: list[ScoringTask], own: list[torch.Tensor]) -> float:
         try:
-            return probes.max_error(self._score_batch(batch), want)
+            return probes.max_error(self._score_batch(batch), batch, own)
         except Exception as exc:  # a path this family cannot run (e.g. a cache without batch repeat)
             logger.warning("%s: batched scoring fails: %r", architecture(self.model), exc)
             return float("inf")
