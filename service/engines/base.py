@@ -29,9 +29,10 @@ class LabelScores:
 
     ``logprobs``: log-softmax over the full vocabulary, at the label ids, at the scoring
     position. ``layer_logits``: when asked for, the label logits of every layer's
-    last-token hidden state projected through the LM head without the final norm
-    (embeddings first, the model's own final-normed output last). ``layer_logits_normed``:
-    the same with the final norm applied to each layer first (the logit lens).
+    last-token hidden state projected through the LM head and the family's logit transform
+    without the final norm (the first layer's input first, the model's own final-normed
+    output last). ``layer_logits_normed``: the same, but every row except the last goes
+    through the final norm first (the logit lens).
     """
 
     logprobs: tuple[float, ...]

@@ -9,6 +9,10 @@ With ``JUDGE_VLLM_LAYERS`` on (the default), the worker extension in
 ``service.engines.vllm_layers`` captures every layer's label logits at the scoring
 position of the requests that ask (LAGER, ``return_layers``), in the same forward pass;
 the model then runs eagerly, since hooks do not run inside compiled graphs.
+
+Only architectures whose vLLM scores are verified against transformers are served
+(``vllm_families``); at start the worker also proves that vLLM's head equals the
+family's own (``vllm_head``), or the model is refused.
 """
 
 from __future__ import annotations
