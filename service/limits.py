@@ -29,6 +29,7 @@ class Limits:
         max_model_len: int,
         engine_kind: str,
         supports_layers: bool,
+        layers_unavailable: str | None,
         layer_weights: LayerWeights | None,
         request_timeout_s: float,
         max_request_timeout_s: float,
@@ -38,6 +39,7 @@ class Limits:
         self.max_model_len = max_model_len
         self.engine_kind = engine_kind
         self.supports_layers = supports_layers
+        self.layers_unavailable = layers_unavailable
         self.layer_weights = layer_weights
         self.request_timeout_s = request_timeout_s
         self.max_request_timeout_s = max_request_timeout_s
@@ -77,7 +79,8 @@ class Limits:
             raise JudgeError(
                 ErrorKind.INVALID_REQUEST,
                 f"method {method!r} and return_layers need per-layer scores, "
-                f"which this {self.engine_kind} engine does not provide (JUDGE_VLLM_LAYERS=false)",
+                f"which this {self.engine_kind} engine does not provide"
+                + (f" ({self.layers_unavailable})" if self.layers_unavailable else ""),
             )
         return wanted
 

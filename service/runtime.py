@@ -78,6 +78,7 @@ class Runtime:
                 max_model_len=min(engine.max_model_len, self.settings.max_model_len or engine.max_model_len),
                 engine_kind=self.engine_kind,
                 supports_layers=engine.supports_layers,
+                layers_unavailable=engine.layers_unavailable,
                 layer_weights=self.layer_weights,
                 request_timeout_s=self.settings.request_timeout_s,
                 max_request_timeout_s=self.settings.max_request_timeout_s,

@@ -24,6 +24,7 @@ def limits() -> Limits:
         max_model_len=16,
         engine_kind="transformers",
         supports_layers=True,
+        layers_unavailable=None,
         layer_weights=None,
         request_timeout_s=60,
         max_request_timeout_s=300,

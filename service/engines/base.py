@@ -50,9 +50,10 @@ class LabelScores:
 
     ``logprobs``: log-softmax over the full vocabulary, at the label ids, at the scoring
     position. ``layer_logits``: when asked for, the label logits of every layer's
-    last-token hidden state projected through the LM head without the final norm
-    (embeddings first, the model's own final-normed output last). ``layer_logits_normed``:
-    the same with the final norm applied to each layer first (the logit lens).
+    last-token hidden state projected through the LM head and the family's logit transform
+    without the final norm (the first layer's input first, the model's own final-normed
+    output last). ``layer_logits_normed``: the same, but every row except the last goes
+    through the final norm first (the logit lens).
     """
 
     logprobs: tuple[float, ...]
@@ -86,6 +87,10 @@ class EngineDead(EngineError):
     """The engine can no longer serve; the process should be restarted."""
 
 
+class UnsupportedModel(EngineError):
+    """The engine cannot serve this model's scores exactly; it refuses to load it."""
+
+
 class Engine(Protocol):
     """A loaded judge model that scores batches of tasks."""
 
@@ -93,8 +98,9 @@ class Engine(Protocol):
     max_model_len: int
     # Decoder layers; layer_logits has num_layers + 1 rows (embeddings first).
     num_layers: int
-    # Whether tasks may ask for per-layer label logits (LAGER).
+    # Whether tasks may ask for per-layer label logits (LAGER), and if not, why.
     supports_layers: bool
+    layers_unavailable: str | None
     # The most cost (see batch_cost) one batch may carry.
     batch_budget: int
     # How many batches the queue may have running at once: 1 for an engine that runs one

@@ -1,4 +1,10 @@
-"""Transformers engine: one batched forward pass per batch, run in a worker thread."""
+"""Transformers engine: one batched forward pass per batch, run in a worker thread.
+
+Any decoder-only causal LM that transformers loads can be served, once the load-time
+proofs pass: the head and its family's logit transform (``heads``), the decoder layout
+for per-layer scores (``layout``) and the batched paths (``probes``) must reproduce the
+model's own forward pass. What cannot be proven exact is refused, naming the architecture.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
-from service.engines.base import EngineError, LabelScores, ScoringTask, common_prefix
+from service.engines import probes
+from service.engines.base import EngineError, LabelScores, ScoringTask, UnsupportedModel, common_prefix
+from service.engines.heads import LabelHead, architecture, check_head
+from service.engines.layout import DecoderLayout, find_layout
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +49,6 @@ class _PromptRun:
 class TransformersEngine:
     """Scores label tokens with a Hugging Face causal LM."""
 
-    supports_layers = True
     # One model, one forward pass at a time.
     max_inflight_batches = 1
 
@@ -73,8 +81,15 @@ class TransformersEngine:
         self.batch_budget = max_batch_tokens or (2048 if self.device.type == "cpu" else 16384)
         # Prompt tokens not recomputed thanks to a shared prefix (for metrics and benchmarks).
         self.prefix_tokens_reused = 0
-        self._head_weight: torch.Tensor | None = None
-        self._head_bias: torch.Tensor | None = None
+        self.head: LabelHead | None = None
+        self.layout: DecoderLayout | None = None
+        self.supports_layers = False
+        self.layers_unavailable: str | None = "the model is not loaded"
+        # Whether left-padded batches equal one-by-one scoring for this model (proven at load).
+        self.batches_exact = True
+        # Whether labels of several tokens may be read on top of each prompt's KV cache
+        # (proven at load); else each label prefix runs as a prompt of its own.
+        self.continue_in_cache = True
         # Forward passes are serialised: one model, one batch at a time.
         self._lock = threading.Lock()
 
@@ -95,15 +110,86 @@ class TransformersEngine:
 
     def _load(self) -> None:
         hf_logging.disable_progress_bar()
-        model: Any = AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=self.dtype, local_files_only=True)
+        model = self._load_model()
         self.model = model.to(self.device).eval()
         self.max_model_len = int(getattr(model.config, "max_position_embeddings", 2048))
-        self.num_layers = int(model.config.num_hidden_layers)
-        self._forward([ScoringTask(token_ids=(self.pad_token_id,) * 8, label_ids=(0,), want_layers=True)])
+        # The LM head in float64 on CPU, so label log-probabilities carry no rounding from a
+        # 50k-wide matmul and log-softmax; float32 on GPU.
+        self.head = LabelHead(model, torch.float64 if self.device.type == "cpu" else torch.float32)
+        check_head(model, self.head, self.device)
+        self.layout = find_layout(model, self.device)
+        self.num_layers = self.layout.num_layers
+        self.layers_unavailable = self.layout.layers_unavailable
+        self.supports_layers = self.layers_unavailable is None
+        if not self.supports_layers:
+            logger.warning("per-layer scores (LAGER) are off: %s", self.layers_unavailable)
+        self._prove_batches()
+
+    def _load_model(self) -> Any:
+        """Load the model as a decoder-only causal LM, or refuse it by name."""
+        config = AutoConfig.from_pretrained(str(self.model_dir), local_files_only=True)
+        if getattr(config, "is_encoder_decoder", False):
+            raise UnsupportedModel(
+                f"{architecture(config)} is an encoder-decoder model; the judge serves decoder-only causal LMs"
+            )
+        try:
+            return AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=self.dtype, local_files_only=True)
+        except ValueError as exc:
+            # transformers raises ValueError for a config with no causal-LM class.
+            raise UnsupportedModel(f"{architecture(config)} is not a causal LM transformers can load: {exc}") from exc
+
+    def _prove_batches(self) -> None:
+        """Compare one prompt alone, padded batches and shared-prefix batches with the
+        model's own forward pass (this also warms the model up). Alone must match, or the
+        model is refused; if padded batches differ, the engine scores one item at a time;
+        if the shared-prefix path differs, it is turned off."""
+        assert self.head is not None
+        padded_ids, prefixed_ids = probes.probe_prompts(int(self.head.weight.shape[0]))
+        own = [probes.own_logprobs(self.model, ids, self.device) for ids in padded_ids + prefixed_ids]
+        tasks = [
+            probes.probe_task(ids, logprobs, self.supports_layers)
+            for ids, logprobs in zip(padded_ids + prefixed_ids, own, strict=True)
+        ]
+        padded, prefixed = tasks[: len(padded_ids)], tasks[len(padded_ids) :]
+        tol = probes.logprob_tolerance(self.dtype)
+        # One prompt alone takes the plain causal path, as single items and unpadded batches do.
+        alone = probes.max_error(self._score_batch(padded[:1]), padded[:1], own[:1])
+        if alone > tol:
+            raise UnsupportedModel(
+                f"{architecture(self.model)}: scoring a prompt alone differs from the model's own forward pass "
+                f"by {alone:.3g} nats; the judge refuses to serve inexact scores"
+            )
+        error = self._probe_error(padded, own[: len(padded)])
+        if error > tol:
+            self.batches_exact = False
+            logger.warning(
+                "%s: padded batches are off by %.3g nats; scoring one item at a time", architecture(self.model), error
+            )
+        if self.prefix_reuse and (error := self._probe_error(prefixed, own[len(padded) :])) > tol:
+            self.prefix_reuse = False
+            logger.warning("%s: shared-prefix batches are off by %.3g nats; no reuse", architecture(self.model), error)
+        continued, expected = probes.continuation_probe(self.model, padded_ids[:2], own[:2], self.device)
+        if (error := self._probe_error(continued, expected, forward=True)) > tol:
+            self.continue_in_cache = False
+            logger.warning(
+                "%s: labels continued on the KV cache are off by %.3g nats; label prefixes run as prompts",
+                architecture(self.model),
+                error,
+            )
+
+    def _probe_error(self, batch: list[ScoringTask], own: Sequence[Any], forward: bool = False) -> float:
+        """The largest error of ``batch`` scored as one batch (through ``_forward``, with
+        its fallbacks, when ``forward``) against ``own``."""
+        try:
+            scored = self._forward(batch) if forward else self._score_batch(batch)
+            return probes.max_error(scored, batch, own)
+        except Exception as exc:  # a path this family cannot run (e.g. a cache without batch repeat)
+            logger.warning("%s: batched scoring fails: %r", architecture(self.model), exc)
+            return float("inf")
 
     async def close(self) -> None:
         self.model = None
-        self._head_weight = self._head_bias = None
+        self.head = self.layout = None
 
     async def score(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
         running = asyncio.ensure_future(asyncio.to_thread(self._forward, batch))
@@ -118,20 +204,32 @@ class TransformersEngine:
     def _forward(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
         if self.model is None:
             raise EngineError("model not loaded")
+        if not self.supports_layers and any(task.want_layers for task in batch):
+            raise EngineError(f"per-layer scores are off: {self.layers_unavailable}")
+        if not self.batches_exact:
+            # This model's padded batches are not exact (found at load): one item at a time.
+            return [self._score_batch([task])[0] for task in batch]
+        return self._score_batch(batch)
+
+    def _score_batch(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
+        assert self.head is not None
         want_layers = any(task.want_layers for task in batch)
-        continuing = any(task.trie is not None for task in batch)
+        multi_token = any(task.trie is not None for task in batch)
+        continuing = multi_token and self.continue_in_cache
         prefix = self._shared_prefix(batch)
         with self._lock, torch.inference_mode():
             if prefix:
                 run = self._run_with_prefix(batch, prefix, want_layers, continuing)
             else:
                 run = self._run_padded(batch, want_layers, continuing)
-            # The LM head runs on the scoring position only (what logits_to_keep=1 does), in
-            # float64 on CPU, so label log-probabilities carry no fp32 rounding from a
-            # 50k-wide matmul and log-softmax.
-            logprobs = torch.log_softmax(self._head(run.last), dim=-1).cpu()
+            # The head runs on the scoring position only (what logits_to_keep=1 does), with
+            # the family's logit transform, in float64 on CPU, so label log-probabilities
+            # carry no fp32 rounding from a 50k-wide matmul and log-softmax.
+            logprobs = torch.log_softmax(self.head.logits(run.last), dim=-1).cpu()
             layers = self._layer_logits(run.states, batch) if run.states is not None else None
             nodes = self._continuations(batch, run) if continuing else {}
+        if multi_token and not continuing:
+            nodes = self._replayed_continuations(batch)
         self.prefix_tokens_reused += prefix * (len(batch) - 1)
         return [
             LabelScores(
@@ -170,19 +268,41 @@ class TransformersEngine:
         # Positions go on from each prompt's own length, whatever padding its cache row holds.
         starts = torch.tensor([batch[row].length for row in owners])
         positions = starts.unsqueeze(1) + torch.arange(width).unsqueeze(0)
-        out = self.model.get_decoder()(
+        assert self.layout is not None and self.head is not None
+        # Without explicit positions (a family whose decoder takes none), the prompt rows
+        # hold no padding: ``_forward`` sends such tasks one at a time.
+        extra = {"position_ids": positions.to(self.device)} if self.layout.accepts_position_ids else {}
+        out = self.layout.decoder(
             input_ids=input_ids.to(self.device),
             attention_mask=mask.to(self.device),
-            position_ids=positions.to(self.device),
             past_key_values=run.cache,
             use_cache=True,
+            **extra,
         )
         ends = torch.tensor([len(node) - 1 for node in tokens], device=self.device)
         hidden = out.last_hidden_state[torch.arange(len(owners), device=self.device), ends, :]
-        logprobs = torch.log_softmax(self._head(hidden), dim=-1).cpu()
+        logprobs = torch.log_softmax(self.head.logits(hidden), dim=-1).cpu()
         nodes: dict[int, list[list[float]]] = {}
         for i, (row, kids) in enumerate(zip(owners, children, strict=True)):
             nodes.setdefault(row, []).append(logprobs[i, list(kids)].tolist())
+        return nodes
+
+    def _replayed_continuations(self, batch: Sequence[ScoringTask]) -> dict[int, list[list[float]]]:
+        """What ``_continuations`` returns, for a model whose KV cache cannot be continued
+        exactly: each trie node runs as a prompt of its own (the prompt plus the label
+        prefix), through the proven prompt path, in batches of the original size."""
+        owners: list[int] = []
+        tasks: list[ScoringTask] = []
+        for row, task in enumerate(batch):
+            if task.trie is not None:
+                for node, kids in zip(task.trie.continuations(), task.trie.children[1:], strict=True):
+                    owners.append(row)
+                    tasks.append(ScoringTask(task.token_ids + node, kids))
+        nodes: dict[int, list[list[float]]] = {}
+        for start in range(0, len(tasks), len(batch)):
+            results = self._forward(tasks[start : start + len(batch)])
+            for row, result in zip(owners[start : start + len(batch)], results, strict=True):
+                nodes.setdefault(row, []).append(list(result.logprobs))
         return nodes
 
     def _shared_prefix(self, batch: Sequence[ScoringTask]) -> int:
@@ -208,15 +328,18 @@ class TransformersEngine:
         # positions counted from each row's first real token.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         padded = any(task.length != width for task in batch)
+        assert self.layout is not None
         cache = DynamicCache(config=self.model.config) if keep_cache else None
-        out = self.model.get_decoder()(
+        # Without padding, the plain causal path is the model's reference computation.
+        extra: dict[str, Any] = {"attention_mask": mask.to(self.device)} if padded else {}
+        if padded and self.layout.accepts_position_ids:
+            extra["position_ids"] = positions.to(self.device)
+        out = self.layout.decoder(
             input_ids=input_ids.to(self.device),
-            # Without padding, the plain causal path is the model's reference computation.
-            attention_mask=mask.to(self.device) if padded else None,
-            position_ids=positions.to(self.device) if padded else None,
             output_hidden_states=want_layers,
             past_key_values=cache,
             use_cache=keep_cache,
+            **extra,
         )
         states = [h[:, -1, :] for h in out.hidden_states] if want_layers else None
         return _PromptRun(out.last_hidden_state[:, -1, :], states, cache, mask)
@@ -228,7 +351,8 @@ class TransformersEngine:
         right-padded suffixes on top; each row's scoring position is its last real token."""
         from transformers import DynamicCache
 
-        decoder = self.model.get_decoder()
+        assert self.layout is not None
+        decoder = self.layout.decoder
         cache = DynamicCache(config=self.model.config)
         head = torch.tensor([batch[0].token_ids[:prefix]], device=self.device)
         decoder(input_ids=head, past_key_values=cache, use_cache=True)
@@ -242,11 +366,12 @@ class TransformersEngine:
             input_ids[row, : len(tail)] = torch.tensor(tail)
             mask[row, prefix : prefix + len(tail)] = 1
         positions = (prefix + torch.arange(width)).unsqueeze(0).expand(len(batch), -1)
+        extra = {"position_ids": positions.to(self.device)} if self.layout.accepts_position_ids else {}
         out = decoder(
             input_ids=input_ids.to(self.device),
             attention_mask=mask.to(self.device),
-            position_ids=positions.to(self.device),
             past_key_values=cache,
+            **extra,
             use_cache=True,
             output_hidden_states=want_layers,
         )
@@ -255,37 +380,24 @@ class TransformersEngine:
         states = [h[rows, ends, :] for h in out.hidden_states] if want_layers else None
         return _PromptRun(out.last_hidden_state[rows, ends, :], states, cache if keep_cache else None, mask)
 
-    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Full-vocabulary logits of [B, H] hidden states, float64 on CPU."""
-        if self._head_weight is None:
-            head = self.model.get_output_embeddings()
-            dtype = torch.float64 if self.device.type == "cpu" else torch.float32
-            weight = head.weight.detach().to(dtype)
-            bias = head.bias.detach().to(dtype) if getattr(head, "bias", None) is not None else None
-            self._head_weight, self._head_bias = weight, bias
-        return torch.nn.functional.linear(hidden.to(self._head_weight.dtype), self._head_weight, self._head_bias)
-
     def _layer_logits(
         self, states: list[torch.Tensor], batch: Sequence[ScoringTask]
     ) -> tuple[list[tuple[tuple[float, ...], ...]], list[tuple[tuple[float, ...], ...]]]:
         """Label logits of every layer at the scoring position, raw and final-normed.
 
-        ``states``: one [B, H] tensor per hidden-states entry. Only the label rows of the
-        LM head are used: [layers, hidden] @ [hidden, labels].
+        ``states``: one [B, H] tensor per hidden-states entry (proven at load to be the first
+        layer's input, each later layer's input, and the final output). Every row goes
+        through the same head and logit transform as the final scores, using only the label
+        rows of the head: [layers, hidden] @ [hidden, labels].
         """
-        assert self._head_weight is not None
-        norm = self.model.get_decoder().norm
+        assert self.head is not None and self.layout is not None and self.layout.final_norm is not None
         # The last entry already carries the final norm; keep it as the model emits it.
         stacked = torch.stack(states, dim=1)  # [B, L+1, H]
-        normed = torch.cat([norm(stacked[:, :-1, :]), stacked[:, -1:, :]], dim=1)
-        stacked, normed = stacked.to(self._head_weight.dtype), normed.to(self._head_weight.dtype)
+        normed = torch.cat([self.layout.final_norm(stacked[:, :-1, :]), stacked[:, -1:, :]], dim=1)
         raw_out, normed_out = [], []
         for row, task in enumerate(batch):
-            ids = list(task.label_ids)
-            weight = self._head_weight[ids]  # [K, H]
-            bias = self._head_bias[ids] if self._head_bias is not None else None
-            raw = torch.nn.functional.linear(stacked[row], weight, bias)
-            lens = torch.nn.functional.linear(normed[row], weight, bias)
+            raw = self.head.label_logits(stacked[row], task.label_ids)
+            lens = self.head.label_logits(normed[row], task.label_ids)
             raw_out.append(tuple(map(tuple, raw.tolist())))
             normed_out.append(tuple(map(tuple, lens.tolist())))
         return raw_out, normed_out

@@ -9,6 +9,10 @@ With ``JUDGE_VLLM_LAYERS`` on (the default), the worker extension in
 ``service.engines.vllm_layers`` captures every layer's label logits at the scoring
 position of the requests that ask (LAGER, ``return_layers``), in the same forward pass;
 the model then runs eagerly, since hooks do not run inside compiled graphs.
+
+Only architectures whose vLLM scores are verified against transformers are served
+(``vllm_families``); at start the worker also proves that vLLM's head equals the
+family's own (``vllm_head``), or the model is refused.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from typing import Any
 
 from service.config import Settings
 from service.engines import gpu_present
-from service.engines.base import EngineDead, EngineError, LabelScores, ScoringTask
+from service.engines.base import EngineDead, EngineError, LabelScores, ScoringTask, UnsupportedModel
+from service.engines.vllm_families import check_architecture
 from service.engines.vllm_layers import EXTRA_ARGS_KEY
 
 logger = logging.getLogger(__name__)
@@ -47,6 +52,7 @@ class VllmEngine:
         self._ids = itertools.count()
         self.supports_layers = False
         self.max_inflight_batches = settings.max_queue
+        self.layers_unavailable: str | None = "JUDGE_VLLM_LAYERS=false"
 
     @property
     def healthy(self) -> bool:
@@ -77,24 +83,51 @@ class VllmEngine:
             max_logprobs=64,
             disable_log_stats=False,
         )
+        # The worker extension proves the head at start; with layers on, it also captures them.
+        options["worker_extension_cls"] = "service.engines.vllm_layers.LayerCaptureExtension"
         if s.vllm_layers:
-            options["worker_extension_cls"] = "service.engines.vllm_layers.LayerCaptureExtension"
             options["enforce_eager"] = True
         return AsyncEngineArgs(**options)
 
     async def start(self) -> None:
+        check_architecture(self.model_dir)
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self._engine = AsyncLLM.from_engine_args(self.engine_args())
         config = self._engine.model_config
         self.max_model_len = int(config.max_model_len)
-        self.num_layers = int(config.hf_config.num_hidden_layers)
-        if self.settings.vllm_layers:
-            counts = await self._engine.collective_rpc("judge_install_layer_capture")
-            if set(counts) != {self.num_layers}:
-                raise EngineError(f"layer capture hooked {counts} layers, the model has {self.num_layers}")
-            self.supports_layers = True
+        self.num_layers = int(config.hf_text_config.num_hidden_layers)
+        try:
+            problems = [p for p in await self._engine.collective_rpc("judge_check_head") if p]
+            if problems:
+                raise UnsupportedModel(
+                    f"{problems[0]}: vLLM would serve scores that differ from the model's own forward pass"
+                )
+            if self.settings.vllm_layers:
+                await self._install_layer_capture()
+        except UnsupportedModel:
+            await self.close()
+            raise
         await self._score_one(ScoringTask(token_ids=(0,) * 8, label_ids=(0,)))
+
+    async def _install_layer_capture(self) -> None:
+        """Hook the workers' models, then prove the capture on one request; without proof,
+        per-layer scores are refused with the reason (``final`` is still served)."""
+        answers = await self._engine.collective_rpc("judge_install_layer_capture")
+        counts = {count for count, _ in answers}
+        if counts != {self.num_layers}:
+            raise EngineError(f"layer capture hooked {counts} layers, the model has {self.num_layers}")
+        problems = [problem for _, problem in answers if problem]
+        if not problems:
+            self.supports_layers, self.layers_unavailable = True, None
+            try:
+                await self._score_one(ScoringTask(token_ids=tuple(range(3, 19)), label_ids=(0,), want_layers=True))
+            except EngineError:
+                answers = await self._engine.collective_rpc("judge_install_layer_capture")
+                problems = [problem for _, problem in answers if problem] or ["the capture failed on a probe"]
+        if problems:
+            self.supports_layers, self.layers_unavailable = False, problems[0]
+            logger.warning("per-layer scores (LAGER) are off: %s", problems[0])
 
     async def close(self) -> None:
         if self._engine is not None:
@@ -111,7 +144,7 @@ class VllmEngine:
         from vllm.v1.engine.exceptions import EngineDeadError
 
         if task.want_layers and not self.supports_layers:
-            raise EngineError("per-layer scores are off on this vLLM engine (JUDGE_VLLM_LAYERS=false)")
+            raise EngineError(f"per-layer scores are off on this vLLM engine: {self.layers_unavailable}")
         if self._engine is None:
             raise EngineDead("the vLLM engine is not running")
         request_id = f"judge-{next(self._ids)}"

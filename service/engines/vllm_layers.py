@@ -7,10 +7,18 @@ finds the requests that asked for layers (``SamplingParams.extra_args["judge_lay
 a key chosen by the front end) whose scoring position, the last prompt token, is in the
 step, and keeps that token's hidden state at every layer. Rows come from the step's own
 ``query_start_loc`` and ``positions``, so each request gets its own row under continuous
-batching and chunked prefill; a chunk that does not end the prompt is ignored. Only the
-label rows of the LM head are applied (``[layers, hidden] @ [hidden, labels]``), in
-float64, raw and after the final norm, like the transformers engine. The front end then
-fetches and removes the result by key with ``judge_pop_layer_logits``.
+batching and chunked prefill; a chunk that does not end the prompt is ignored. The front
+end then fetches and removes the result by key with ``judge_pop_layer_logits``.
+
+What is read is found in the model and proven, not assumed from one family's layout:
+- the head: the label rows of the model's own head and logit transform (``vllm_head``);
+- the layers: the model's one list of ``num_hidden_layers`` modules;
+- each layer's residual stream: its output, or its output plus the residual it returns
+  (vLLM layers pass the residual separately), whichever the final norm maps to the
+  model's own final hidden state; that norm is the final norm. Every capture re-checks
+  this on the last layer, so a wrong reading fails its requests instead of serving them.
+Only the label rows of the head are applied (``[layers, hidden] @ [hidden, labels]``), in
+float64 on CPU, raw and after the final norm, like the transformers engine.
 
 Hooks do not run inside compiled graphs, so the engine runs the model eagerly when this
 is installed. With tensor parallelism each rank holds a slice of the vocabulary: it fills
@@ -19,11 +27,16 @@ the labels it owns and leaves zeros elsewhere, and the front end sums the ranks'
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from service.engines.heads import architecture, head_tolerance
+from service.engines.vllm_head import LabelRows, LayerCaptureUnavailable, model_device
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +45,7 @@ EXTRA_ARGS_KEY = "judge_layers"
 MAX_KEPT = 8192
 
 LayerLogits = tuple[list[list[float]], list[list[float]]]
+Norm = Callable[[torch.Tensor], torch.Tensor]
 
 
 class _Target:
@@ -41,35 +55,61 @@ class _Target:
         self.key, self.row, self.label_ids = key, row, label_ids
 
 
+def _layer_list(model: Any, count: int) -> tuple[Any, torch.nn.ModuleList]:
+    """The module holding the model's list of ``count`` decoder layers, and that list."""
+    found = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count
+    ]
+    if not found:
+        raise LayerCaptureUnavailable(f"no list of {count} decoder layers")
+    name, layers = min(found, key=lambda item: item[0].count("."))
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    return parent, layers
+
+
+def _normed(norm: Norm, hidden: torch.Tensor) -> torch.Tensor:
+    """A norm applied alone (some vLLM norms return ``(hidden, residual)`` even then)."""
+    out: Any = norm(hidden.contiguous())
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _hidden_arg(layer: torch.nn.Module) -> int:
+    """Position of ``hidden_states`` among a layer's forward arguments."""
+    names = list(inspect.signature(layer.forward).parameters)
+    return names.index("hidden_states") if "hidden_states" in names else 0
+
+
 class LayerCapture:
     """Installs the hooks on one worker's model and keeps results by key."""
 
     def __init__(self, runner: Any) -> None:
         model = runner.get_model()
-        decoder = getattr(model, "model", None)
-        layers = getattr(decoder, "layers", None)
-        if decoder is None or layers is None or not hasattr(decoder, "norm") or not hasattr(model, "lm_head"):
-            raise RuntimeError(f"{type(model).__name__} has no decoder layers, final norm and LM head to read")
+        config = runner.model_config.hf_text_config
+        self.name = architecture(config)
+        self.num_layers = int(config.num_hidden_layers)
+        dtype = runner.model_config.dtype
+        self.decoder, layers = _layer_list(model, self.num_layers)
+        # The head is proven by judge_check_head before the capture is installed.
+        self.head = LabelRows(model, config, int(config.hidden_size), dtype, model_device(model))
+        self.norms: list[Norm] = [
+            module for module in self.decoder.children() if "norm" in type(module).__name__.lower()
+        ]
+        # (final norm, whether a layer's stream adds the residual it returns), once proven.
+        self.stream: tuple[Norm, bool] | None = None
+        # Why the last capture could not be proven (None after a proven one).
+        self.problem: str | None = None
         self.runner = runner
-        self.norm = decoder.norm
-        head = model.lm_head
-        shard = getattr(head, "shard_indices", None)
-        self.vocab_start = int(shard.org_vocab_start_index) if shard is not None else 0
-        self.vocab_end = int(shard.org_vocab_end_index) if shard is not None else int(head.weight.shape[0])
-        self.head_weight = head.weight
-        bias = getattr(head, "bias", None)
-        self.head_bias = bias if isinstance(bias, torch.Tensor) else None
-        self.num_layers = len(layers)
         self.results: OrderedDict[str, LayerLogits] = OrderedDict()
         self._rows: torch.Tensor | None = None
-        self._states: list[torch.Tensor] = []
+        self._states: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         # Tokens per request id of the engine step being run; None outside execute_model,
         # so warm-up and dummy forward passes are never read.
         self._scheduled: dict[str, int] | None = None
+        self._hidden_arg = _hidden_arg(layers[0])
         layers[0].register_forward_pre_hook(self._embeddings_hook, with_kwargs=True)
-        # Every decoder layer but the last: the model's own output stands for the last one,
-        # final norm included, as in transformers' hidden_states.
-        for layer in list(layers)[:-1]:
+        for layer in layers:
             layer.register_forward_hook(self._layer_hook)
         forward, execute = runner._model_forward, runner.execute_model
 
@@ -90,17 +130,32 @@ class LayerCapture:
 
     def _embeddings_hook(self, module: Any, args: tuple, kwargs: dict) -> None:
         if self._rows is not None:
-            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[1]
-            self._states.append(hidden[self._rows])
+            self._record(lambda: kwargs["hidden_states"] if "hidden_states" in kwargs else args[self._hidden_arg])
 
     def _layer_hook(self, module: Any, args: tuple, output: Any) -> None:
         if self._rows is not None:
-            if isinstance(output, tuple):
-                hidden, residual = output[0], output[1] if len(output) > 1 else None
-            else:
-                hidden, residual = output, None
-            rows = hidden[self._rows]
-            self._states.append(rows + residual[self._rows] if residual is not None else rows)
+            self._record(lambda: output)
+
+    def _record(self, read: Callable[[], Any]) -> None:
+        """Keep this step's rows of a layer's output: hidden states, or (hidden, residual).
+        Copied at once: vLLM's fused norms update their inputs in place. Never raises into
+        the engine step: a failure leaves this step's capture incomplete, and its requests
+        then fail alone."""
+        try:
+            value = read()
+            hidden, residual = (
+                (value[0], value[1] if len(value) > 1 else None) if isinstance(value, tuple) else (value, None)
+            )
+            rows = self._select(hidden)
+            self._states.append((rows, self._select(residual) if isinstance(residual, torch.Tensor) else None))
+        except Exception:
+            logger.exception("reading a layer's hidden state failed")
+            self._states.append((torch.empty(0), None))
+
+    def _select(self, tensor: torch.Tensor) -> torch.Tensor:
+        """This step's target rows of [tokens, H] (or [1, tokens, H]) hidden states."""
+        assert self._rows is not None
+        return tensor.reshape(-1, tensor.shape[-1])[self._rows]
 
     # -- one engine step -----------------------------------------------------------------
 
@@ -137,13 +192,13 @@ class LayerCapture:
         targets = self._targets(kwargs.get("positions"))
         if not targets:
             return forward(*args, **kwargs)
-        self._rows = torch.tensor([t.row for t in targets], device=self.head_weight.device)
+        self._rows = torch.tensor([t.row for t in targets], device=self.head.weight.device)
         self._states = []
         try:
             output = forward(*args, **kwargs)
             final = output[0] if isinstance(output, tuple) else output
             try:
-                self._keep(targets, self._states, final[self._rows])
+                self._keep(targets, self._states, self._select(final))
             except Exception:
                 # The engine step itself succeeded; only these requests go without layers
                 # (each then fails alone, "no per-layer logits").
@@ -152,35 +207,47 @@ class LayerCapture:
             self._rows, self._states = None, []
         return output
 
+    def _find_stream(self, last: tuple[torch.Tensor, torch.Tensor | None], final: torch.Tensor) -> tuple[Norm, bool]:
+        """The final norm and stream convention that turn the last layer's output into the
+        model's final hidden state; the proven one first."""
+        hidden, residual = last
+        options = [self.stream] if self.stream is not None else []
+        options += [
+            (norm, adds) for norm in self.norms for adds in ((True, False) if residual is not None else (False,))
+        ]
+        tol = head_tolerance(final.dtype)
+        for norm, adds in options:
+            stream = hidden + residual if adds and residual is not None else hidden
+            normed = _normed(norm, stream)
+            if normed.shape == final.shape and torch.allclose(normed.double(), final.double(), rtol=tol, atol=tol):
+                return norm, adds
+        raise LayerCaptureUnavailable("no final norm maps the last layer's output to the model's final hidden state")
+
     @torch.inference_mode()
-    def _keep(self, targets: list[_Target], states: list[torch.Tensor], final: torch.Tensor) -> None:
-        if len(states) != self.num_layers:
+    def _keep(
+        self, targets: list[_Target], states: list[tuple[torch.Tensor, torch.Tensor | None]], final: torch.Tensor
+    ) -> None:
+        if len(states) != self.num_layers + 1:
             raise RuntimeError(f"captured {len(states)} layer states for {self.num_layers} layers")
-        inner = torch.stack(states)  # [L, R, H]: embeddings, then layers 1..L-1
-        normed = torch.stack([self.norm(layer.contiguous()) for layer in inner])
-        dtype = torch.float64 if self.head_weight.device.type == "cpu" else torch.float32
-        raw_all = torch.cat([inner, final.unsqueeze(0)]).to(dtype)
-        normed_all = torch.cat([normed, final.unsqueeze(0)]).to(dtype)
+        try:
+            self.stream = norm, adds = self._find_stream(states[-1], final)
+        except LayerCaptureUnavailable as exc:
+            self.problem = f"{self.name}: {exc}"
+            raise
+        self.problem = None
+        # Rows: the first layer's input (the embeddings), each later layer's input, the final output.
+        inner = torch.stack([h + r if adds and r is not None else h for h, r in states[:-1]])  # [L, R, H]
+        normed = torch.stack([_normed(norm, layer) for layer in inner])
+        dtype = torch.float64 if self.head.weight.device.type == "cpu" else torch.float32
+        raw_all = torch.cat([inner, final.unsqueeze(0)])
+        normed_all = torch.cat([normed, final.unsqueeze(0)])
         for column, target in enumerate(targets):
-            weight, bias = self._label_rows(target.label_ids, dtype)
-            raw = torch.nn.functional.linear(raw_all[:, column], weight, bias)
-            lens = torch.nn.functional.linear(normed_all[:, column], weight, bias)
+            raw = self.head.label_logits(raw_all[:, column], target.label_ids, dtype)
+            lens = self.head.label_logits(normed_all[:, column], target.label_ids, dtype)
             self.results[target.key] = (raw.cpu().tolist(), lens.cpu().tolist())
             self.results.move_to_end(target.key)
         while len(self.results) > MAX_KEPT:
             self.results.popitem(last=False)
-
-    def _label_rows(self, label_ids: list[int], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """This rank's LM-head rows for the labels; zero rows for labels another rank holds."""
-        hidden = self.head_weight.shape[1]
-        weight = torch.zeros((len(label_ids), hidden), dtype=dtype, device=self.head_weight.device)
-        bias = None if self.head_bias is None else torch.zeros(len(label_ids), dtype=dtype, device=weight.device)
-        for i, token in enumerate(label_ids):
-            if self.vocab_start <= token < self.vocab_end:
-                weight[i] = self.head_weight[token - self.vocab_start].to(dtype)
-                if bias is not None and self.head_bias is not None:
-                    bias[i] = self.head_bias[token - self.vocab_start].to(dtype)
-        return weight, bias
 
     def pop(self, keys: list[str]) -> dict[str, LayerLogits]:
         return {key: self.results.pop(key) for key in keys if key in self.results}
@@ -191,13 +258,31 @@ class LayerCaptureExtension:
 
     model_runner: Any
 
-    def judge_install_layer_capture(self) -> int:
-        """Hook the model once; returns the number of decoder layers."""
+    def judge_check_head(self) -> str | None:
+        """Why vLLM's head for this model differs from the family's own (None when it
+        does not): the front end then refuses the model."""
+        runner = self.model_runner
+        config = runner.model_config.hf_text_config
+        model = runner.get_model()
+        try:
+            head = LabelRows(model, config, int(config.hidden_size), runner.model_config.dtype, model_device(model))
+            problem = head.prove(model, runner.model_config.dtype)
+        except LayerCaptureUnavailable as exc:
+            problem = str(exc)
+        return None if problem is None else f"{architecture(config)}: {problem}"
+
+    def judge_install_layer_capture(self) -> tuple[int, str | None]:
+        """Hook the model once; returns the number of decoder layers, and why per-layer
+        capture is unavailable (None when it is installed)."""
         capture = getattr(self.model_runner, "judge_layer_capture", None)
         if capture is None:
-            capture = LayerCapture(self.model_runner)
+            try:
+                capture = LayerCapture(self.model_runner)
+            except LayerCaptureUnavailable as exc:
+                config = self.model_runner.model_config.hf_text_config
+                return int(config.num_hidden_layers), f"{architecture(config)}: {exc}"
             self.model_runner.judge_layer_capture = capture
-        return capture.num_layers
+        return capture.num_layers, capture.problem
 
     def judge_pop_layer_logits(self, keys: list[str]) -> dict[str, LayerLogits]:
         """Take the results for these keys (absent when not captured on this rank)."""
