@@ -12,11 +12,16 @@ from typing import Protocol
 
 @dataclass(frozen=True, slots=True)
 class ScoringTask:
-    """One prompt to score: its token ids and the label token ids to read after it."""
+    """One prompt to score: its token ids and the label token ids to read after it.
+
+    ``hidden_layers``: hidden-state entries (0 = embeddings, ``num_layers`` = the final
+    normed output) whose scoring-position rows the engine returns, for learned readouts.
+    """
 
     token_ids: tuple[int, ...]
     label_ids: tuple[int, ...]
     want_layers: bool = False
+    hidden_layers: tuple[int, ...] = ()
 
     @property
     def length(self) -> int:
@@ -32,11 +37,14 @@ class LabelScores:
     last-token hidden state projected through the LM head without the final norm
     (embeddings first, the model's own final-normed output last). ``layer_logits_normed``:
     the same with the final norm applied to each layer first (the logit lens).
+    ``hidden``: the scoring-position hidden state of each of the task's ``hidden_layers``,
+    in that order (None when it asked for none).
     """
 
     logprobs: tuple[float, ...]
     layer_logits: tuple[tuple[float, ...], ...] | None = None
     layer_logits_normed: tuple[tuple[float, ...], ...] | None = None
+    hidden: tuple[tuple[float, ...], ...] | None = None
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

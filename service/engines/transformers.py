@@ -24,6 +24,13 @@ def _pick_device(device: str) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _hidden_rows(states: list[torch.Tensor], row: int, layers: tuple[int, ...]) -> tuple[tuple[float, ...], ...] | None:
+    """The scoring-position hidden state of ``row`` at each of ``layers``, in float64."""
+    if not layers:
+        return None
+    return tuple(tuple(states[layer][row].double().cpu().tolist()) for layer in layers)
+
+
 class TransformersEngine:
     """Scores label tokens with a Hugging Face causal LM."""
 
@@ -106,23 +113,25 @@ class TransformersEngine:
         if self.model is None:
             raise EngineError("model not loaded")
         want_layers = any(task.want_layers for task in batch)
+        want_states = want_layers or any(task.hidden_layers for task in batch)
         prefix = self._shared_prefix(batch)
         with self._lock, torch.inference_mode():
             if prefix:
-                last, states = self._run_with_prefix(batch, prefix, want_layers)
+                last, states = self._run_with_prefix(batch, prefix, want_states)
             else:
-                last, states = self._run_padded(batch, want_layers)
+                last, states = self._run_padded(batch, want_states)
             # The LM head runs on the scoring position only (what logits_to_keep=1 does), in
             # float64 on CPU, so label log-probabilities carry no fp32 rounding from a
             # 50k-wide matmul and log-softmax.
             logprobs = torch.log_softmax(self._head(last), dim=-1).cpu()
-            layers = self._layer_logits(states, batch) if states is not None else None
+            layers = self._layer_logits(states, batch) if states is not None and want_layers else None
         self.prefix_tokens_reused += prefix * (len(batch) - 1)
         return [
             LabelScores(
                 logprobs=tuple(logprobs[row, list(task.label_ids)].tolist()),
                 layer_logits=layers[0][row] if layers and task.want_layers else None,
                 layer_logits_normed=layers[1][row] if layers and task.want_layers else None,
+                hidden=_hidden_rows(states, row, task.hidden_layers) if states is not None else None,
             )
             for row, task in enumerate(batch)
         ]
