@@ -36,7 +36,7 @@ class RankService:
         else:
             version = prompts.pair_version(request.criteria)
             pairs = ranking.design(len(request.candidates))
-            tasks = await asyncio.to_thread(self._pairwise_tasks, request, pairs)
+            tasks = await asyncio.to_thread(self.pairwise_tasks, request, pairs)
             results = await self.runtime.run(tasks, deadline, disconnected)
             # The fit and its bootstrap are CPU work: off the event loop.
             ranked = await asyncio.to_thread(self._pairwise, request, pairs, results)
@@ -69,7 +69,7 @@ class RankService:
             for i, c in enumerate(request.candidates)
         ]
 
-    def _pairwise_tasks(self, request: RankRequest, pairs: list[tuple[int, int]]) -> list[ScoringTask]:
+    def pairwise_tasks(self, request: RankRequest, pairs: list[tuple[int, int]]) -> list[ScoringTask]:
         """Two tasks per pair: its first candidate shown first, then second."""
         prompts, limits = self.runtime.require_ready()
         limits.check_prompts(2 * len(pairs))
@@ -99,17 +99,23 @@ class RankService:
         ]
 
     @staticmethod
+    def first_wins(results: list[LabelScores]) -> list[float]:
+        """Per pair (two results: each order), the probability that its first candidate
+        wins, from the order-averaged verdict; a tie is half a win for each side."""
+        out = []
+        for k in range(len(results) // 2):
+            ab = pairwise.in_ab_terms(scoring.softmax(results[2 * k].logprobs), "ab")
+            ba = pairwise.in_ab_terms(scoring.softmax(results[2 * k + 1].logprobs), "ba")
+            p_a, p_tie, _, _ = pairwise.summarise([(x + y) / 2 for x, y in zip(ab, ba, strict=True)])
+            out.append(p_a + p_tie / 2)
+        return out
+
+    @staticmethod
     def _pairwise(
         request: RankRequest, pairs: list[tuple[int, int]], results: list[LabelScores]
     ) -> list[RankedCandidate]:
         n = len(request.candidates)
-        p_first = []
-        for k in range(len(pairs)):
-            ab = pairwise.in_ab_terms(scoring.softmax(results[2 * k].logprobs), "ab")
-            ba = pairwise.in_ab_terms(scoring.softmax(results[2 * k + 1].logprobs), "ba")
-            p_a, p_tie, _, _ = pairwise.summarise([(x + y) / 2 for x, y in zip(ab, ba, strict=True)])
-            # A tie is half a win for each side.
-            p_first.append(p_a + p_tie / 2)
+        p_first = RankService.first_wins(results)
         wins = ranking.win_matrix(n, pairs, p_first)
         strengths = ranking.fit_bradley_terry(wins)
         bounds, rank_bounds = ranking.bootstrap_intervals(n, pairs, p_first)
