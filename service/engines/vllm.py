@@ -24,7 +24,7 @@ from typing import Any
 from service.config import Settings
 from service.engines import gpu_present
 from service.engines.base import EngineDead, EngineError, LabelScores, ScoringTask
-from service.engines.vllm_layers import EXTRA_ARGS_KEY
+from service.engines.vllm_layers import EXTRA_ARGS_KEY, HIDDEN_ARGS_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -112,19 +112,22 @@ class VllmEngine:
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        if task.want_layers and not self.supports_layers:
+        captured = task.want_layers or bool(task.hidden_layers)
+        if captured and not self.supports_layers:
             raise EngineError("per-layer scores are off on this vLLM engine (JUDGE_VLLM_LAYERS=false)")
         if self._engine is None:
             raise EngineDead("the vLLM engine is not running")
         request_id = f"judge-{next(self._ids)}"
-        extra = {EXTRA_ARGS_KEY: request_id} if task.want_layers else None
+        extra: dict[str, Any] | None = None
+        if captured:
+            extra = {EXTRA_ARGS_KEY: request_id, HIDDEN_ARGS_KEY: list(task.hidden_layers)}
         params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(task.label_ids), extra_args=extra)
         prompt = TokensPrompt(prompt_token_ids=list(task.token_ids))
         final = None
         try:
             async for output in self._engine.generate(prompt, params, request_id=request_id):
                 final = output
-            layers = await self._layer_logits(request_id) if task.want_layers else None
+            layers = await self._layer_logits(request_id) if captured else None
         except EngineDeadError as exc:
             self._dead = True
             raise EngineDead("the vLLM engine died") from exc
@@ -134,11 +137,17 @@ class VllmEngine:
         logprobs = tuple(float(position[token].logprob) for token in task.label_ids)
         if layers is None:
             return LabelScores(logprobs=logprobs)
-        return LabelScores(logprobs=logprobs, layer_logits=layers[0], layer_logits_normed=layers[1])
+        hidden = tuple(tuple(layers[2][layer]) for layer in task.hidden_layers) if task.hidden_layers else None
+        if not task.want_layers:
+            return LabelScores(logprobs=logprobs, hidden=hidden)
+        return LabelScores(logprobs=logprobs, layer_logits=layers[0], layer_logits_normed=layers[1], hidden=hidden)
 
-    async def _layer_logits(self, key: str) -> tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]]:
+    async def _layer_logits(
+        self, key: str
+    ) -> tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...], dict[int, list[float]]]:
         """Fetch a finished request's per-layer label logits from the workers, summing the
-        tensor-parallel ranks' slices of the vocabulary."""
+        tensor-parallel ranks' slices of the vocabulary, and its hidden rows (every rank
+        holds the whole hidden state: the first rank's are taken)."""
         answers = await self._engine.collective_rpc("judge_pop_layer_logits", args=([key],))
         parts = [answer[key] for answer in answers if key in answer]
         if not parts:
@@ -148,4 +157,4 @@ class VllmEngine:
             layers = zip(*(part[which] for part in parts), strict=True)  # one row per rank, per layer
             return tuple(tuple(map(sum, zip(*ranks, strict=True))) for ranks in layers)
 
-        return total(0), total(1)
+        return total(0), total(1), {int(layer): row for layer, row in parts[0][2].items()}

@@ -9,8 +9,10 @@ step, and keeps that token's hidden state at every layer. Rows come from the ste
 ``query_start_loc`` and ``positions``, so each request gets its own row under continuous
 batching and chunked prefill; a chunk that does not end the prompt is ignored. Only the
 label rows of the LM head are applied (``[layers, hidden] @ [hidden, labels]``), in
-float64, raw and after the final norm, like the transformers engine. The front end then
-fetches and removes the result by key with ``judge_pop_layer_logits``.
+float64, raw and after the final norm, like the transformers engine. A request may also
+name hidden-state entries (``extra_args["judge_hidden"]``, for the probe): their rows are
+kept as they are. The front end then fetches and removes the result by key with
+``judge_pop_layer_logits``.
 
 Hooks do not run inside compiled graphs, so the engine runs the model eagerly when this
 is installed. With tensor parallelism each rank holds a slice of the vocabulary: it fills
@@ -28,17 +30,20 @@ import torch
 logger = logging.getLogger(__name__)
 
 EXTRA_ARGS_KEY = "judge_layers"
+# The hidden-state entries (0 = embeddings, the last = the final normed output) to keep.
+HIDDEN_ARGS_KEY = "judge_hidden"
 # Results not fetched (their request was aborted at the wrong moment) are dropped beyond this.
 MAX_KEPT = 8192
 
-LayerLogits = tuple[list[list[float]], list[list[float]]]
+# Per request: raw and final-normed label logits per layer, and the asked-for hidden rows.
+LayerLogits = tuple[list[list[float]], list[list[float]], dict[int, list[float]]]
 
 
 class _Target:
-    __slots__ = ("key", "label_ids", "row")
+    __slots__ = ("hidden", "key", "label_ids", "row")
 
-    def __init__(self, key: str, row: int, label_ids: list[int]) -> None:
-        self.key, self.row, self.label_ids = key, row, label_ids
+    def __init__(self, key: str, row: int, label_ids: list[int], hidden: list[int]) -> None:
+        self.key, self.row, self.label_ids, self.hidden = key, row, label_ids, hidden
 
 
 class LayerCapture:
@@ -124,7 +129,8 @@ class LayerCapture:
                 logger.error("step layout disagrees with the schedule for %s; not capturing its layers", req_id)
                 continue
             last_row = int(starts[index + 1]) - 1
-            target = _Target(str(extra[EXTRA_ARGS_KEY]), last_row, list(params.logprob_token_ids or []))
+            hidden = [int(layer) for layer in extra.get(HIDDEN_ARGS_KEY, ())]
+            target = _Target(str(extra[EXTRA_ARGS_KEY]), last_row, list(params.logprob_token_ids or []), hidden)
             candidates.append((target, state.num_prompt_tokens - 1))
         if not candidates or positions is None:
             return []
@@ -165,7 +171,8 @@ class LayerCapture:
             weight, bias = self._label_rows(target.label_ids, dtype)
             raw = torch.nn.functional.linear(raw_all[:, column], weight, bias)
             lens = torch.nn.functional.linear(normed_all[:, column], weight, bias)
-            self.results[target.key] = (raw.cpu().tolist(), lens.cpu().tolist())
+            hidden = {layer: raw_all[layer, column].cpu().tolist() for layer in target.hidden}
+            self.results[target.key] = (raw.cpu().tolist(), lens.cpu().tolist(), hidden)
             self.results.move_to_end(target.key)
         while len(self.results) > MAX_KEPT:
             self.results.popitem(last=False)
