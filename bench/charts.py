@@ -147,6 +147,17 @@ def rank(report: dict, out: Path) -> None:
     _save(fig, out)
 
 
+def labels(report: dict, out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    rates = report["items_per_s"]
+    ax.bar(list(rates), list(rates.values()), color=["#4c72b0", "#55a868"])
+    ax.set_ylabel("items/s")
+    ax.set_title(
+        f"{report['engine']}: {report['items']} items, 1-10 / 1-5 = {report['ratio_10_over_5']:.3f}", fontsize=10
+    )
+    _save(fig, out)
+
+
 CHARTS: dict[str, Callable[[dict, Path], None]] = {
     "overhead": overhead,
     "peer": peer,
@@ -155,6 +166,7 @@ CHARTS: dict[str, Callable[[dict, Path], None]] = {
     "scaling": scaling,
     "criteria": criteria,
     "rank": rank,
+    "labels": labels,
 }
 
 

@@ -1,9 +1,11 @@
 """Deadline-aware admission: how long the work already admitted will take.
 
 The queue admits a request only if its predicted completion fits its deadline. The
-prediction is the prompt tokens admitted and not yet finished (the request's own
-included) over the recently measured throughput: prompt tokens the engine completed per
-second of busy time, over a window of recent batches. Busy time runs from the moment a
+prediction has two parts. The work: the prompt tokens admitted and not yet finished (the
+request's own included) over the recently measured throughput, prompt tokens the engine
+completed per second of busy time over a window of recent batches. And one batch latency:
+results come when a whole batch ends, not token by token, so the request's last item
+finishes at the end of a batch, up to one batch after its share of the work is done. Busy time runs from the moment a
 batch starts while none was running to the end of the last batch, so the gaps between
 back-to-back batches count, idle stretches do not, and batches that run at once (vLLM)
 share one clock.
@@ -12,6 +14,9 @@ share one clock.
 from __future__ import annotations
 
 from collections import deque
+
+# Batches whose wall time makes up the batch latency.
+LATENCY_SAMPLES = 16
 
 
 class Throughput:
@@ -28,18 +33,30 @@ class Throughput:
         # A measurement taken before serving (the runtime's calibration): the rate until
         # real batches have been measured.
         self._prior: tuple[float, int] | None = None
+        # Wall time of the most recent successful batches.
+        self._latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
 
     def seed(self, busy_s: float, tokens: int) -> None:
         """A first measurement, used only until real batches replace it."""
         self._prior = (busy_s, tokens)
+
+    @property
+    def batch_latency_s(self) -> float | None:
+        """Mean wall time of recent successful batches (the seed's before any)."""
+        if self._latencies:
+            return sum(self._latencies) / len(self._latencies)
+        return self._prior[0] if self._prior is not None else None
 
     def batch_started(self, now: float) -> None:
         if self._running == 0:
             self._since = now
         self._running += 1
 
-    def batch_finished(self, tokens: int, now: float) -> None:
-        """A batch ended; ``tokens``: prompt tokens it completed (0 when it failed)."""
+    def batch_finished(self, tokens: int, started: float, now: float) -> None:
+        """A batch that began at ``started`` ended; ``tokens``: prompt tokens it completed
+        (0 when it failed)."""
+        if tokens:
+            self._latencies.append(now - started)
         self._running -= 1
         if self._since is not None:
             self.add(now - self._since, tokens)
@@ -67,3 +84,10 @@ class Throughput:
         """Predicted seconds to complete ``tokens`` prompt tokens; None when unknown."""
         rate = self.tokens_per_s
         return None if rate is None else tokens / rate
+
+    def completion_s(self, tokens: int, safety: float) -> float | None:
+        """Predicted seconds until a request finishes with ``tokens`` admitted ahead of it
+        and its own: the work at the measured rate, times ``safety``, plus one batch
+        latency. None when nothing was measured."""
+        drain, latency = self.seconds_for(tokens), self.batch_latency_s
+        return None if drain is None or latency is None else drain * safety + latency

@@ -17,6 +17,7 @@ from service.logs import RequestContext
 from service.metrics import Metrics
 from service.middleware import BodyLimit, RequestMetrics
 from service.openapi import install_openapi
+from service.pages import pages_router
 from service.routes import router
 from service.runtime import Runtime
 from service.serving import CompareService, RankService, ScoreService
@@ -59,6 +60,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         version=__version__,
         description="LLM-as-a-judge scoring: label distributions, expected scores and confidence.",
         lifespan=lifespan,
+        # Served by service.pages from the installed packages instead of a public CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.runtime = runtime
@@ -73,6 +77,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         )
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(pages_router(settings.playground))
     install_openapi(app, settings)
     # Outermost first: metrics see every status, including the body limit's 413.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

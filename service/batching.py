@@ -3,7 +3,7 @@
 Admission (all-or-nothing) is separate from batch forming. A request is refused with 429
 when the queue is full, or when its predicted completion (``service.admission``) would
 miss its deadline. Batches are formed around the oldest waiting item from its nearest
-neighbours by length, within the engine's own cost budget (padded tokens for
+neighbours by length among the oldest ``max_batch_size`` items, within the engine's own cost budget (padded tokens for
 transformers, one item for vLLM) and an item count, so long items are never starved. One
 dispatch path: every batch runs as a task, at most ``engine.max_inflight_batches`` at
 once.
@@ -30,9 +30,9 @@ from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-# Requests are admitted only while the predicted completion, times this, fits the deadline:
-# batches form by length, not strictly in arrival order, so a request may wait a little
-# longer than the work ahead of it alone would take.
+# The predicted time to drain the work ahead of a request is stretched by this: batches
+# form by length within the oldest items, so a request may wait a little longer than the
+# work ahead of it alone would take.
 ADMISSION_SAFETY = 1.25
 
 
@@ -65,11 +65,14 @@ class _Entry:
 class Submission:
     """The items of one admitted request: wait for them, or give them up."""
 
-    def __init__(self, queue: BatchQueue) -> None:
-        self._queue = queue
+    def __init__(self) -> None:
         self.entries: list[_Entry] = []
         self.started = False
         self._unresolved = 0
+
+    def add(self, entry: _Entry) -> None:
+        self.entries.append(entry)
+        self._unresolved += 1
 
     @property
     def futures(self) -> list[asyncio.Future[LabelScores]]:
@@ -205,12 +208,11 @@ class BatchQueue:
         tokens = sum(task.length for task in tasks)
         self._admit_by_deadline(tokens, deadline)
         loop = asyncio.get_running_loop()
-        submission = Submission(self)
-        submission._unresolved = len(tasks)
+        submission = Submission()
         for task in tasks:
             entry = _Entry(task, loop.create_future(), deadline, submission)
             entry.future.add_done_callback(partial(self._on_done, entry))
-            submission.entries.append(entry)
+            submission.add(entry)
         self._pending.extend(submission.entries)
         self._depth += len(tasks)
         self._work += tokens
@@ -222,10 +224,9 @@ class BatchQueue:
     def _admit_by_deadline(self, tokens: int, deadline: float) -> None:
         """Refuse (429) a request whose predicted completion misses its deadline. With
         nothing admitted ahead of it, a request always gets its chance."""
-        predicted = self.throughput.seconds_for(self._work + tokens)
+        predicted = self.throughput.completion_s(self._work + tokens, ADMISSION_SAFETY)
         if predicted is None or self._depth == 0:
             return
-        predicted *= ADMISSION_SAFETY
         budget = deadline - time.monotonic()
         if predicted <= budget:
             return
@@ -302,11 +303,15 @@ class BatchQueue:
         self._pending = live
 
     def _take_batch(self) -> list[_Entry]:
-        """Pick the oldest item and its nearest neighbours by length, within budget."""
+        """Pick the oldest item and its nearest neighbours by length, within budget.
+        Neighbours come from the oldest ``max_batch_size`` items only, so a newer item
+        overtakes an older one by at most a batch: completion stays close to arrival
+        order, which is what admission predicts."""
         self._drop_stale()
         if not self._pending:
             return []
-        ordered = sorted(self._pending, key=lambda e: e.task.length)
+        head = self._pending[: self.max_batch_size]  # kept in admission order
+        ordered = sorted(head, key=lambda e: e.task.length)
         anchor = min(range(len(ordered)), key=lambda i: ordered[i].enqueued)
         lo, hi = anchor, anchor + 1
         target = ordered[anchor].task.length
@@ -366,7 +371,7 @@ class BatchQueue:
         finally:
             now = time.monotonic()
             self._metrics.inference_duration.observe(now - started)
-            self.throughput.batch_finished(completed, now)
+            self.throughput.batch_finished(completed, started, now)
             rate = self.throughput.tokens_per_s
             if rate is not None:
                 self._metrics.throughput.set(rate)

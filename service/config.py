@@ -148,6 +148,13 @@ class Settings(BaseSettings):
     )
     api_keys_file: Path | None = Field(None, description="File with one API key per line (a mounted Secret).")
     metrics_auth: bool = Field(False, description="Require an API key on /metrics too.")
+    playground: bool = Field(
+        True,
+        description=(
+            "Serve the browser playground at /playground. The page itself is open, like /docs; "
+            "every call it makes goes through the API with the API's own auth."
+        ),
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["json", "text"] = Field("json", description="Log lines as JSON objects or plain text.")
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from service.errors import ErrorKind, JudgeError
+from service.labels import LabelTrie
 from service.lager import LayerWeights
 from service.probe import Probe
 
@@ -68,10 +69,11 @@ class Limits:
         if any(not 0 <= layer <= num_layers for layer in probe.layers):
             raise ValueError(f"{source} reads hidden-state entries {probe.layers}; the model has 0..{num_layers}")
 
-    def deadline(self, timeout_s: float | None) -> float:
-        """The ``time.monotonic()`` instant by which a request must be answered."""
+    def deadline(self, timeout_s: float | None, arrived: float | None = None) -> float:
+        """The ``time.monotonic()`` instant by which a request that reached the server at
+        ``arrived`` (default: now) must be answered."""
         timeout = min(timeout_s or self.request_timeout_s, self.max_request_timeout_s)
-        return time.monotonic() + timeout
+        return (time.monotonic() if arrived is None else arrived) + timeout
 
     def check_count(self, count: int, what: str) -> None:
         if count > self.max_items:
@@ -153,20 +155,34 @@ class Limits:
         if reason is not None:
             raise JudgeError(ErrorKind.INVALID_REQUEST, f"method 'probe' cannot serve this request: {reason}")
 
-    def label_ids(self, labels: Sequence[str]) -> tuple[int, ...]:
-        """The token id of each label, tokenised alone without special tokens."""
-        ids = []
+    def label_trie(self, labels: Sequence[str], wants_layers: bool = False) -> LabelTrie:
+        """Each label tokenised alone, without special tokens, as a trie. Labels of more
+        than one token are served exactly (``service.labels``), but not per layer."""
+        sequences: dict[tuple[int, ...], str] = {}
         for label in labels:
-            tokens = self.tokenizer.encode(label, add_special_tokens=False)
-            if len(tokens) != 1:
+            tokens = tuple(self.tokenizer.encode(label, add_special_tokens=False))
+            if not tokens:
+                raise JudgeError(
+                    ErrorKind.INVALID_REQUEST, f"label {label!r} encodes to no tokens", {"label": label, "tokens": 0}
+                )
+            if tokens in sequences:
+                other = sequences[tokens]
                 raise JudgeError(
                     ErrorKind.INVALID_REQUEST,
-                    f"label {label!r} is {len(tokens)} tokens for this model's tokenizer; "
-                    "labels must be exactly one token",
-                    {"label": label, "tokens": len(tokens)},
+                    f"labels {other!r} and {label!r} are the same tokens for this model's tokenizer",
+                    {"labels": [other, label], "token_ids": list(tokens)},
                 )
-            ids.append(tokens[0])
-        return tuple(ids)
+            sequences[tokens] = label
+        trie = LabelTrie.build(list(sequences))
+        if wants_layers and not trie.single_token:
+            longest = max(labels, key=lambda label: len(self.tokenizer.encode(label, add_special_tokens=False)))
+            raise JudgeError(
+                ErrorKind.INVALID_REQUEST,
+                f"label {longest!r} is more than one token for this model's tokenizer; the per-layer methods "
+                "(lager, lager_weighted, return_layers) need single-token labels",
+                {"label": longest},
+            )
+        return trie
 
     def encode(self, text: str, index: int, name: str) -> tuple[int, ...]:
         """A rendered prompt's token ids, within the model's length."""

@@ -82,6 +82,8 @@ class RequestMetrics:
             await send(message)
 
         started = time.monotonic()
+        # A request's deadline runs from here, before its body is read and validated.
+        scope.setdefault("state", {})["arrived"] = started
         try:
             await self.app(scope, receive, sending)
         finally:

@@ -93,6 +93,11 @@ async def _until_disconnect(request: Request) -> None:
         pass
 
 
+def _arrived(request: Request) -> float | None:
+    """When the request reached the server (``RequestMetrics`` stamps it): its deadline's start."""
+    return getattr(request.state, "arrived", None)
+
+
 @router.post("/v1/score", response_model=ScoreResponse, responses=SCORE_ERRORS, dependencies=[Depends(_authorized)])
 async def score(
     body: Annotated[ScoreRequest, Body()],
@@ -102,7 +107,9 @@ async def score(
 ) -> Response | ScoreResponse:
     """Score each item: the judge's distribution over the labels and scores derived from it."""
     try:
-        return await service.score(body, body.timeout_s or x_request_timeout, lambda: _until_disconnect(request))
+        return await service.score(
+            body, body.timeout_s or x_request_timeout, lambda: _until_disconnect(request), _arrived(request)
+        )
     except ClientGone:
         # Nobody is listening; the status only feeds the request metrics.
         return Response(status_code=499)
@@ -117,7 +124,9 @@ async def compare(
 ) -> Response | CompareResponse:
     """Judge pairs of responses: an order-averaged five-way verdict distribution per pair."""
     try:
-        return await service.compare(body, body.timeout_s or x_request_timeout, lambda: _until_disconnect(request))
+        return await service.compare(
+            body, body.timeout_s or x_request_timeout, lambda: _until_disconnect(request), _arrived(request)
+        )
     except ClientGone:
         return Response(status_code=499)
 
@@ -131,7 +140,9 @@ async def rank(
 ) -> Response | RankResponse:
     """Rank candidate responses to one instruction, best first."""
     try:
-        return await service.rank(body, body.timeout_s or x_request_timeout, lambda: _until_disconnect(request))
+        return await service.rank(
+            body, body.timeout_s or x_request_timeout, lambda: _until_disconnect(request), _arrived(request)
+        )
     except ClientGone:
         return Response(status_code=499)
 

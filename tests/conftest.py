@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import math
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,45 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         names = getattr(item, "fixturenames", ())
         if any(name == "server" or name.endswith(("_server", "_process")) for name in names):
             item.add_marker(pytest.mark.slow)
+
+
+def tiny_llama(path: Path, vocab: int = 64, head_scale: float = 1.0) -> Path:
+    """A tiny random-weight Llama saved at ``path`` (seeded; ``head_scale`` sharpens its
+    distributions so that errors show)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(head_scale)
+    model.save_pretrained(str(path))
+    return path
+
+
+def trie_rule_logprobs(
+    sequences: list[tuple[int, ...]], next_logprobs: Callable[[tuple[int, ...]], torch.Tensor]
+) -> list[float]:
+    """log P(l) of every label by the label-trie rule, written out independently of the
+    service: ``next_logprobs(prefix)`` is a direct forward pass over the prompt + prefix."""
+    out = []
+    for seq in sequences:
+        total = sum(float(next_logprobs(seq[:k])[token]) for k, token in enumerate(seq))
+        # Tokens by which a longer label goes on after this whole label.
+        onward = {other[len(seq)] for other in sequences if len(other) > len(seq) and other[: len(seq)] == seq}
+        if onward:
+            after = next_logprobs(seq)
+            total += math.log(1.0 - sum(math.exp(float(after[c])) for c in onward))
+        out.append(total)
+    return out
 
 
 def free_port() -> int:

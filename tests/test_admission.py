@@ -11,10 +11,10 @@ def test_rate_is_tokens_over_busy_time_without_idle_gaps() -> None:
     meter = Throughput(window_s=100)
     assert meter.tokens_per_s is None and meter.seconds_for(10) is None
     meter.batch_started(0.0)
-    meter.batch_finished(200, 1.0)
+    meter.batch_finished(200, 0.0, 1.0)
     # Idle from 1.0 to 5.0: not counted.
     meter.batch_started(5.0)
-    meter.batch_finished(100, 6.0)
+    meter.batch_finished(100, 5.0, 6.0)
     assert meter.tokens_per_s == pytest.approx(150.0)
     assert meter.seconds_for(300) == pytest.approx(2.0)
 
@@ -23,8 +23,8 @@ def test_concurrent_batches_share_one_clock() -> None:
     meter = Throughput(window_s=100)
     meter.batch_started(0.0)
     meter.batch_started(0.0)
-    meter.batch_finished(100, 1.0)
-    meter.batch_finished(100, 1.0)
+    meter.batch_finished(100, 0.0, 1.0)
+    meter.batch_finished(100, 0.0, 1.0)
     # 200 tokens in 1 s of busy time, not in 2.
     assert meter.tokens_per_s == pytest.approx(200.0)
 
@@ -49,5 +49,22 @@ def test_failed_batches_count_their_time_not_tokens() -> None:
     meter = Throughput(window_s=100)
     meter.add(1.0, 100)
     meter.batch_started(1.0)
-    meter.batch_finished(0, 2.0)
+    meter.batch_finished(0, 1.0, 2.0)
     assert meter.tokens_per_s == pytest.approx(50.0)
+
+
+def test_completion_adds_one_batch_latency_to_the_stretched_drain_time() -> None:
+    meter = Throughput(window_s=100)
+    assert meter.completion_s(100, 1.25) is None
+    meter.seed(2.0, 100)  # before any batch: the seed's rate and latency
+    assert meter.batch_latency_s == pytest.approx(2.0)
+    assert meter.completion_s(100, 1.25) == pytest.approx(2.0 * 1.25 + 2.0)
+    meter.batch_started(10.0)
+    meter.batch_finished(300, 10.0, 11.0)
+    meter.batch_started(11.0)
+    meter.batch_finished(100, 11.0, 14.0)
+    meter.batch_started(14.0)
+    meter.batch_finished(0, 14.0, 20.0)  # failed: its wall time is no batch latency
+    # Rate: 400 tokens in 10 s of busy time; latency: the mean of 1 s and 3 s.
+    assert meter.batch_latency_s == pytest.approx(2.0)
+    assert meter.completion_s(400, 1.0) == pytest.approx(10.0 + 2.0)

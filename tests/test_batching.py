@@ -7,33 +7,20 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from service.batching import BatchQueue
 from service.engines.base import ScoringTask
 from service.engines.transformers import TransformersEngine
 from service.errors import ErrorKind, JudgeError
 from service.metrics import Metrics
+from tests.conftest import tiny_llama
 
 VOCAB = 64
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    path = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(config).save_pretrained(str(path))
-    return path
+    return tiny_llama(tmp_path_factory.mktemp("tiny"), VOCAB)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +76,7 @@ def test_batches_respect_token_budget_and_group_by_length(engine: TransformersEn
     recording = Recording(engine, budget=100)
 
     async def run() -> None:
-        queue = make_queue(recording, Metrics(), max_batch_size=4)
+        queue = make_queue(recording, Metrics(), max_batch_size=8)
         lengths = [50, 5, 48, 6, 49, 4, 7]
         # Distinct first tokens: no shared prefix discounts the cost.
         submission = queue.submit([task(n, first=n) for n in lengths], later())
@@ -102,9 +89,25 @@ def test_batches_respect_token_budget_and_group_by_length(engine: TransformersEn
     assert sorted(n for batch in seen for n in batch) == sorted([50, 5, 48, 6, 49, 4, 7])
     for batch in seen:
         assert max(batch) * len(batch) <= 100 or len(batch) == 1
-        assert len(batch) <= 4
         # Short and long items are not mixed.
         assert max(batch) < 10 or min(batch) > 40
+
+
+def test_newer_items_overtake_older_ones_by_at_most_a_batch(engine: TransformersEngine) -> None:
+    """Length grouping looks at the oldest ``max_batch_size`` items only: the long oldest
+    item takes the nearest of the next one, not the later items nearer its length."""
+    recording = Recording(engine, budget=10_000)
+
+    async def run() -> None:
+        queue = make_queue(recording, Metrics(), max_batch_size=2)
+        lengths = [50, 5, 6, 40, 45, 7]
+        submission = queue.submit([task(n, first=n) for n in lengths], later())
+        queue.start()
+        await submission.wait(later())
+        await queue.close(1)
+
+    asyncio.run(run())
+    assert [sorted(batch) for batch in recording.seen] == [[5, 50], [6, 40], [7, 45]]
 
 
 def test_a_shared_prefix_counts_once_against_the_budget(engine: TransformersEngine) -> None:
@@ -307,17 +310,20 @@ def test_admission_refuses_what_cannot_meet_its_deadline(engine: TransformersEng
     async def run() -> None:
         metrics = Metrics()
         queue = make_queue(engine, metrics)
-        queue.throughput.add(1.0, 100)  # measured: 100 prompt tokens per second
+        # Measured: one batch of 100 prompt tokens in 1 s.
+        queue.throughput.batch_started(0.0)
+        queue.throughput.batch_finished(100, 0.0, 1.0)
         ahead = queue.submit([task(50)], later())  # 0.5 s of work ahead
-        # 50 + 50 tokens, 1 s at the measured rate (1.25 s with the safety margin), in 0.5 s: refused.
+        # 50 + 50 tokens: 1 s at the measured rate, 1.25 s with the safety margin, plus
+        # one batch latency (1 s); in 0.5 s: refused.
         with pytest.raises(JudgeError) as refused:
             queue.submit([task(50)], time.monotonic() + 0.5)
         assert refused.value.kind is ErrorKind.OVERLOADED
-        assert refused.value.retry_after_s == pytest.approx(0.75, abs=0.05)
-        assert refused.value.details["predicted_s"] == pytest.approx(1.25)
+        assert refused.value.retry_after_s == pytest.approx(1.75, abs=0.05)
+        assert refused.value.details["predicted_s"] == pytest.approx(2.25)
         assert metrics.admission_refusals._value.get() == 1
         # Within the deadline: admitted.
-        fits = queue.submit([task(50)], time.monotonic() + 1.5)
+        fits = queue.submit([task(50)], time.monotonic() + 3.0)
         queue.start()
         await ahead.wait(later())
         await fits.wait(later())

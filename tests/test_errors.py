@@ -44,9 +44,9 @@ def test_empty_items(client) -> None:
     assert_error(client.post("/v1/score", json={"items": []}), 422, "invalid_request", "items")
 
 
-def test_multi_token_label_is_named(client) -> None:
-    response = client.post("/v1/score", json={"items": [{"id": "r", "prompt": "x"}], "labels": ["1", "10"]})
-    error = assert_error(response, 422, "invalid_request", "'10'")
+def test_multi_token_label_with_a_per_layer_method_is_named(client) -> None:
+    body = {"items": [{"id": "r", "prompt": "x"}], "labels": ["1", "10"], "method": "lager"}
+    error = assert_error(client.post("/v1/score", json=body), 422, "invalid_request", "'10'")
     assert error["details"]["label"] == "10"
 
 
@@ -112,7 +112,7 @@ def test_not_found_uses_envelope(client) -> None:
 
 def test_bad_request_does_not_affect_others(client) -> None:
     good = {"items": [ITEM]}
-    bad = {"items": [{"id": "r", "prompt": "x"}], "labels": ["1", "10"]}
+    bad = {"items": [{"id": "r", "prompt": "x"}], "labels": ["1", "10"], "method": "lager"}
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(lambda i: client.post("/v1/score", json=good if i % 2 else bad), range(8)))
     assert [r.status_code for r in responses] == [422, 200] * 4
@@ -128,7 +128,9 @@ def small_server():
 def test_queue_full_gets_429_with_retry_after(small_server: RunningServer) -> None:
     long_items = [{"id": str(i), "prompt": "word " * 1500 + "Score:"} for i in range(8)]
     with small_server.client() as client, ThreadPoolExecutor(4) as pool:
-        responses = list(pool.map(lambda _: client.post("/v1/score", json={"items": long_items}), range(4)))
+        # The longest deadline: this test is about the queue bound, not admission by deadline.
+        body = {"items": long_items, "timeout_s": 300}
+        responses = list(pool.map(lambda _: client.post("/v1/score", json=body), range(4)))
     statuses = sorted(r.status_code for r in responses)
     assert 200 in statuses and 429 in statuses, statuses
     for response in responses:

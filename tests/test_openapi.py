@@ -35,8 +35,11 @@ ALL_CHECKS = CHECKS.get_all()
 # The documented exceptions: answers to schema-valid requests that are not 200, each for a
 # rule JSON Schema cannot state. Keyed by the error's details or message.
 DEPLOYMENT_LIMITS = {
-    # What the loaded tokenizer makes of a label: each must be exactly one token.
-    "label_tokens": lambda e: isinstance(e["details"], dict) and "tokens" in e["details"],
+    # What the loaded tokenizer makes of labels: no two may be the same tokens, and the
+    # per-layer methods need single-token labels.
+    "label_tokens": lambda e: (
+        isinstance(e["details"], dict) and ("token_ids" in e["details"] or "label" in e["details"])
+    ),
     # A prompt's length in tokens against the model's (characters do not tell).
     "prompt_length": lambda e: isinstance(e["details"], dict) and "max_model_len" in e["details"],
     # lager_weighted needs a layer-weights file, and probe a probe file: deployment settings.

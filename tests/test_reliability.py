@@ -188,6 +188,24 @@ def test_client_disconnect_mid_request_is_skipped(running_process) -> None:
     assert metric_sum(url, "judge_items_skipped_total", reason="cancelled") > 0
 
 
+def test_the_deadline_runs_from_arrival_not_from_the_end_of_the_upload(running_process) -> None:
+    """A body that takes longer to arrive than the request's deadline gets 504: the time
+    spent uploading counts."""
+    _, url = running_process
+    port = int(url.rsplit(":", 1)[1])
+    body = json.dumps(SHORT | {"timeout_s": 1}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        head = f"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+        sock.sendall(head.encode() + b"\r\n\r\n" + body[:10])
+        time.sleep(1.5)
+        sock.sendall(body[10:])
+        reply = sock.recv(65536).decode()
+    assert reply.startswith("HTTP/1.1 504"), reply[:200]
+    assert '"deadline_exceeded"' in reply
+    # Sent at once, the same body is answered.
+    assert httpx.post(f"{url}/v1/score", json=SHORT | {"timeout_s": 1}, timeout=30).status_code == 200
+
+
 def test_sigterm_drains_accepted_work_and_refuses_new(running_process) -> None:
     proc, url = running_process
     payload = {"items": [{"id": str(i), "prompt": "word " * 600 + "Score:"} for i in range(4)], "timeout_s": 300}

@@ -9,23 +9,50 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from service.labels import LabelTrie
+
 
 @dataclass(frozen=True, slots=True)
 class ScoringTask:
     """One prompt to score: its token ids and the label token ids to read after it.
 
+    ``label_ids`` are the tokens read at the prompt's last position. When some label is
+    more than one token, ``trie`` holds every label's token sequence (``label_ids`` are
+    then its root's children, the labels' first tokens) and the engine also reads each
+    trie node past the root (see ``service.labels``).
+
     ``hidden_layers``: hidden-state entries (0 = embeddings, ``num_layers`` = the final
     normed output) whose scoring-position rows the engine returns, for learned readouts.
+    The scoring position is the prompt's last token, whatever the labels' lengths.
     """
 
     token_ids: tuple[int, ...]
     label_ids: tuple[int, ...]
     want_layers: bool = False
+    trie: LabelTrie | None = None
     hidden_layers: tuple[int, ...] = ()
+
+    @classmethod
+    def reading(
+        cls,
+        token_ids: tuple[int, ...],
+        trie: LabelTrie,
+        want_layers: bool = False,
+        hidden_layers: tuple[int, ...] = (),
+    ) -> ScoringTask:
+        """A task that reads ``trie``'s labels after ``token_ids``."""
+        return cls(token_ids, trie.root_ids, want_layers, None if trie.single_token else trie, hidden_layers)
 
     @property
     def length(self) -> int:
         return len(self.token_ids)
+
+    def label_logprobs(self, node_logprobs: Sequence[Sequence[float]]) -> tuple[float, ...]:
+        """Each label's log-probability from the root's row (over ``label_ids``) and, with
+        a trie, one row per continuation node."""
+        if self.trie is None:
+            return tuple(node_logprobs[0])
+        return self.trie.label_logprobs(node_logprobs)
 
 
 @dataclass(frozen=True, slots=True)

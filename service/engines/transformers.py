@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,18 @@ def _hidden_rows(states: list[torch.Tensor], row: int, layers: tuple[int, ...]) 
     if not layers:
         return None
     return tuple(tuple(states[layer][row].double().cpu().tolist()) for layer in layers)
+
+
+@dataclass(slots=True)
+class _PromptRun:
+    """A batch's prompts after their forward pass: each row's scoring-position hidden
+    state, per-layer states when asked, and (to read label continuations on top) the KV
+    cache with its attention mask over the cached positions."""
+
+    last: torch.Tensor
+    states: list[torch.Tensor] | None
+    cache: Any = None
+    mask: torch.Tensor | None = None
 
 
 class TransformersEngine:
@@ -114,27 +127,72 @@ class TransformersEngine:
             raise EngineError("model not loaded")
         want_layers = any(task.want_layers for task in batch)
         want_states = want_layers or any(task.hidden_layers for task in batch)
+        continuing = any(task.trie is not None for task in batch)
         prefix = self._shared_prefix(batch)
         with self._lock, torch.inference_mode():
             if prefix:
-                last, states = self._run_with_prefix(batch, prefix, want_states)
+                run = self._run_with_prefix(batch, prefix, want_states, continuing)
             else:
-                last, states = self._run_padded(batch, want_states)
+                run = self._run_padded(batch, want_states, continuing)
             # The LM head runs on the scoring position only (what logits_to_keep=1 does), in
             # float64 on CPU, so label log-probabilities carry no fp32 rounding from a
             # 50k-wide matmul and log-softmax.
-            logprobs = torch.log_softmax(self._head(last), dim=-1).cpu()
-            layers = self._layer_logits(states, batch) if states is not None and want_layers else None
+            logprobs = torch.log_softmax(self._head(run.last), dim=-1).cpu()
+            layers = self._layer_logits(run.states, batch) if run.states is not None and want_layers else None
+            nodes = self._continuations(batch, run) if continuing else {}
         self.prefix_tokens_reused += prefix * (len(batch) - 1)
         return [
             LabelScores(
-                logprobs=tuple(logprobs[row, list(task.label_ids)].tolist()),
+                logprobs=task.label_logprobs([logprobs[row, list(task.label_ids)].tolist(), *nodes.get(row, [])]),
                 layer_logits=layers[0][row] if layers and task.want_layers else None,
                 layer_logits_normed=layers[1][row] if layers and task.want_layers else None,
-                hidden=_hidden_rows(states, row, task.hidden_layers) if states is not None else None,
+                hidden=_hidden_rows(run.states, row, task.hidden_layers) if run.states is not None else None,
             )
             for row, task in enumerate(batch)
         ]
+
+    def _continuations(self, batch: Sequence[ScoringTask], run: _PromptRun) -> dict[int, list[list[float]]]:
+        """Each task's label-trie nodes past the root, read in one more forward pass on top of
+        its prompt's KV cache: the prompt never runs again. Returns, per batch row, one row of
+        log-probabilities (over the node's children) per node, in trie order."""
+        assert run.cache is not None and run.mask is not None
+        owners: list[int] = []
+        tokens: list[tuple[int, ...]] = []
+        children: list[tuple[int, ...]] = []
+        for row, task in enumerate(batch):
+            if task.trie is not None:
+                for node, kids in zip(task.trie.continuations(), task.trie.children[1:], strict=True):
+                    owners.append(row)
+                    tokens.append(node)
+                    children.append(kids)
+        if not owners:
+            return {}
+        # One cache row per node: its prompt's row, repeated.
+        run.cache.batch_select_indices(torch.tensor(owners, device=self.device))
+        width = max(len(node) for node in tokens)
+        input_ids = torch.full((len(owners), width), self.pad_token_id, dtype=torch.long)
+        added = torch.zeros((len(owners), width), dtype=torch.long)
+        for i, node in enumerate(tokens):
+            input_ids[i, : len(node)] = torch.tensor(node)
+            added[i, : len(node)] = 1
+        mask = torch.cat([run.mask[owners], added], dim=1)
+        # Positions go on from each prompt's own length, whatever padding its cache row holds.
+        starts = torch.tensor([batch[row].length for row in owners])
+        positions = starts.unsqueeze(1) + torch.arange(width).unsqueeze(0)
+        out = self.model.get_decoder()(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+            past_key_values=run.cache,
+            use_cache=True,
+        )
+        ends = torch.tensor([len(node) - 1 for node in tokens], device=self.device)
+        hidden = out.last_hidden_state[torch.arange(len(owners), device=self.device), ends, :]
+        logprobs = torch.log_softmax(self._head(hidden), dim=-1).cpu()
+        nodes: dict[int, list[list[float]]] = {}
+        for i, (row, kids) in enumerate(zip(owners, children, strict=True)):
+            nodes.setdefault(row, []).append(logprobs[i, list(kids)].tolist())
+        return nodes
 
     def _shared_prefix(self, batch: Sequence[ScoringTask]) -> int:
         """Tokens every task starts with (leaving each at least one of its own), when
@@ -145,10 +203,10 @@ class TransformersEngine:
         length = min(min(task.length - 1, common_prefix(first, task.token_ids)) for task in batch)
         return length if length >= self.prefix_reuse_min_tokens else 0
 
-    def _run_padded(
-        self, batch: Sequence[ScoringTask], want_layers: bool
-    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    def _run_padded(self, batch: Sequence[ScoringTask], want_layers: bool, keep_cache: bool = False) -> _PromptRun:
         """One left-padded forward pass; the scoring position is the last column."""
+        from transformers import DynamicCache
+
         width = max(task.length for task in batch)
         input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -159,20 +217,22 @@ class TransformersEngine:
         # positions counted from each row's first real token.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         padded = any(task.length != width for task in batch)
+        cache = DynamicCache(config=self.model.config) if keep_cache else None
         out = self.model.get_decoder()(
             input_ids=input_ids.to(self.device),
             # Without padding, the plain causal path is the model's reference computation.
             attention_mask=mask.to(self.device) if padded else None,
             position_ids=positions.to(self.device) if padded else None,
             output_hidden_states=want_layers,
-            use_cache=False,
+            past_key_values=cache,
+            use_cache=keep_cache,
         )
         states = [h[:, -1, :] for h in out.hidden_states] if want_layers else None
-        return out.last_hidden_state[:, -1, :], states
+        return _PromptRun(out.last_hidden_state[:, -1, :], states, cache, mask)
 
     def _run_with_prefix(
-        self, batch: Sequence[ScoringTask], prefix: int, want_layers: bool
-    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        self, batch: Sequence[ScoringTask], prefix: int, want_layers: bool, keep_cache: bool = False
+    ) -> _PromptRun:
         """Run the shared prefix once, repeat its KV cache across the batch, then run the
         right-padded suffixes on top; each row's scoring position is its last real token."""
         from transformers import DynamicCache
@@ -202,7 +262,7 @@ class TransformersEngine:
         rows = torch.arange(len(batch), device=self.device)
         ends = torch.tensor([len(tail) - 1 for tail in tails], device=self.device)
         states = [h[rows, ends, :] for h in out.hidden_states] if want_layers else None
-        return out.last_hidden_state[rows, ends, :], states
+        return _PromptRun(out.last_hidden_state[rows, ends, :], states, cache if keep_cache else None, mask)
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary logits of [B, H] hidden states, float64 on CPU."""

@@ -108,8 +108,6 @@ class VllmEngine:
         return list(await asyncio.gather(*(self._score_one(task) for task in batch)))
 
     async def _score_one(self, task: ScoringTask) -> LabelScores:
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError
 
         captured = task.want_layers or bool(task.hidden_layers)
@@ -118,29 +116,55 @@ class VllmEngine:
         if self._engine is None:
             raise EngineDead("the vLLM engine is not running")
         request_id = f"judge-{next(self._ids)}"
-        extra: dict[str, Any] | None = None
-        if captured:
-            extra = {EXTRA_ARGS_KEY: request_id, HIDDEN_ARGS_KEY: list(task.hidden_layers)}
-        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(task.label_ids), extra_args=extra)
-        prompt = TokensPrompt(prompt_token_ids=list(task.token_ids))
-        final = None
         try:
-            async for output in self._engine.generate(prompt, params, request_id=request_id):
-                final = output
+            root = await self._next_logprobs(task.token_ids, task.label_ids, request_id, captured, task.hidden_layers)
+            rows = [root]
+            if task.trie is not None and task.trie.continuations():
+                # Each trie node past the root is the prompt plus a label prefix: the prompt's
+                # KV cache, filled by the request above, serves them through prefix caching.
+                trie = task.trie
+                rows += await asyncio.gather(
+                    *(
+                        self._next_logprobs(task.token_ids + node, children, f"{request_id}-{i}", False)
+                        for i, (node, children) in enumerate(zip(trie.continuations(), trie.children[1:], strict=True))
+                    )
+                )
             layers = await self._layer_logits(request_id) if captured else None
         except EngineDeadError as exc:
             self._dead = True
             raise EngineDead("the vLLM engine died") from exc
-        if final is None or not final.outputs or not final.outputs[0].logprobs:
-            raise EngineError("vLLM returned no log-probabilities")
-        position = final.outputs[0].logprobs[0]
-        logprobs = tuple(float(position[token].logprob) for token in task.label_ids)
+        logprobs = task.label_logprobs(rows)
         if layers is None:
             return LabelScores(logprobs=logprobs)
         hidden = tuple(tuple(layers[2][layer]) for layer in task.hidden_layers) if task.hidden_layers else None
         if not task.want_layers:
             return LabelScores(logprobs=logprobs, hidden=hidden)
         return LabelScores(logprobs=logprobs, layer_logits=layers[0], layer_logits_normed=layers[1], hidden=hidden)
+
+    async def _next_logprobs(
+        self,
+        token_ids: Sequence[int],
+        read: Sequence[int],
+        request_id: str,
+        want_layers: bool,
+        hidden_layers: Sequence[int] = (),
+    ) -> tuple[float, ...]:
+        """The full-vocabulary log-probabilities of the tokens ``read`` right after ``token_ids``
+        (with ``want_layers``, the worker also keeps the per-layer logits and hidden rows)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        extra = {EXTRA_ARGS_KEY: request_id, HIDDEN_ARGS_KEY: list(hidden_layers)} if want_layers else None
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(read), extra_args=extra)
+        final = None
+        async for output in self._engine.generate(
+            TokensPrompt(prompt_token_ids=list(token_ids)), params, request_id=request_id
+        ):
+            final = output
+        if final is None or not final.outputs or not final.outputs[0].logprobs:
+            raise EngineError("vLLM returned no log-probabilities")
+        position = final.outputs[0].logprobs[0]
+        return tuple(float(position[token].logprob) for token in read)
 
     async def _layer_logits(
         self, key: str

@@ -20,10 +20,14 @@ class CompareService:
         self.runtime = runtime
 
     async def compare(
-        self, request: CompareRequest, timeout_s: float | None, disconnected: Disconnected
+        self,
+        request: CompareRequest,
+        timeout_s: float | None,
+        disconnected: Disconnected,
+        arrived: float | None = None,
     ) -> CompareResponse:
         prompts, limits = self.runtime.require_ready()
-        deadline = limits.deadline(timeout_s)
+        deadline = limits.deadline(timeout_s, arrived)
         tasks = await asyncio.to_thread(self._tasks, request, prompts, limits)
         results = await self.runtime.run(tasks, deadline, disconnected)
         per_pair = 2 if request.swap else 1
@@ -42,7 +46,7 @@ class CompareService:
     def _tasks(request: CompareRequest, prompts: Prompts, limits: Limits) -> list[ScoringTask]:
         """Two tasks per pair (A first, then B first), or one without swapping."""
         limits.check_count(len(request.pairs), "pairs")
-        label_ids = limits.label_ids(VERDICT_LABELS)
+        trie = limits.label_trie(VERDICT_LABELS)
         tasks = []
         for index, pair in enumerate(request.pairs):
             orders = [(pair.response_a, pair.response_b)]
@@ -50,7 +54,7 @@ class CompareService:
                 orders.append((pair.response_b, pair.response_a))
             for first, second in orders:
                 text = prompts.pair(pair.instruction, first, second, request.criteria)
-                tasks.append(ScoringTask(token_ids=limits.encode(text, index, pair.id), label_ids=label_ids))
+                tasks.append(ScoringTask.reading(limits.encode(text, index, pair.id), trie))
         return tasks
 
     @staticmethod

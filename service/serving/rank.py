@@ -23,9 +23,15 @@ class RankService:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    async def rank(self, request: RankRequest, timeout_s: float | None, disconnected: Disconnected) -> RankResponse:
+    async def rank(
+        self,
+        request: RankRequest,
+        timeout_s: float | None,
+        disconnected: Disconnected,
+        arrived: float | None = None,
+    ) -> RankResponse:
         prompts, limits = self.runtime.require_ready()
-        deadline = limits.deadline(timeout_s)
+        deadline = limits.deadline(timeout_s, arrived)
         limits.check_candidates(len(request.candidates))
         if request.strategy == "pointwise":
             rubric = self._rubric(request)
@@ -60,20 +66,18 @@ class RankService:
 
     def _pointwise_tasks(self, request: RankRequest, rubric: Rubric) -> list[ScoringTask]:
         prompts, limits = self.runtime.require_ready()
-        label_ids = limits.label_ids(rubric.labels)
+        trie = limits.label_trie(rubric.labels)
+        texts = [prompts.score(request.instruction, c.response, None, rubric) for c in request.candidates]
         return [
-            ScoringTask(
-                token_ids=limits.encode(prompts.score(request.instruction, c.response, None, rubric), i, c.id),
-                label_ids=label_ids,
-            )
-            for i, c in enumerate(request.candidates)
+            ScoringTask.reading(limits.encode(text, i, c.id), trie)
+            for i, (c, text) in enumerate(zip(request.candidates, texts, strict=True))
         ]
 
     def pairwise_tasks(self, request: RankRequest, pairs: list[tuple[int, int]]) -> list[ScoringTask]:
         """Two tasks per pair: its first candidate shown first, then second."""
         prompts, limits = self.runtime.require_ready()
         limits.check_prompts(2 * len(pairs))
-        label_ids = limits.label_ids(VERDICT_LABELS)
+        trie = limits.label_trie(VERDICT_LABELS)
         candidates = request.candidates
         tasks = []
         for i, j in pairs:
@@ -81,9 +85,7 @@ class RankService:
                 text = prompts.pair(
                     request.instruction, candidates[first].response, candidates[second].response, request.criteria
                 )
-                tasks.append(
-                    ScoringTask(token_ids=limits.encode(text, first, candidates[first].id), label_ids=label_ids)
-                )
+                tasks.append(ScoringTask.reading(limits.encode(text, first, candidates[first].id), trie))
         return tasks
 
     @staticmethod

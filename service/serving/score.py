@@ -82,9 +82,15 @@ class ScoreService:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    async def score(self, request: ScoreRequest, timeout_s: float | None, disconnected: Disconnected) -> ScoreResponse:
+    async def score(
+        self,
+        request: ScoreRequest,
+        timeout_s: float | None,
+        disconnected: Disconnected,
+        arrived: float | None = None,
+    ) -> ScoreResponse:
         _, limits = self.runtime.require_ready()
-        deadline = limits.deadline(timeout_s)
+        deadline = limits.deadline(timeout_s, arrived)
         criteria = await asyncio.to_thread(self.criteria, request)
         tasks = await asyncio.to_thread(self.tasks, request, criteria)
         results = await self.runtime.run(tasks, deadline, disconnected)
@@ -143,7 +149,7 @@ class ScoreService:
                 limits.check_probe_fits(self.runtime.model_name, request.label_set, criterion.prompt_version)
         limits.check_count(len(request.items), "items")
         limits.check_prompts(len(request.items) * len(criteria))
-        label_ids = limits.label_ids(request.label_set)
+        trie = limits.label_trie(request.label_set, want_layers)
         tasks = []
         items: Sequence[RawItem | StructuredItem] = request.items
         for index, item in enumerate(items):
@@ -156,9 +162,7 @@ class ScoreService:
                         item.instruction, item.response, item.reference_answer, criterion.rubric, request.template
                     )
                 token_ids = limits.encode(text, index, item.id)
-                tasks.append(
-                    ScoringTask(token_ids=token_ids, label_ids=label_ids, want_layers=want_layers, hidden_layers=hidden)
-                )
+                tasks.append(ScoringTask.reading(token_ids, trie, want_layers, hidden))
         return tasks
 
     def _readout(self, request: ScoreRequest, criterion: Criterion, task: ScoringTask, result: LabelScores) -> Readout:

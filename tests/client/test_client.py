@@ -51,7 +51,7 @@ def test_client_errors_are_typed(busy_server: RunningServer) -> None:
         judge.score(ITEMS[:1])
     assert denied.value.status == 401 and denied.value.type == "unauthorized"
     with JudgeClient(busy_server.url, api_key="secret") as judge, pytest.raises(JudgeError) as bad:
-        judge.score([{"id": "r", "prompt": "x"}], labels=["1", "10"])
+        judge.score([{"id": "r", "prompt": "x"}], labels=["1", "10"], method="lager")
     assert bad.value.status == 422 and bad.value.details["label"] == "10"
 
 

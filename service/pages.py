@@ -1,0 +1,114 @@
+"""Pages for people: the interactive docs and the playground, every asset served from the
+installed packages so they work in clusters without internet access."""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+from typing import Any, get_args
+
+from fastapi import APIRouter, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
+from judge_client.protocol import Method
+
+from service.errors import ErrorKind, JudgeError
+from service.prompts import DEFAULT_PAIR_CRITERIA, DEFAULT_RUBRIC
+
+# Swagger UI and ReDoc bundles as shipped (and pinned) by the fastapi-offline package.
+DOCS_ASSETS = Path(str(importlib.resources.files("fastapi_offline") / "static"))
+PLAYGROUND_ASSETS = Path(__file__).parent / "static" / "playground"
+
+_DOCS_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
+_PLAYGROUND_FILES = ("playground.js", "playground.css")
+
+# Our own page loads only its own files and talks only to this server; the browser enforces it.
+PLAYGROUND_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+)
+# The docs pages start Swagger UI with an inline script and both bundles inline styles; ReDoc's
+# sidebar shows a logo from its vendor's CDN, which this keeps in the browser (it then hides it).
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+def _root(request: Request) -> str:
+    # Behind a proxy that strips a prefix, the page must ask for assets under that prefix.
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def _asset(directory: Path, allowed: tuple[str, ...], name: str) -> FileResponse:
+    # A fixed list, not a directory listing: no path from the URL ever reaches the filesystem.
+    if name not in allowed:
+        raise JudgeError(ErrorKind.NOT_FOUND, "not found")
+    return FileResponse(directory / name, headers={"Cache-Control": "no-cache"})
+
+
+def pages_router(playground: bool) -> APIRouter:
+    """/docs and /redoc always; /playground only when ``playground`` is on."""
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/docs")
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = _root(request)
+        page = get_swagger_ui_html(
+            openapi_url=f"{root}{request.app.openapi_url}",
+            title=f"{request.app.title} - Swagger UI",
+            swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
+            swagger_favicon_url=f"{root}/docs/assets/favicon.png",
+            # Swagger UI would otherwise send the schema's URL to a public validator.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+        page.headers["Content-Security-Policy"] = DOCS_CSP
+        return page
+
+    @router.get("/redoc")
+    async def redoc(request: Request) -> HTMLResponse:
+        root = _root(request)
+        page = get_redoc_html(
+            openapi_url=f"{root}{request.app.openapi_url}",
+            title=f"{request.app.title} - ReDoc",
+            redoc_js_url=f"{root}/docs/assets/redoc.standalone.js",
+            redoc_favicon_url=f"{root}/docs/assets/favicon.png",
+            with_google_fonts=False,
+        )
+        page.headers["Content-Security-Policy"] = DOCS_CSP
+        return page
+
+    @router.get("/docs/assets/{name}")
+    async def docs_asset(name: str) -> FileResponse:
+        return _asset(DOCS_ASSETS, _DOCS_FILES, name)
+
+    if not playground:
+        return router
+
+    @router.get("/playground")
+    async def playground_page() -> FileResponse:
+        return FileResponse(
+            PLAYGROUND_ASSETS / "index.html",
+            headers={"Content-Security-Policy": PLAYGROUND_CSP, "Cache-Control": "no-cache"},
+        )
+
+    @router.get("/playground/config.json")
+    async def playground_config(request: Request) -> dict[str, Any]:
+        # Open like the page: it tells whether to ask for a key, which a 401 would tell anyway.
+        return {
+            "auth_required": request.app.state.api_keys.enabled,
+            "methods": list(get_args(Method)),
+            "rubric": {
+                "criteria": DEFAULT_RUBRIC.criteria,
+                "score_descriptions": dict(DEFAULT_RUBRIC.score_descriptions),
+            },
+            "pair_criteria": DEFAULT_PAIR_CRITERIA,
+        }
+
+    @router.get("/playground/{name}")
+    async def playground_asset(name: str) -> FileResponse:
+        return _asset(PLAYGROUND_ASSETS, _PLAYGROUND_FILES, name)
+
+    return router

@@ -1,0 +1,295 @@
+"""The pages for people: /docs and /redoc with no CDN, and the playground in a real browser,
+whose bars and numbers must equal the API's own answer to the same request."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings
+from service.prompts import DEFAULT_CRITERIA, DEFAULT_SCORE_DESCRIPTIONS
+from tests.browser import (
+    assert_only_local,
+    assert_same,
+    assert_score_shown,
+    fill,
+    open_page,
+    open_playground,
+    replay_curl,
+    save_screenshot,
+    shown_bars,
+    shown_curl,
+    shown_stats,
+    start_chromium,
+    submit,
+    type_into,
+    wait_for,
+)
+from tests.conftest import ROOT, RunningServer, start_server
+
+PAGES = ["/docs", "/redoc", "/playground"]
+PLAYGROUND_FILES = ["index.html", "playground.js", "playground.css"]
+KEY = "page-key"
+
+
+def app_client(**overrides: Any) -> TestClient:
+    # No lifespan: the pages need no model, so no model is loaded.
+    return TestClient(create_app(Settings(**overrides)))
+
+
+def local_references(html: str) -> list[str]:
+    return re.findall(r"""(?:src|href)=["']([^"']*)["']""", html) + re.findall(r"url: '([^']*)'", html)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_pages_reference_only_local_assets(page: str) -> None:
+    client = app_client()
+    response = client.get(page)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    assert "://" not in response.text, "the page names an outside host"
+    references = [ref for ref in local_references(response.text) if not ref.startswith("data:")]
+    assert references, response.text
+    for ref in references:
+        url = ref if ref.startswith("/") else f"/{ref}"
+        assert client.get(url).status_code == 200, ref
+
+
+def test_playground_assets_name_no_outside_host() -> None:
+    client = app_client()
+    for name in PLAYGROUND_FILES[1:]:
+        response = client.get(f"/playground/{name}")
+        assert response.status_code == 200, name
+        assert "://" not in response.text, name
+    policy = client.get("/playground").headers["content-security-policy"]
+    assert "connect-src 'self'" in policy and "script-src 'self'" in policy
+
+
+def test_playground_config_gives_the_default_rubric_and_auth() -> None:
+    assert app_client().get("/playground/config.json").json() == {
+        "auth_required": False,
+        "methods": ["final", "lager", "lager_weighted", "probe"],
+        "rubric": {"criteria": DEFAULT_CRITERIA, "score_descriptions": DEFAULT_SCORE_DESCRIPTIONS},
+        "pair_criteria": "Which response is more helpful, correct, relevant and clear?",
+    }
+    # The page is open like /docs, even when the API needs a key.
+    keyed = app_client(api_keys=KEY)
+    assert keyed.get("/playground").status_code == 200
+    assert keyed.get("/playground/config.json").json()["auth_required"] is True
+    assert keyed.get("/docs").status_code == 200
+
+
+def test_playground_off_is_an_unknown_path() -> None:
+    client = app_client(playground=False)
+    unknown = client.get("/no-such-page")
+    for path in ["/playground", "/playground/config.json", "/playground/playground.js"]:
+        response = client.get(path)
+        assert (response.status_code, response.json()) == (404, unknown.json()), path
+    assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/docs/assets/..%2Fpages.py", "/docs/assets/pages.py", "/playground/index.html"])
+def test_only_listed_files_are_served(path: str) -> None:
+    response = app_client().get(path)
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found"
+
+
+@pytest.mark.slow
+def test_a_built_wheel_ships_the_playground(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), "."],
+        cwd=ROOT,
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("judge_service-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"service/static/playground/{name}" for name in PLAYGROUND_FILES} <= names
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    driver = start_chromium(tmp_path_factory.mktemp("chromium"))
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def open_server() -> Iterator[RunningServer]:
+    running = start_server(engine="transformers")
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def keyed_server() -> Iterator[RunningServer]:
+    running = start_server(engine="transformers", api_keys=KEY)
+    yield running
+    running.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["final", "lager"])
+def test_playground_shows_the_api_distribution(browser: Any, open_server: RunningServer, method: str) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    open_playground(browser, open_server)
+    fill(browser, "instruction", "What is 2+2?")
+    fill(browser, "response", "4")
+    fill(browser, "reference", "4")
+    Select(browser.find_element("id", "method")).select_by_value(method)
+    assert submit(browser) == "done"
+
+    request = {
+        "items": [
+            {
+                "id": "playground",
+                "instruction": "What is 2+2?",
+                "response": "4",
+                "reference_answer": "4",
+            }
+        ],
+        "rubric": {"criteria": DEFAULT_CRITERIA, "score_descriptions": DEFAULT_SCORE_DESCRIPTIONS},
+        "method": method,
+    }
+    with open_server.client() as client:
+        answer = client.post("/v1/score", json=request).json()
+    assert_score_shown(browser, answer)
+    # The curl command is the very request: same body, same answer.
+    assert shown_curl(browser)[2] == request
+    assert replay_curl(browser) == answer
+    assert_only_local(browser, open_server)
+    assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    if method == "final":
+        save_screenshot(browser, "playground.png")
+
+
+@pytest.mark.slow
+def test_playground_raw_prompt_with_own_labels_and_rubric_order(browser: Any, open_server: RunningServer) -> None:
+    open_playground(browser, open_server)
+    browser.find_element("id", "kind-raw").click()
+    fill(browser, "prompt", "Is the sky green? Answer yes or no:")
+    fill(browser, "labels", '[" yes", " no", " maybe"]')
+    fill(browser, "label-values", '{" yes": 1, " no": 0, " maybe": 0.5}')
+    assert submit(browser) == "done"
+    _, _, body = shown_curl(browser)
+    assert body["labels"] == [" yes", " no", " maybe"]
+    assert_score_shown(browser, replay_curl(browser))
+
+    # A rubric whose labels run high to low keeps that order on the wire and in the chart,
+    # though JavaScript objects put integer-like keys in ascending order.
+    open_playground(browser, open_server)
+    rows = browser.find_elements("css selector", ".rubric-row")
+    for row, (label, description) in zip(rows, reversed(DEFAULT_SCORE_DESCRIPTIONS.items()), strict=True):
+        type_into(row.find_element("css selector", ".rubric-label"), label)
+        type_into(row.find_element("css selector", ".rubric-description"), description)
+    rows[-1].find_element("css selector", "button").click()
+    assert submit(browser) == "done"
+    _, _, body = shown_curl(browser)
+    assert list(body["rubric"]["score_descriptions"]) == ["5", "4", "3", "2"]
+    assert list(shown_bars(browser, "distribution")) == ["5", "4", "3", "2"]
+    assert_score_shown(browser, replay_curl(browser))
+
+
+@pytest.mark.slow
+def test_playground_compares_a_pair(browser: Any, open_server: RunningServer) -> None:
+    open_playground(browser, open_server)
+    browser.find_element("id", "mode-compare").click()
+    fill(browser, "pair-instruction", "What is 2+2?")
+    fill(browser, "response-a", "4")
+    fill(browser, "response-b", "It is 5.")
+    assert submit(browser) == "done"
+
+    request = {
+        "pairs": [{"id": "playground", "instruction": "What is 2+2?", "response_a": "4", "response_b": "It is 5."}],
+        "criteria": "Which response is more helpful, correct, relevant and clear?",
+        "swap": True,
+    }
+    assert shown_curl(browser)[2] == request
+    with open_server.client() as client:
+        (result,) = client.post("/v1/compare", json=request).json()["results"]
+    for chart, distribution in [
+        ("distribution", result["distribution"]),
+        ("order-ab", result["orders"]["ab"]),
+        ("order-ba", result["orders"]["ba"]),
+    ]:
+        bars = shown_bars(browser, chart)
+        assert list(bars) == ["A>>B", "A>B", "A=B", "B>A", "B>>A"]
+        for verdict, p in bars.items():
+            assert_same(p, distribution[verdict])
+    stats = shown_stats(browser)
+    assert stats["verdict"] == result["verdict"]
+    for key in ["p_a_wins", "p_tie", "p_b_wins", "position_consistency"]:
+        assert_same(stats[key], result[key])
+    assert_only_local(browser, open_server)
+    save_screenshot(browser, "playground-compare.png")
+
+
+@pytest.mark.slow
+def test_playground_shows_the_error_envelope_as_it_is(browser: Any, open_server: RunningServer) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    # No layer weights are configured, so the API answers lager_weighted with a 422.
+    open_playground(browser, open_server)
+    Select(browser.find_element("id", "method")).select_by_value("lager_weighted")
+    assert submit(browser) == "error"
+    _, _, body = shown_curl(browser)
+    with open_server.client() as client:
+        expected = client.post("/v1/score", json=body)
+    assert expected.status_code == 422
+    error = browser.find_element("id", "error")
+    assert error.get_attribute("data-status") == "422"
+    assert json.loads(error.text) == expected.json()
+
+
+@pytest.mark.slow
+def test_playground_asks_for_a_key_and_keeps_it_in_memory(browser: Any, keyed_server: RunningServer) -> None:
+    open_playground(browser, keyed_server)
+    key_field = browser.find_element("id", "api-key")
+    assert key_field.is_displayed()
+
+    key_field.send_keys("wrong-key")
+    assert submit(browser) == "error"
+    url, headers, body = shown_curl(browser, "wrong-key")
+    wrong = httpx.post(url, headers=headers, content=json.dumps(body), timeout=60)
+    assert wrong.status_code == 401
+    error = browser.find_element("id", "error")
+    assert error.get_attribute("data-status") == "401"
+    assert json.loads(error.text) == wrong.json()
+
+    key_field.clear()
+    key_field.send_keys(KEY)
+    assert submit(browser) == "done"
+    assert_score_shown(browser, replay_curl(browser, KEY))
+    # The key lives in the page's memory only: not in the URL, storage, cookies, the DOM or the curl text.
+    assert KEY not in browser.current_url and "$JUDGE_API_KEY" in browser.find_element("id", "curl").text
+    stored = browser.execute_script(
+        "return [JSON.stringify(localStorage), JSON.stringify(sessionStorage), document.cookie]"
+    )
+    assert stored == ["{}", "{}", ""]
+    assert KEY not in browser.page_source and KEY not in browser.find_element("id", "output").text
+    assert_only_local(browser, keyed_server)
+
+
+@pytest.mark.slow
+def test_docs_and_redoc_render_with_the_outside_unreachable(browser: Any, open_server: RunningServer) -> None:
+    open_page(browser, f"{open_server.url}/docs")
+    wait_for(browser, lambda d: d.find_elements("css selector", '.opblock-summary-path[data-path="/v1/score"]'), 60)
+    assert_only_local(browser, open_server)
+
+    open_page(browser, f"{open_server.url}/redoc")
+    # ReDoc renders each operation as a section whose id names its operation.
+    wait_for(browser, lambda d: d.find_elements("css selector", '[id*="score_v1_score_post"]'), 60)
+    assert "/v1/score" in browser.find_element("tag name", "body").text
+    # ReDoc's sidebar asks for its vendor's logo; the page's policy stops it in the browser.
+    assert_only_local(browser, open_server, allowed_blocked=1)
