@@ -118,6 +118,35 @@ def scaling(report: dict, out: Path) -> None:
     _save(fig, out)
 
 
+def criteria(report: dict, out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for template, entry in report["templates"].items():
+        ks = sorted(int(k) for k in entry["seconds_per_item"])
+        ax.plot(ks, [1000 * entry["seconds_per_item"][str(k)] for k in ks], marker="o", label=template)
+    ax.set_xlabel("criteria per item (K)")
+    ax.set_ylabel("ms per item")
+    ax.set_title(f"{report['engine']}: {report['items']} Topical-Chat items, one request each")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, out)
+
+
+def rank(report: dict, out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    rows = report["rows"]
+    names = [f"N={row['n']}" for row in rows]
+    taus = [row["kendall_tau"] for row in rows]
+    errors = [
+        [t - row["kendall_tau_ci"][0] for t, row in zip(taus, rows, strict=True)],
+        [row["kendall_tau_ci"][1] - t for t, row in zip(taus, rows, strict=True)],
+    ]
+    ax.bar(names, taus, yerr=errors, capsize=4, color="#4c72b0")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("Kendall tau with the all-pairs ranking")
+    ax.set_title("O(N log N) design against all pairs (95% bootstrap interval)")
+    _save(fig, out)
+
+
 def labels(report: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     rates = report["items_per_s"]
@@ -135,6 +164,8 @@ CHARTS: dict[str, Callable[[dict, Path], None]] = {
     "prefix": prefix,
     "roofline": roofline,
     "scaling": scaling,
+    "criteria": criteria,
+    "rank": rank,
     "labels": labels,
 }
 

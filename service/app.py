@@ -20,7 +20,7 @@ from service.openapi import install_openapi
 from service.pages import pages_router
 from service.routes import router
 from service.runtime import Runtime
-from service.serving import CompareService, ScoreService
+from service.serving import CompareService, RankService, ScoreService
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.state.score_service = ScoreService(runtime)
     app.state.compare_service = CompareService(runtime)
+    app.state.rank_service = RankService(runtime)
     app.state.api_keys = ApiKeys.from_settings(settings.api_keys, settings.api_keys_file)
     if not app.state.api_keys.enabled:
         logger.warning(

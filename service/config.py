@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
+from judge_client.protocol import MAX_CRITERIA, MAX_RANK_CANDIDATES
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -79,6 +80,37 @@ class Settings(BaseSettings):
     )
     layer_weights_file: Path | None = Field(
         None, description="JSON layer weights for method 'lager_weighted' (from fit-layers)."
+    )
+    calibration_file: Path | None = Field(
+        None,
+        description=(
+            "Calibration JSON (from fit-calibration), loaded at startup: results of the setup it was fitted for "
+            "gain 'calibrated', and its conformal threshold flags results for review."
+        ),
+    )
+    probe_file: Path | None = Field(
+        None, description="Probe JSON (from fit-probe), loaded at startup: serves method 'probe'."
+    )
+    max_criteria: int = Field(
+        8, ge=1, le=MAX_CRITERIA, description="Most criteria (rubrics) one score request may carry."
+    )
+    max_rank_candidates: int = Field(
+        16, ge=2, le=MAX_RANK_CANDIDATES, description="Most candidates one rank request may carry."
+    )
+    review_min_confidence: float | None = Field(
+        None, ge=0, le=1, description="Flag results for review whose confidence is below this (off by default)."
+    )
+    review_min_label_mass: float | None = Field(
+        None, ge=0, le=1, description="Flag results for review whose label mass is below this (off by default)."
+    )
+    review_min_calibrated_probability: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=(
+            "Calibrated results: flag them unless exactly one label reaches this calibrated probability. "
+            "Default: the calibration file's conformal threshold."
+        ),
     )
     lager_layer_norm: bool = Field(
         False,

@@ -11,13 +11,14 @@ import json
 import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from judge_client.protocol import ItemScore, RawScoreRequest, ScoreResponse, StructuredScoreRequest, score_request
 
-from service import scoring
+from service import intervals, scoring
 
 Scorer = Callable[[RawScoreRequest | StructuredScoreRequest], Awaitable[ScoreResponse]]
 
@@ -32,16 +33,21 @@ class Labelled:
     reference: str | None
     rubric: dict[str, Any] | None
     human: float
+    # The whole row, for breakdowns by any field (eval --group-by).
+    fields: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
 class Scored:
-    """The judge's view of one item: final log-probs and both per-layer matrices."""
+    """The judge's view of one item: final log-probs, both per-layer matrices, and the
+    hidden rows asked for (in the order asked)."""
 
     item: Labelled
     final_logprobs: tuple[float, ...]
     layers: tuple[tuple[float, ...], ...]  # raw (no final norm on intermediate layers)
     layers_normed: tuple[tuple[float, ...], ...]
+    prompt_version: str = ""
+    hidden: tuple[tuple[float, ...], ...] | None = None
 
 
 def read_dataset(path: Path) -> list[Labelled]:
@@ -59,6 +65,7 @@ def read_dataset(path: Path) -> list[Labelled]:
                     reference=data.get("reference_answer", data.get("reference")),
                     rubric=data.get("rubric"),
                     human=float(data["human_score"]),
+                    fields=data,
                 )
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -80,9 +87,17 @@ def _log_rows(layers: Sequence[dict[str, float]], labels: Sequence[str]) -> tupl
 
 
 async def collect_scores(
-    items: Sequence[Labelled], scorer: Scorer, chunk: int = 8, progress: bool = True
+    items: Sequence[Labelled],
+    scorer: Scorer,
+    chunk: int = 8,
+    progress: bool = True,
+    hidden_layers: Sequence[int] | None = None,
+    layers: bool = True,
+    template: str = "default",
 ) -> list[Scored]:
-    """Score every item, with per-layer label scores in both layer-norm variants."""
+    """Score every item under ``template``: final log-probabilities, per-layer label scores
+    in both layer-norm variants (unless ``layers`` is off), and the hidden rows of
+    ``hidden_layers``."""
     from tqdm import tqdm
 
     scored: list[Scored] = []
@@ -100,31 +115,42 @@ async def collect_scores(
                     | ({"reference_answer": it.reference} if it.reference is not None else {})
                     for it in part
                 ],
-                "return_layers": True,
+                "return_layers": layers,
                 "return_logprobs": True,
+                "template": template,
             }
             if rubric is not None:
                 payload["rubric"] = rubric
-            raw, normed = await asyncio.gather(
-                scorer(score_request({**payload, "layer_norm": False})),
-                scorer(score_request({**payload, "layer_norm": True})),
-            )
+            hidden = {"hidden_layers": list(hidden_layers)} if hidden_layers else {}
+            requests = [scorer(score_request({**payload, "layer_norm": False, **hidden}))]
+            if layers:
+                requests.append(scorer(score_request({**payload, "layer_norm": True})))
+            answers = await asyncio.gather(*requests)
+            raw, normed = answers[0], answers[-1]
             for it, a, b in zip(part, raw.results, normed.results, strict=True):
-                scored.append(_scored(it, a, b))
+                scored.append(_scored(it, a, b, raw.prompt_version, hidden_layers))
             bar.update(len(part))
     bar.close()
     by_id = {s.item.id: s for s in scored}
     return [by_id[it.id] for it in items]
 
 
-def _scored(item: Labelled, raw: ItemScore, normed: ItemScore) -> Scored:
-    assert raw.logprobs is not None and raw.layers is not None and normed.layers is not None
+def _scored(
+    item: Labelled, raw: ItemScore, normed: ItemScore, version: str, hidden_layers: Sequence[int] | None
+) -> Scored:
+    assert raw.logprobs is not None
     labels = list(raw.logprobs)
+    hidden = None
+    if hidden_layers:
+        assert raw.hidden is not None
+        hidden = tuple(tuple(raw.hidden[str(layer)]) for layer in hidden_layers)
     return Scored(
         item=item,
         final_logprobs=tuple(raw.logprobs[label] for label in labels),
-        layers=_log_rows(raw.layers, labels),
-        layers_normed=_log_rows(normed.layers, labels),
+        layers=_log_rows(raw.layers or [], labels),
+        layers_normed=_log_rows(normed.layers or [], labels),
+        prompt_version=version,
+        hidden=hidden,
     )
 
 
@@ -200,17 +226,44 @@ def _row_name(method: str) -> str:
 
 
 def method_rows(
-    scored: Sequence[Scored], labels: Sequence[str], values: Sequence[float], weights: Any | None
-) -> dict[str, dict[str, float]]:
-    """Agreement with humans of every method on ``scored``."""
+    scored: Sequence[Scored],
+    labels: Sequence[str],
+    values: Sequence[float],
+    weights: Any | None,
+    extra: dict[str, list[scoring.Distribution]] | None = None,
+    samples: int = intervals.SAMPLES,
+) -> dict[str, dict[str, Any]]:
+    """Agreement with humans of every method on ``scored``, each figure with its bootstrap
+    95% interval (``<figure>_ci``). ``extra``: more methods' distributions (calibrated, probe)."""
     human = [s.item.human for s in scored]
-    dists = method_distributions(scored, labels, values, weights)
-    ece = {_row_name(name): calibration_error(ds, human, values) for name, ds in dists.items()}
-    ece["final (argmax)"] = ece["final (expected)"]
-    return {
-        name: {**correlations(preds, human), "ece": ece[name]}
-        for name, preds in method_scores(dists, labels, values).items()
-    }
+    dists = method_distributions(scored, labels, values, weights) | (extra or {})
+    preds = method_scores(dists, labels, values)
+    by_row = {_row_name(name): ds for name, ds in dists.items()} | {"final (argmax)": dists["final"]}
+    return {name: figures(p, human, by_row[name], values, samples) for name, p in preds.items()}
+
+
+def figures(
+    preds: Sequence[float],
+    human: Sequence[float],
+    dists: Sequence[scoring.Distribution],
+    values: Sequence[float],
+    samples: int = intervals.SAMPLES,
+) -> dict[str, Any]:
+    """Spearman, Pearson, Kendall, MAE and ECE, each with its bootstrap 95% interval."""
+    pred_a, human_a = np.asarray(preds, dtype=float), np.asarray(human, dtype=float)
+
+    def on(idx: np.ndarray) -> dict[str, float]:
+        subset = [dists[i] for i in idx]
+        picked = human_a[idx]
+        return {**correlations(list(pred_a[idx]), list(picked)), "ece": calibration_error(subset, list(picked), values)}
+
+    point = on(np.arange(len(preds)))
+    bounds = intervals.bootstrap_many(on, len(preds), samples)
+    out: dict[str, Any] = {}
+    for name, value in point.items():
+        out[name] = value
+        out[name + "_ci"] = list(bounds[name])
+    return out
 
 
 def layer_scores(

@@ -1,9 +1,10 @@
 """Every deployment limit, checked in one place before anything is queued.
 
 The wire models (``judge_client.protocol``) carry the structural rules; what depends on
-the deployment is here: items per request, what the loaded tokenizer makes of a label,
-prompt length against the model, the methods the engine and the layer weights allow,
-and the deadline cap. Each check raises a ``JudgeError`` naming the field or label, so a
+the deployment is here: items, criteria and candidates per request, prompts against the
+queue, what the loaded tokenizer makes of a label, prompt length against the model, the
+methods the engine, the layer weights and the probe allow, the hidden-state entries the
+model has, and the deadline cap. Each check raises a ``JudgeError`` naming the field or label, so a
 bad request is refused whole and nothing downstream validates again.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 from service.errors import ErrorKind, JudgeError
 from service.labels import LabelTrie
 from service.lager import LayerWeights
+from service.probe import Probe
 
 
 class Limits:
@@ -33,6 +35,11 @@ class Limits:
         layer_weights: LayerWeights | None,
         request_timeout_s: float,
         max_request_timeout_s: float,
+        num_layers: int = 0,
+        probe: Probe | None = None,
+        max_criteria: int = 8,
+        max_rank_candidates: int = 16,
+        max_queue: int | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.max_items = max_items
@@ -43,6 +50,11 @@ class Limits:
         self.layer_weights = layer_weights
         self.request_timeout_s = request_timeout_s
         self.max_request_timeout_s = max_request_timeout_s
+        self.num_layers = num_layers
+        self.probe = probe
+        self.max_criteria = max_criteria
+        self.max_rank_candidates = max_rank_candidates
+        self.max_queue = max_queue
 
     @staticmethod
     def check_layer_weights(weights: LayerWeights, source: object, num_layers: int) -> None:
@@ -52,6 +64,12 @@ class Limits:
                 f"{source} has {len(weights.weights)} layer weights; the model needs {num_layers} "
                 "(one per layer entry but the final normed one)"
             )
+
+    @staticmethod
+    def check_probe(probe: Probe, source: object, num_layers: int) -> None:
+        """At startup: the probe's layers must exist in the loaded model."""
+        if any(not 0 <= layer <= num_layers for layer in probe.layers):
+            raise ValueError(f"{source} reads hidden-state entries {probe.layers}; the model has 0..{num_layers}")
 
     def deadline(self, timeout_s: float | None, arrived: float | None = None) -> float:
         """The ``time.monotonic()`` instant by which a request that reached the server at
@@ -67,6 +85,31 @@ class Limits:
                 {what: count, "max_items": self.max_items},
             )
 
+    def check_criteria(self, count: int) -> None:
+        if count > self.max_criteria:
+            raise JudgeError(
+                ErrorKind.INVALID_REQUEST,
+                f"{count} criteria exceed the limit of {self.max_criteria} per request",
+                {"criteria": count, "max_criteria": self.max_criteria},
+            )
+
+    def check_candidates(self, count: int) -> None:
+        if count > self.max_rank_candidates:
+            raise JudgeError(
+                ErrorKind.INVALID_REQUEST,
+                f"{count} candidates exceed the limit of {self.max_rank_candidates} per request",
+                {"candidates": count, "max_rank_candidates": self.max_rank_candidates},
+            )
+
+    def check_prompts(self, count: int) -> None:
+        """A request's prompts must fit the queue at all, or it could never be admitted."""
+        if self.max_queue is not None and count > self.max_queue:
+            raise JudgeError(
+                ErrorKind.INVALID_REQUEST,
+                f"the request needs {count} prompts; the queue holds at most {self.max_queue}",
+                {"prompts": count, "max_queue": self.max_queue},
+            )
+
     def wants_layers(self, method: str, return_layers: bool) -> bool:
         """Whether a score request needs per-layer logits; refuses what this judge cannot serve."""
         if method == "lager_weighted" and self.layer_weights is None:
@@ -74,8 +117,12 @@ class Limits:
                 ErrorKind.INVALID_REQUEST,
                 "method 'lager_weighted' needs layer weights; the server has none (JUDGE_LAYER_WEIGHTS_FILE)",
             )
-        wanted = method != "final" or return_layers
-        if wanted and not self.supports_layers:
+        if method == "probe" and self.probe is None:
+            raise JudgeError(
+                ErrorKind.INVALID_REQUEST, "method 'probe' needs a probe; the server has none (JUDGE_PROBE_FILE)"
+            )
+        wanted = method not in ("final", "probe") or return_layers
+        if (wanted or method == "probe") and not self.supports_layers:
             raise JudgeError(
                 ErrorKind.INVALID_REQUEST,
                 f"method {method!r} and return_layers need per-layer scores, "
@@ -83,6 +130,33 @@ class Limits:
                 + (f" ({self.layers_unavailable})" if self.layers_unavailable else ""),
             )
         return wanted
+
+    def hidden_layers(self, method: str, requested: Sequence[int] | None) -> tuple[int, ...]:
+        """The hidden-state entries a score request reads: those it asks for, then the probe's."""
+        wanted = list(requested or ())
+        for layer in wanted:
+            if layer > self.num_layers:
+                raise JudgeError(
+                    ErrorKind.INVALID_REQUEST,
+                    f"hidden layer {layer} is out of range; this model has entries 0..{self.num_layers}",
+                    {"hidden_layer": layer, "max_hidden_layer": self.num_layers},
+                )
+        if method == "probe" and self.probe is not None:
+            wanted += [layer for layer in self.probe.layers if layer not in wanted]
+        if wanted and not self.supports_layers:
+            raise JudgeError(
+                ErrorKind.INVALID_REQUEST,
+                f"hidden_layers and method 'probe' need per-layer capture, which this {self.engine_kind} engine "
+                "does not provide" + (f" ({self.layers_unavailable})" if self.layers_unavailable else ""),
+            )
+        return tuple(wanted)
+
+    def check_probe_fits(self, model: str, labels: Sequence[str], prompt_version: str) -> None:
+        """A probe serves only the setup it was fitted for."""
+        assert self.probe is not None
+        reason = self.probe.mismatch(model, labels, prompt_version)
+        if reason is not None:
+            raise JudgeError(ErrorKind.INVALID_REQUEST, f"method 'probe' cannot serve this request: {reason}")
 
     def label_trie(self, labels: Sequence[str], wants_layers: bool = False) -> LabelTrie:
         """Each label tokenised alone, without special tokens, as a trie. Labels of more

@@ -22,6 +22,9 @@ OUTCOMES = {
 }
 
 
+ENDPOINTS = ("score", "compare", "rank")
+
+
 def outcome_of(status: int) -> str:
     return OUTCOMES.get(status, "error" if status >= 500 else "rejected")
 
@@ -62,7 +65,7 @@ class Metrics:
         )
         self.items = Counter(
             "judge_items",
-            "Request items answered: score items, or compare pairs.",
+            "Request items answered: score items, compare pairs, or rank candidates.",
             ["endpoint", "method"],
             registry=r,
         )
@@ -94,14 +97,16 @@ class Metrics:
         self.ready = Gauge("judge_ready", "1 when the service accepts scoring requests.", registry=r)
         # Export every labelled series from the start, so dashboards and alerts see zeros, not gaps.
         for outcome in (*OUTCOMES.values(), "error", "rejected"):
-            for endpoint in ("score", "compare"):
+            for endpoint in ENDPOINTS:
                 self.requests.labels(endpoint=endpoint, outcome=outcome)
         for reason in ("cancelled", "deadline"):
             self.items_skipped.labels(reason=reason)
-        for method in ("final", "lager", "lager_weighted"):
+        for method in ("final", "lager", "lager_weighted", "probe"):
             self.items.labels(endpoint="score", method=method)
         self.items.labels(endpoint="compare", method="final")
-        for endpoint in ("score", "compare"):
+        for strategy in ("pairwise", "pointwise"):
+            self.items.labels(endpoint="rank", method=strategy)
+        for endpoint in ENDPOINTS:
             self.request_duration.labels(endpoint=endpoint)
 
     def answered(self, endpoint: str, method: str, items: int, prompts: int, tokens: int) -> None:

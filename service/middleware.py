@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.errors import ErrorKind, error_response
 from service.metrics import Metrics, outcome_of
 
-SCORED_PATHS = {"/v1/score": "score", "/v1/compare": "compare"}
+SCORED_PATHS = {"/v1/score": "score", "/v1/compare": "compare", "/v1/rank": "rank"}
 
 
 class BodyLimit:

@@ -1,8 +1,9 @@
 """The OpenAPI schema, with the limits of this deployment written in.
 
-FastAPI derives the schema from the wire models; the per-request item limit is a
-setting, so it is added here, where the app knows its settings. A client generated from
-``/openapi.json`` then cannot build a request with too many items.
+FastAPI derives the schema from the wire models; the per-request limits on items,
+criteria and rank candidates are settings, so they are added here, where the app knows
+its settings. A client generated from ``/openapi.json`` then cannot build a request with
+too many of them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from service.config import Settings
 
 # Wire models whose list of entries is bounded by JUDGE_MAX_ITEMS.
 _BOUNDED_LISTS = {"RawScoreRequest": "items", "StructuredScoreRequest": "items", "CompareRequest": "pairs"}
+
+
+def _bound(schema: dict[str, Any], keyword: str, limit: int) -> None:
+    """Write a deployment's limit into a field's schema (in its non-null branch, if any)."""
+    for branch in schema.get("anyOf", [schema]):
+        if branch.get("type") != "null":
+            branch[keyword] = limit
 
 
 def _headers_are_never_null(schema: dict[str, Any]) -> None:
@@ -37,6 +45,10 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
             components = schema.get("components", {}).get("schemas", {})
             for model, field in _BOUNDED_LISTS.items():
                 components[model]["properties"][field]["maxItems"] = settings.max_items
+            _bound(
+                components["StructuredScoreRequest"]["properties"]["rubrics"], "maxProperties", settings.max_criteria
+            )
+            _bound(components["RankRequest"]["properties"]["candidates"], "maxItems", settings.max_rank_candidates)
             _headers_are_never_null(schema)
             app.openapi_schema = schema
         return app.openapi_schema

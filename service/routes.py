@@ -13,6 +13,8 @@ from judge_client.protocol import (
     CompareResponse,
     ErrorResponse,
     HealthResponse,
+    RankRequest,
+    RankResponse,
     ReadyResponse,
     ScoreRequest,
     ScoreResponse,
@@ -22,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from service.batching import ClientGone
 from service.errors import ErrorKind, error_body, error_response
 from service.runtime import Runtime
-from service.serving import CompareService, ScoreService
+from service.serving import CompareService, RankService, ScoreService
 
 router = APIRouter()
 
@@ -39,6 +41,11 @@ def _score_service(request: Request) -> ScoreService:
 
 def _compare_service(request: Request) -> CompareService:
     service: CompareService = request.app.state.compare_service
+    return service
+
+
+def _rank_service(request: Request) -> RankService:
+    service: RankService = request.app.state.rank_service
     return service
 
 
@@ -118,6 +125,22 @@ async def compare(
     """Judge pairs of responses: an order-averaged five-way verdict distribution per pair."""
     try:
         return await service.compare(
+            body, body.timeout_s or x_request_timeout, lambda: _until_disconnect(request), _arrived(request)
+        )
+    except ClientGone:
+        return Response(status_code=499)
+
+
+@router.post("/v1/rank", response_model=RankResponse, responses=SCORE_ERRORS, dependencies=[Depends(_authorized)])
+async def rank(
+    body: RankRequest,
+    request: Request,
+    service: Annotated[RankService, Depends(_rank_service)],
+    x_request_timeout: RequestTimeout = None,
+) -> Response | RankResponse:
+    """Rank candidate responses to one instruction, best first."""
+    try:
+        return await service.rank(
             body, body.timeout_s or x_request_timeout, lambda: _until_disconnect(request), _arrived(request)
         )
     except ClientGone:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from service.batching import BatchQueue
+from service.calibration import Calibration
 from service.config import Settings
 from service.engines import Engine, LabelScores, ScoringTask, build_engine, choose_engine
 from service.errors import ErrorKind, JudgeError
@@ -23,7 +24,9 @@ from service.lager import LayerWeights
 from service.limits import Limits
 from service.metrics import Metrics
 from service.model_store import resolve_model
+from service.probe import Probe
 from service.prompts import Prompts
+from service.review import ReviewThresholds
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,18 @@ class Runtime:
         self.prompts: Prompts | None = None
         self.limits: Limits | None = None
         self.layer_weights = LayerWeights.load(settings.layer_weights_file) if settings.layer_weights_file else None
+        self.calibration = Calibration.load(settings.calibration_file) if settings.calibration_file else None
+        self.probe = Probe.load(settings.probe_file) if settings.probe_file else None
+        conformal = self.calibration.min_calibrated_probability if self.calibration else None
+        self.review = ReviewThresholds(
+            min_confidence=settings.review_min_confidence,
+            min_label_mass=settings.review_min_label_mass,
+            min_calibrated_probability=(
+                settings.review_min_calibrated_probability
+                if settings.review_min_calibrated_probability is not None
+                else conformal
+            ),
+        )
         self.ready = False
         self.draining = False
         self.failed = False
@@ -71,6 +86,8 @@ class Runtime:
             await engine.start()
             if self.layer_weights is not None:
                 Limits.check_layer_weights(self.layer_weights, self.settings.layer_weights_file, engine.num_layers)
+            if self.probe is not None:
+                Limits.check_probe(self.probe, self.settings.probe_file, engine.num_layers)
             self.prompts = Prompts(tokenizer)
             self.limits = Limits(
                 tokenizer,
@@ -82,6 +99,11 @@ class Runtime:
                 layer_weights=self.layer_weights,
                 request_timeout_s=self.settings.request_timeout_s,
                 max_request_timeout_s=self.settings.max_request_timeout_s,
+                num_layers=engine.num_layers,
+                probe=self.probe,
+                max_criteria=self.settings.max_criteria,
+                max_rank_candidates=self.settings.max_rank_candidates,
+                max_queue=self.settings.max_queue,
             )
             self.queue = self._make_queue(engine)
             self.engine = engine

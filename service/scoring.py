@@ -111,3 +111,23 @@ def lager_logits(layer_logits: Sequence[Sequence[float]], weights: Sequence[floa
         norm = list(softmax(weights))
     width = len(rows[0])
     return tuple(sum(w * row[k] for w, row in zip(norm, rows, strict=True)) for k in range(width))
+
+
+def from_probs(
+    labels: Sequence[str], probs: Sequence[float], values: Sequence[float] | None, label_mass: float = 1.0
+) -> Distribution:
+    """Score a distribution given as probabilities (a calibrated or mixed one)."""
+    logs = [math.log(p) if p > 0 else -math.inf for p in probs]
+    return distribution(labels, logs, values, label_mass=label_mass)
+
+
+def mixture(
+    labels: Sequence[str], parts: Sequence[Distribution], weights: Sequence[float], values: Sequence[float] | None
+) -> Distribution:
+    """The weighted mixture of distributions over the same labels: its mean is the weighted
+    mean of their expected scores; its label mass the weighted mean of theirs."""
+    total = sum(weights)
+    share = [w / total for w in weights]
+    probs = [sum(s * part.probs[k] for s, part in zip(share, parts, strict=True)) for k in range(len(labels))]
+    mass = sum(s * part.label_mass for s, part in zip(share, parts, strict=True))
+    return from_probs(labels, probs, values, label_mass=mass)

@@ -21,7 +21,14 @@ pytestmark = pytest.mark.slow
 API_KEY = "fuzz-key"
 # Small limits keep generated prompts cheap to score on CPU; an API key lets the
 # ignored-auth check see that requests without one are refused.
-FUZZ_SETTINGS = {"max_items": 4, "max_model_len": 256, "max_body_bytes": 256 * 1024, "api_keys": API_KEY}
+FUZZ_SETTINGS = {
+    "max_items": 4,
+    "max_criteria": 2,
+    "max_rank_candidates": 4,
+    "max_model_len": 256,
+    "max_body_bytes": 256 * 1024,
+    "api_keys": API_KEY,
+}
 schema = schemathesis.openapi.from_dict(create_app(Settings(**FUZZ_SETTINGS)).openapi())
 ALL_CHECKS = CHECKS.get_all()
 
@@ -35,8 +42,15 @@ DEPLOYMENT_LIMITS = {
     ),
     # A prompt's length in tokens against the model's (characters do not tell).
     "prompt_length": lambda e: isinstance(e["details"], dict) and "max_model_len" in e["details"],
-    # lager_weighted needs a layer-weights file, a deployment setting.
+    # lager_weighted needs a layer-weights file, and probe a probe file: deployment settings.
     "layer_weights": lambda e: "JUDGE_LAYER_WEIGHTS_FILE" in e["message"],
+    "probe": lambda e: "JUDGE_PROBE_FILE" in e["message"],
+    # A hidden-state entry past the loaded model's layers.
+    "hidden_layer": lambda e: isinstance(e["details"], dict) and "hidden_layer" in e["details"],
+    # The criteria of one request must share one label set (keys of different objects).
+    "rubric_labels": lambda e: "must have the same labels" in e["message"],
+    # Candidate ids must be unique (a property of the items of an array, not their whole).
+    "candidate_ids": lambda e: "candidate ids must be unique" in e["message"],
     # label_values may name only labels the request reads: JSON Schema cannot relate an
     # object's keys to another field's values.
     "label_values": lambda e: "label_values names labels" in e["message"],

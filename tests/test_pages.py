@@ -78,7 +78,7 @@ def test_playground_assets_name_no_outside_host() -> None:
 def test_playground_config_gives_the_default_rubric_and_auth() -> None:
     assert app_client().get("/playground/config.json").json() == {
         "auth_required": False,
-        "methods": ["final", "lager", "lager_weighted"],
+        "methods": ["final", "lager", "lager_weighted", "probe"],
         "rubric": {"criteria": DEFAULT_CRITERIA, "score_descriptions": DEFAULT_SCORE_DESCRIPTIONS},
         "pair_criteria": "Which response is more helpful, correct, relevant and clear?",
     }

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
-from judge_client.protocol import CompareRequest, CompareResponse, ScoreResponse
+from judge_client.protocol import CompareRequest, CompareResponse, RankRequest, RankResponse, ScoreResponse
 
 RETRY_STATUSES = {429, 503}
 
@@ -45,6 +45,17 @@ def _request(entries: Sequence[Mapping[str, Any]] | BaseModel, key: str, options
     if isinstance(entries, BaseModel):
         return _payload(entries)
     return {key: [_payload(entry) for entry in entries], **options}
+
+
+def _rank_payload(
+    candidates: Sequence[Mapping[str, Any]] | BaseModel, instruction: str | None, options: dict[str, Any]
+) -> dict[str, Any]:
+    # One request: a ranking needs all its candidates together, so it is never split.
+    if isinstance(candidates, BaseModel):
+        return _payload(candidates)
+    if instruction is None:
+        raise TypeError("rank() needs the instruction the candidates respond to")
+    return {"instruction": instruction, "candidates": [_payload(c) for c in candidates], **options}
 
 
 def _chunks(payload: dict[str, Any], key: str, size: int) -> Iterator[dict[str, Any]]:
@@ -160,6 +171,14 @@ class JudgeClient(_Base):
         parts = [self._send("POST", "/v1/compare", part) for part in _chunks(payload, "pairs", self.max_items())]
         return self._verdicts(parts)
 
+    def rank(
+        self, candidates: Sequence[Mapping[str, Any]] | RankRequest, instruction: str | None = None, **options: Any
+    ) -> RankResponse:
+        """Rank candidates (``{"id", "response"}``) to one instruction, best first; or pass a whole RankRequest."""
+        return RankResponse.model_validate(
+            self._send("POST", "/v1/rank", _rank_payload(candidates, instruction, options))
+        )
+
 
 class AsyncJudgeClient(_Base):
     """Asynchronous client; chunks of one call are sent concurrently (``concurrency`` at a time)."""
@@ -222,3 +241,9 @@ class AsyncJudgeClient(_Base):
         size = await self.max_items()
         chunks = _chunks(payload, "pairs", size)
         return self._verdicts(await asyncio.gather(*(self._send("POST", "/v1/compare", p) for p in chunks)))
+
+    async def rank(
+        self, candidates: Sequence[Mapping[str, Any]] | RankRequest, instruction: str | None = None, **options: Any
+    ) -> RankResponse:
+        payload = _rank_payload(candidates, instruction, options)
+        return RankResponse.model_validate(await self._send("POST", "/v1/rank", payload))

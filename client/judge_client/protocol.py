@@ -20,12 +20,20 @@ MAX_LABEL_CHARS = 32
 MIN_TIMEOUT_S = 0.01
 MAX_TIMEOUT_S = 3600.0
 DEFAULT_LABELS = ("1", "2", "3", "4", "5")
+# Structural caps; each deployment's own (JUDGE_MAX_CRITERIA, JUDGE_MAX_RANK_CANDIDATES) is
+# written into its /openapi.json and is at most these.
+MAX_CRITERIA = 32
+MAX_RANK_CANDIDATES = 64
+MAX_HIDDEN_LAYERS = 16
+MAX_LAYER_INDEX = 1024
 
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
 NonEmptyText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL_CHARS)]
-Method = Literal["final", "lager", "lager_weighted"]
+Method = Literal["final", "lager", "lager_weighted", "probe"]
+Template = Literal["default", "rubric_last"]
+CriterionName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Timeout = Annotated[
     float,
@@ -72,6 +80,12 @@ class RubricSpec(_Request):
     )
 
 
+class CriterionSpec(RubricSpec):
+    """One criterion of a several-criteria request: a rubric and its weight in the aggregate."""
+
+    weight: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, description="Weight in the top-level aggregate.")
+
+
 class _ScoreOptions(_Request):
     label_values: dict[Label, FiniteFloat] | None = Field(
         None, description="Numeric value of each label; numeric labels default to their number."
@@ -79,6 +93,13 @@ class _ScoreOptions(_Request):
     method: Method = "final"
     return_layers: bool = Field(False, description="Add per-layer label distributions.")
     return_logprobs: bool = Field(False, description="Add each label's raw log-probability.")
+    hidden_layers: list[Annotated[int, Field(ge=0, le=MAX_LAYER_INDEX)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_HIDDEN_LAYERS,
+        description="Add the scoring-position hidden state of these entries (0 = embeddings, last = final output).",
+        json_schema_extra={"uniqueItems": True},
+    )
     layer_norm: bool | None = Field(
         None, description="LAGER: apply the final norm to each layer first; default from the server."
     )
@@ -91,6 +112,8 @@ class _ScoreOptions(_Request):
 
     @model_validator(mode="after")
     def _values_name_labels(self) -> _ScoreOptions:
+        if self.hidden_layers is not None and len(set(self.hidden_layers)) != len(self.hidden_layers):
+            raise ValueError("hidden_layers must be unique")
         if self.label_values is not None:
             unknown = sorted(set(self.label_values) - set(self.label_set))
             if unknown:
@@ -122,13 +145,37 @@ class RawScoreRequest(_ScoreOptions):
 
 
 class StructuredScoreRequest(_ScoreOptions):
-    """Structured items graded against one rubric (the built-in 1-5 one by default)."""
+    """Structured items graded against one rubric (the built-in 1-5 one by default), or
+    against several criteria at once (``rubrics``), never both."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"not": {"required": ["rubric", "rubrics"]}})
 
     items: list[StructuredItem] = Field(..., min_length=1)
     rubric: RubricSpec | None = Field(None, description="A general-quality 1-5 rubric by default.")
+    rubrics: dict[CriterionName, CriterionSpec] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_CRITERIA,
+        description="Several criteria, each a rubric with a weight, instead of `rubric`; all share one label set.",
+    )
+    template: Template = Field(
+        "default", description="Prompt order: 'default' (response last) or 'rubric_last' (rubric last)."
+    )
+
+    @model_validator(mode="after")
+    def _one_rubric_field(self) -> StructuredScoreRequest:
+        if {"rubric", "rubrics"} <= self.model_fields_set:
+            raise ValueError("give either rubric or rubrics, not both")
+        if self.rubrics is not None:
+            label_sets = {tuple(spec.score_descriptions) for spec in self.rubrics.values()}
+            if len(label_sets) > 1:
+                raise ValueError("every rubric in rubrics must have the same labels in the same order")
+        return self
 
     @property
     def label_set(self) -> tuple[str, ...]:
+        if self.rubrics is not None:
+            return tuple(next(iter(self.rubrics.values())).score_descriptions)
         return tuple(self.rubric.score_descriptions) if self.rubric is not None else DEFAULT_LABELS
 
 
@@ -163,6 +210,33 @@ def score_request(data: Any) -> RawScoreRequest | StructuredScoreRequest:
     return SCORE_REQUEST.validate_python(data)
 
 
+class CalibratedScore(_Response):
+    """The judge's distribution mapped onto the human scale by the server's calibration."""
+
+    distribution: dict[str, float]
+    expected_score: float | None
+    mode: str
+    std: float | None
+    confidence: float
+
+
+class CriterionScore(_Response):
+    """One criterion of a several-criteria request: what a one-rubric request would return."""
+
+    distribution: dict[str, float]
+    expected_score: float | None
+    mode: str
+    std: float | None
+    confidence: float
+    label_mass: float
+    prompt_tokens: int
+    prompt_version: str
+    calibrated: CalibratedScore | None = None
+    calibration_note: str | None = None
+    needs_review: bool = False
+    review_reasons: list[str] = Field(default_factory=list)
+
+
 class ItemScore(_Response):
     id: str
     distribution: dict[str, float] = Field(description="Probabilities over the labels; sum to 1.")
@@ -178,11 +252,25 @@ class ItemScore(_Response):
     layers: list[dict[str, float]] | None = Field(
         None, description="Per-layer label distributions, embeddings first (return_layers)."
     )
+    hidden: dict[str, list[float]] | None = Field(
+        default=None,
+        description="Scoring-position hidden state per requested entry, keyed by its index (hidden_layers).",
+    )
+    calibrated: CalibratedScore | None = Field(
+        default=None, description="The distribution on the human scale (with a calibration that fits this request)."
+    )
+    calibration_note: str | None = Field(default=None, description="Why calibrated is null.")
+    needs_review: bool = Field(False, description="Whether a person should look at this result.")
+    review_reasons: list[str] = Field(default_factory=list, description="Why it needs review.")
+    criteria: dict[str, CriterionScore] | None = Field(
+        default=None, description="Per criterion (rubrics); the top-level fields are then their weighted aggregate."
+    )
 
 
 class ScoreResponse(_Response):
     model: str
     method: Method
+    prompt_version: str = Field(description="Hash of everything that shapes the prompts apart from the items.")
     results: list[ItemScore]
 
 
@@ -223,7 +311,49 @@ class PairVerdict(_Response):
 
 class CompareResponse(_Response):
     model: str
+    prompt_version: str = Field(description="Hash of everything that shapes the prompts apart from the pairs.")
     results: list[PairVerdict]
+
+
+class RankCandidate(_Request):
+    id: ItemId
+    response: Text
+
+
+class RankRequest(_Request):
+    instruction: Text
+    candidates: list[RankCandidate] = Field(..., min_length=2, max_length=MAX_RANK_CANDIDATES)
+    criteria: NonEmptyText | None = Field(
+        None, description="What 'better' means (pairwise), or the rubric's criteria (pointwise); a general default."
+    )
+    strategy: Literal["pairwise", "pointwise"] = Field(
+        "pairwise", description="Compare candidates in pairs (Bradley-Terry), or score each alone."
+    )
+    timeout_s: Timeout | None = None
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> RankRequest:
+        if len({c.id for c in self.candidates}) != len(self.candidates):
+            raise ValueError("candidate ids must be unique")
+        return self
+
+
+class RankedCandidate(_Response):
+    id: str
+    rank: int = Field(description="1 is the best.")
+    score: float = Field(description="Bradley-Terry strength (pairwise, centred on 0), or the expected score.")
+    interval: list[float] | None = Field(description="Bootstrap 95% interval of the score (pairwise).")
+    rank_interval: list[float] | None = Field(description="Bootstrap 95% interval of the rank (pairwise).")
+    wins: float | None = Field(description="Expected wins in the comparisons made (pairwise).")
+    std: float | None = Field(description="Standard deviation of the score distribution (pointwise).")
+
+
+class RankResponse(_Response):
+    model: str
+    strategy: Literal["pairwise", "pointwise"]
+    prompt_version: str
+    ranking: list[RankedCandidate] = Field(description="Best first.")
+    comparisons: int = Field(description="Pairs compared (each in both orders); 0 for pointwise.")
 
 
 class ReadyResponse(_Response):

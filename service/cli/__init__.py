@@ -1,5 +1,6 @@
 """Command line: ``judge-service serve`` (also ``python -m service``) and the commands
-that score files, fit LAGER weights and evaluate against human scores."""
+that score files, fit LAGER weights, calibrations and probes, and evaluate against human
+scores."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from service.cli import layers, score_file, serve
+from service.cli import calibration, evaluate, layers, probe, score_file, serve
 from service.cli.judge import JudgeFailed
 from service.logs import configure_logging
 
@@ -17,6 +18,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command")
     serve.register(commands)
     layers.register(commands)
+    evaluate.register(commands)
+    calibration.register(commands)
+    probe.register(commands)
     score_file.register(commands)
     words = list(sys.argv[1:] if argv is None else argv)
     if not words or (words[0].startswith("-") and words[0] not in ("-h", "--help")):

@@ -20,17 +20,28 @@ class ScoringTask:
     more than one token, ``trie`` holds every label's token sequence (``label_ids`` are
     then its root's children, the labels' first tokens) and the engine also reads each
     trie node past the root (see ``service.labels``).
+
+    ``hidden_layers``: hidden-state entries (0 = embeddings, ``num_layers`` = the final
+    normed output) whose scoring-position rows the engine returns, for learned readouts.
+    The scoring position is the prompt's last token, whatever the labels' lengths.
     """
 
     token_ids: tuple[int, ...]
     label_ids: tuple[int, ...]
     want_layers: bool = False
     trie: LabelTrie | None = None
+    hidden_layers: tuple[int, ...] = ()
 
     @classmethod
-    def reading(cls, token_ids: tuple[int, ...], trie: LabelTrie, want_layers: bool = False) -> ScoringTask:
+    def reading(
+        cls,
+        token_ids: tuple[int, ...],
+        trie: LabelTrie,
+        want_layers: bool = False,
+        hidden_layers: tuple[int, ...] = (),
+    ) -> ScoringTask:
         """A task that reads ``trie``'s labels after ``token_ids``."""
-        return cls(token_ids, trie.root_ids, want_layers, None if trie.single_token else trie)
+        return cls(token_ids, trie.root_ids, want_layers, None if trie.single_token else trie, hidden_layers)
 
     @property
     def length(self) -> int:
@@ -54,11 +65,14 @@ class LabelScores:
     without the final norm (the first layer's input first, the model's own final-normed
     output last). ``layer_logits_normed``: the same, but every row except the last goes
     through the final norm first (the logit lens).
+    ``hidden``: the scoring-position hidden state of each of the task's ``hidden_layers``,
+    in that order (None when it asked for none).
     """
 
     logprobs: tuple[float, ...]
     layer_logits: tuple[tuple[float, ...], ...] | None = None
     layer_logits_normed: tuple[tuple[float, ...], ...] | None = None
+    hidden: tuple[tuple[float, ...], ...] | None = None
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -34,6 +34,13 @@ def _pick_device(device: str) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _hidden_rows(states: list[torch.Tensor], row: int, layers: tuple[int, ...]) -> tuple[tuple[float, ...], ...] | None:
+    """The scoring-position hidden state of ``row`` at each of ``layers``, in float64."""
+    if not layers:
+        return None
+    return tuple(tuple(states[layer][row].double().cpu().tolist()) for layer in layers)
+
+
 @dataclass(slots=True)
 class _PromptRun:
     """A batch's prompts after their forward pass: each row's scoring-position hidden
@@ -204,7 +211,7 @@ class TransformersEngine:
     def _forward(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
         if self.model is None:
             raise EngineError("model not loaded")
-        if not self.supports_layers and any(task.want_layers for task in batch):
+        if not self.supports_layers and any(task.want_layers or task.hidden_layers for task in batch):
             raise EngineError(f"per-layer scores are off: {self.layers_unavailable}")
         if not self.batches_exact:
             # This model's padded batches are not exact (found at load): one item at a time.
@@ -214,19 +221,20 @@ class TransformersEngine:
     def _score_batch(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
         assert self.head is not None
         want_layers = any(task.want_layers for task in batch)
+        want_states = want_layers or any(task.hidden_layers for task in batch)
         multi_token = any(task.trie is not None for task in batch)
         continuing = multi_token and self.continue_in_cache
         prefix = self._shared_prefix(batch)
         with self._lock, torch.inference_mode():
             if prefix:
-                run = self._run_with_prefix(batch, prefix, want_layers, continuing)
+                run = self._run_with_prefix(batch, prefix, want_states, continuing)
             else:
-                run = self._run_padded(batch, want_layers, continuing)
+                run = self._run_padded(batch, want_states, continuing)
             # The head runs on the scoring position only (what logits_to_keep=1 does), with
             # the family's logit transform, in float64 on CPU, so label log-probabilities
             # carry no fp32 rounding from a 50k-wide matmul and log-softmax.
             logprobs = torch.log_softmax(self.head.logits(run.last), dim=-1).cpu()
-            layers = self._layer_logits(run.states, batch) if run.states is not None else None
+            layers = self._layer_logits(run.states, batch) if run.states is not None and want_layers else None
             nodes = self._continuations(batch, run) if continuing else {}
         if multi_token and not continuing:
             nodes = self._replayed_continuations(batch)
@@ -236,6 +244,7 @@ class TransformersEngine:
                 logprobs=task.label_logprobs([logprobs[row, list(task.label_ids)].tolist(), *nodes.get(row, [])]),
                 layer_logits=layers[0][row] if layers and task.want_layers else None,
                 layer_logits_normed=layers[1][row] if layers and task.want_layers else None,
+                hidden=_hidden_rows(run.states, row, task.hidden_layers) if run.states is not None else None,
             )
             for row, task in enumerate(batch)
         ]

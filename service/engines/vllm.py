@@ -29,7 +29,7 @@ from service.config import Settings
 from service.engines import gpu_present
 from service.engines.base import EngineDead, EngineError, LabelScores, ScoringTask, UnsupportedModel
 from service.engines.vllm_families import check_architecture
-from service.engines.vllm_layers import EXTRA_ARGS_KEY
+from service.engines.vllm_layers import EXTRA_ARGS_KEY, HIDDEN_ARGS_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -143,13 +143,14 @@ class VllmEngine:
     async def _score_one(self, task: ScoringTask) -> LabelScores:
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        if task.want_layers and not self.supports_layers:
+        captured = task.want_layers or bool(task.hidden_layers)
+        if captured and not self.supports_layers:
             raise EngineError(f"per-layer scores are off on this vLLM engine: {self.layers_unavailable}")
         if self._engine is None:
             raise EngineDead("the vLLM engine is not running")
         request_id = f"judge-{next(self._ids)}"
         try:
-            root = await self._next_logprobs(task.token_ids, task.label_ids, request_id, task.want_layers)
+            root = await self._next_logprobs(task.token_ids, task.label_ids, request_id, captured, task.hidden_layers)
             rows = [root]
             if task.trie is not None and task.trie.continuations():
                 # Each trie node past the root is the prompt plus a label prefix: the prompt's
@@ -161,23 +162,32 @@ class VllmEngine:
                         for i, (node, children) in enumerate(zip(trie.continuations(), trie.children[1:], strict=True))
                     )
                 )
-            layers = await self._layer_logits(request_id) if task.want_layers else None
+            layers = await self._layer_logits(request_id) if captured else None
         except EngineDeadError as exc:
             self._dead = True
             raise EngineDead("the vLLM engine died") from exc
         logprobs = task.label_logprobs(rows)
         if layers is None:
             return LabelScores(logprobs=logprobs)
-        return LabelScores(logprobs=logprobs, layer_logits=layers[0], layer_logits_normed=layers[1])
+        hidden = tuple(tuple(layers[2][layer]) for layer in task.hidden_layers) if task.hidden_layers else None
+        if not task.want_layers:
+            return LabelScores(logprobs=logprobs, hidden=hidden)
+        return LabelScores(logprobs=logprobs, layer_logits=layers[0], layer_logits_normed=layers[1], hidden=hidden)
 
     async def _next_logprobs(
-        self, token_ids: Sequence[int], read: Sequence[int], request_id: str, want_layers: bool
+        self,
+        token_ids: Sequence[int],
+        read: Sequence[int],
+        request_id: str,
+        want_layers: bool,
+        hidden_layers: Sequence[int] = (),
     ) -> tuple[float, ...]:
-        """The full-vocabulary log-probabilities of the tokens ``read`` right after ``token_ids``."""
+        """The full-vocabulary log-probabilities of the tokens ``read`` right after ``token_ids``
+        (with ``want_layers``, the worker also keeps the per-layer logits and hidden rows)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        extra = {EXTRA_ARGS_KEY: request_id} if want_layers else None
+        extra = {EXTRA_ARGS_KEY: request_id, HIDDEN_ARGS_KEY: list(hidden_layers)} if want_layers else None
         params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(read), extra_args=extra)
         final = None
         async for output in self._engine.generate(
@@ -189,9 +199,12 @@ class VllmEngine:
         position = final.outputs[0].logprobs[0]
         return tuple(float(position[token].logprob) for token in read)
 
-    async def _layer_logits(self, key: str) -> tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...]]:
+    async def _layer_logits(
+        self, key: str
+    ) -> tuple[tuple[tuple[float, ...], ...], tuple[tuple[float, ...], ...], dict[int, list[float]]]:
         """Fetch a finished request's per-layer label logits from the workers, summing the
-        tensor-parallel ranks' slices of the vocabulary."""
+        tensor-parallel ranks' slices of the vocabulary, and its hidden rows (every rank
+        holds the whole hidden state: the first rank's are taken)."""
         answers = await self._engine.collective_rpc("judge_pop_layer_logits", args=([key],))
         parts = [answer[key] for answer in answers if key in answer]
         if not parts:
@@ -201,4 +214,4 @@ class VllmEngine:
             layers = zip(*(part[which] for part in parts), strict=True)  # one row per rank, per layer
             return tuple(tuple(map(sum, zip(*ranks, strict=True))) for ranks in layers)
 
-        return total(0), total(1)
+        return total(0), total(1), {int(layer): row for layer, row in parts[0][2].items()}

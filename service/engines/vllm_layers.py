@@ -7,8 +7,10 @@ finds the requests that asked for layers (``SamplingParams.extra_args["judge_lay
 a key chosen by the front end) whose scoring position, the last prompt token, is in the
 step, and keeps that token's hidden state at every layer. Rows come from the step's own
 ``query_start_loc`` and ``positions``, so each request gets its own row under continuous
-batching and chunked prefill; a chunk that does not end the prompt is ignored. The front
-end then fetches and removes the result by key with ``judge_pop_layer_logits``.
+batching and chunked prefill; a chunk that does not end the prompt is ignored. A request
+may also name hidden-state entries (``extra_args["judge_hidden"]``, for the probe): their
+rows are kept as they are. The front end then fetches and removes the result by key with
+``judge_pop_layer_logits``.
 
 What is read is found in the model and proven, not assumed from one family's layout:
 - the head: the label rows of the model's own head and logit transform (``vllm_head``);
@@ -41,18 +43,21 @@ from service.engines.vllm_head import LabelRows, LayerCaptureUnavailable, model_
 logger = logging.getLogger(__name__)
 
 EXTRA_ARGS_KEY = "judge_layers"
+# The hidden-state entries (0 = embeddings, the last = the final normed output) to keep.
+HIDDEN_ARGS_KEY = "judge_hidden"
 # Results not fetched (their request was aborted at the wrong moment) are dropped beyond this.
 MAX_KEPT = 8192
 
-LayerLogits = tuple[list[list[float]], list[list[float]]]
+# Per request: raw and final-normed label logits per layer, and the asked-for hidden rows.
+LayerLogits = tuple[list[list[float]], list[list[float]], dict[int, list[float]]]
 Norm = Callable[[torch.Tensor], torch.Tensor]
 
 
 class _Target:
-    __slots__ = ("key", "label_ids", "row")
+    __slots__ = ("hidden", "key", "label_ids", "row")
 
-    def __init__(self, key: str, row: int, label_ids: list[int]) -> None:
-        self.key, self.row, self.label_ids = key, row, label_ids
+    def __init__(self, key: str, row: int, label_ids: list[int], hidden: list[int]) -> None:
+        self.key, self.row, self.label_ids, self.hidden = key, row, label_ids, hidden
 
 
 def _layer_list(model: Any, count: int) -> tuple[Any, torch.nn.ModuleList]:
@@ -179,7 +184,8 @@ class LayerCapture:
                 logger.error("step layout disagrees with the schedule for %s; not capturing its layers", req_id)
                 continue
             last_row = int(starts[index + 1]) - 1
-            target = _Target(str(extra[EXTRA_ARGS_KEY]), last_row, list(params.logprob_token_ids or []))
+            hidden = [int(layer) for layer in extra.get(HIDDEN_ARGS_KEY, ())]
+            target = _Target(str(extra[EXTRA_ARGS_KEY]), last_row, list(params.logprob_token_ids or []), hidden)
             candidates.append((target, state.num_prompt_tokens - 1))
         if not candidates or positions is None:
             return []
@@ -244,7 +250,8 @@ class LayerCapture:
         for column, target in enumerate(targets):
             raw = self.head.label_logits(raw_all[:, column], target.label_ids, dtype)
             lens = self.head.label_logits(normed_all[:, column], target.label_ids, dtype)
-            self.results[target.key] = (raw.cpu().tolist(), lens.cpu().tolist())
+            hidden = {layer: raw_all[layer, column].to(dtype).cpu().tolist() for layer in target.hidden}
+            self.results[target.key] = (raw.cpu().tolist(), lens.cpu().tolist(), hidden)
             self.results.move_to_end(target.key)
         while len(self.results) > MAX_KEPT:
             self.results.popitem(last=False)

@@ -39,7 +39,8 @@ class CompareService:
         ]
         tokens = sum(t.length for t in tasks)
         self.runtime.metrics.answered("compare", "final", len(verdicts), len(tasks), tokens)
-        return CompareResponse(model=self.runtime.model_name, results=verdicts)
+        version = prompts.pair_version(request.criteria)
+        return CompareResponse(model=self.runtime.model_name, prompt_version=version, results=verdicts)
 
     @staticmethod
     def _tasks(request: CompareRequest, prompts: Prompts, limits: Limits) -> list[ScoringTask]:

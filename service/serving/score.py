@@ -1,11 +1,15 @@
-"""``/v1/score``: items against a rubric (or raw prompts against labels) -> label distributions."""
+"""``/v1/score``: items against a rubric, several criteria, or raw prompts against labels
+-> label distributions, calibrated scores and review flags."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 from judge_client.protocol import (
+    CalibratedScore,
+    CriterionScore,
     ItemScore,
     RawItem,
     RawScoreRequest,
@@ -14,10 +18,11 @@ from judge_client.protocol import (
     StructuredScoreRequest,
 )
 
-from service import scoring
+from service import review, scoring
 from service.engines import LabelScores, ScoringTask
 from service.lager import LayerWeights
-from service.prompts import DEFAULT_RUBRIC, Rubric
+from service.probe import Probe
+from service.prompts import DEFAULT_RUBRIC, Rubric, combined_version
 from service.runtime import Runtime
 
 ScoreRequest = RawScoreRequest | StructuredScoreRequest
@@ -31,8 +36,10 @@ def method_distribution(
     result: LabelScores,
     layer_norm: bool,
     weights: LayerWeights | None,
+    probe: Probe | None = None,
+    hidden: Sequence[Sequence[float]] | None = None,
 ) -> scoring.Distribution:
-    """The distribution a method forms from one engine result."""
+    """The distribution a method forms from one engine result (``hidden``: the probe's rows)."""
     if method == "lager":
         layers = result.layer_logits_normed if layer_norm else result.layer_logits
         assert layers is not None
@@ -43,7 +50,32 @@ def method_distribution(
         fitted = result.layer_logits_normed if weights.layer_norm else result.layer_logits
         assert fitted is not None
         return scoring.distribution(labels, scoring.lager_logits(fitted, weights.weights), values)
+    if method == "probe":
+        assert probe is not None and hidden is not None
+        return scoring.distribution(labels, probe.logits(hidden), values)
     return scoring.from_logprobs(labels, result.logprobs, values)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One prompt per item: a rubric (or a raw prompt's labels) and its version."""
+
+    name: str | None
+    rubric: Rubric | None
+    weight: float
+    prompt_version: str
+
+
+@dataclass(frozen=True)
+class Readout:
+    """One criterion of one item, read out: the method's distribution and what follows."""
+
+    dist: scoring.Distribution
+    label_mass: float
+    prompt_tokens: int
+    calibrated: scoring.Distribution | None
+    calibration_note: str | None
+    reasons: tuple[str, ...]
 
 
 class ScoreService:
@@ -59,59 +91,125 @@ class ScoreService:
     ) -> ScoreResponse:
         _, limits = self.runtime.require_ready()
         deadline = limits.deadline(timeout_s, arrived)
-        tasks = await asyncio.to_thread(self.tasks, request)
+        criteria = await asyncio.to_thread(self.criteria, request)
+        tasks = await asyncio.to_thread(self.tasks, request, criteria)
         results = await self.runtime.run(tasks, deadline, disconnected)
-        labels = request.label_set
-        values = scoring.label_values(labels, request.label_values)
-        layer_norm = self.runtime.settings.lager_layer_norm if request.layer_norm is None else request.layer_norm
         items: Sequence[RawItem | StructuredItem] = request.items
+        per_item = len(criteria)
         scores = [
-            self._item_score(item.id, labels, values, result, task.length, request, layer_norm)
-            for item, task, result in zip(items, tasks, results, strict=True)
+            self._item_score(
+                item.id,
+                request,
+                criteria,
+                tasks[i * per_item : (i + 1) * per_item],
+                results[i * per_item : (i + 1) * per_item],
+            )
+            for i, item in enumerate(items)
         ]
         metrics = self.runtime.metrics
         metrics.answered("score", request.method, len(scores), len(tasks), sum(t.length for t in tasks))
         for item_score in scores:
             if item_score.expected_score is not None:
                 metrics.expected_score.observe(item_score.expected_score)
-        return ScoreResponse(model=self.runtime.model_name, method=request.method, results=scores)
+        version = (
+            criteria[0].prompt_version
+            if per_item == 1
+            else combined_version({str(c.name): c.prompt_version for c in criteria})
+        )
+        return ScoreResponse(
+            model=self.runtime.model_name, method=request.method, prompt_version=version, results=scores
+        )
 
-    def tasks(self, request: ScoreRequest) -> list[ScoringTask]:
-        """Render and tokenise every item; every limit is checked before anything is queued."""
+    def criteria(self, request: ScoreRequest) -> list[Criterion]:
+        """The prompts each item gets: one per criterion, or one for a rubric or raw prompt."""
         prompts, limits = self.runtime.require_ready()
-        want_layers = limits.wants_layers(request.method, request.return_layers)
-        limits.check_count(len(request.items), "items")
-        trie = limits.label_trie(request.label_set, want_layers)
-        texts: list[str]
         if isinstance(request, RawScoreRequest):
-            texts = [item.prompt for item in request.items]
-        else:
-            rubric = DEFAULT_RUBRIC
-            if request.rubric is not None:
-                rubric = Rubric(request.rubric.criteria, tuple(request.rubric.score_descriptions.items()))
-            texts = [prompts.score(i.instruction, i.response, i.reference_answer, rubric) for i in request.items]
+            return [Criterion(None, None, 1.0, prompts.raw_version())]
+        if request.rubrics is not None:
+            limits.check_criteria(len(request.rubrics))
+            out = []
+            for name, spec in request.rubrics.items():
+                rubric = Rubric(spec.criteria, tuple(spec.score_descriptions.items()))
+                out.append(Criterion(name, rubric, spec.weight, prompts.score_version(rubric, request.template)))
+            return out
+        rubric = DEFAULT_RUBRIC
+        if request.rubric is not None:
+            rubric = Rubric(request.rubric.criteria, tuple(request.rubric.score_descriptions.items()))
+        return [Criterion(None, rubric, 1.0, prompts.score_version(rubric, request.template))]
+
+    def tasks(self, request: ScoreRequest, criteria: Sequence[Criterion] | None = None) -> list[ScoringTask]:
+        """Render and tokenise every prompt, item-major (item 0's criteria first); every
+        limit is checked before anything is queued."""
+        prompts, limits = self.runtime.require_ready()
+        criteria = criteria if criteria is not None else self.criteria(request)
+        want_layers = limits.wants_layers(request.method, request.return_layers)
+        hidden = limits.hidden_layers(request.method, request.hidden_layers)
+        if request.method == "probe":
+            for criterion in criteria:
+                limits.check_probe_fits(self.runtime.model_name, request.label_set, criterion.prompt_version)
+        limits.check_count(len(request.items), "items")
+        limits.check_prompts(len(request.items) * len(criteria))
+        trie = limits.label_trie(request.label_set, want_layers)
+        tasks = []
         items: Sequence[RawItem | StructuredItem] = request.items
-        return [
-            ScoringTask.reading(limits.encode(text, index, item.id), trie, want_layers)
-            for index, (item, text) in enumerate(zip(items, texts, strict=True))
-        ]
+        for index, item in enumerate(items):
+            for criterion in criteria:
+                if isinstance(item, RawItem):
+                    text = item.prompt
+                else:
+                    assert isinstance(request, StructuredScoreRequest) and criterion.rubric is not None
+                    text = prompts.score(
+                        item.instruction, item.response, item.reference_answer, criterion.rubric, request.template
+                    )
+                token_ids = limits.encode(text, index, item.id)
+                tasks.append(ScoringTask.reading(token_ids, trie, want_layers, hidden))
+        return tasks
+
+    def _readout(self, request: ScoreRequest, criterion: Criterion, task: ScoringTask, result: LabelScores) -> Readout:
+        runtime = self.runtime
+        labels = request.label_set
+        values = scoring.label_values(labels, request.label_values)
+        layer_norm = runtime.settings.lager_layer_norm if request.layer_norm is None else request.layer_norm
+        probe_rows = None
+        if request.method == "probe" and runtime.probe is not None and result.hidden is not None:
+            rows = dict(zip(task.hidden_layers, result.hidden, strict=True))
+            probe_rows = [rows[layer] for layer in runtime.probe.layers]
+        dist = method_distribution(
+            request.method, labels, values, result, layer_norm, runtime.layer_weights, runtime.probe, probe_rows
+        )
+        final_mass = scoring.from_logprobs(labels, result.logprobs, values).label_mass
+        calibrated = None
+        note: str | None = "the server has no calibration (JUDGE_CALIBRATION_FILE)"
+        if runtime.calibration is not None:
+            note = runtime.calibration.mismatch(runtime.model_name, labels, request.method, criterion.prompt_version)
+            if note is None:
+                calibrated = scoring.from_probs(labels, runtime.calibration.apply(dist.probs), values)
+        reasons = review.reasons(dist.confidence, final_mass, calibrated.probs if calibrated else None, runtime.review)
+        return Readout(dist, final_mass, task.length, calibrated, note, reasons)
 
     def _item_score(
         self,
         item_id: str,
-        labels: Sequence[str],
-        values: Sequence[float] | None,
-        result: LabelScores,
-        prompt_tokens: int,
         request: ScoreRequest,
-        layer_norm: bool,
+        criteria: Sequence[Criterion],
+        tasks: Sequence[ScoringTask],
+        results: Sequence[LabelScores],
     ) -> ItemScore:
-        final = scoring.from_logprobs(labels, result.logprobs, values)
-        dist = method_distribution(request.method, labels, values, result, layer_norm, self.runtime.layer_weights)
+        readouts = [self._readout(request, c, t, r) for c, t, r in zip(criteria, tasks, results, strict=True)]
+        if criteria[0].name is not None:
+            return self._aggregate(item_id, request, criteria, readouts)
+        (readout,), (task,), (result,) = readouts, tasks, results
+        labels = request.label_set
+        layer_norm = self.runtime.settings.lager_layer_norm if request.layer_norm is None else request.layer_norm
         layers = result.layer_logits_normed if layer_norm else result.layer_logits
         per_layer = None
         if request.return_layers and layers is not None:
             per_layer = [dict(zip(labels, scoring.softmax(row), strict=True)) for row in layers]
+        hidden = None
+        if request.hidden_layers and result.hidden is not None:
+            rows = dict(zip(task.hidden_layers, result.hidden, strict=True))
+            hidden = {str(layer): list(rows[layer]) for layer in request.hidden_layers}
+        dist = readout.dist
         return ItemScore(
             id=item_id,
             distribution=dict(zip(labels, dist.probs, strict=True)),
@@ -119,8 +217,82 @@ class ScoreService:
             mode=dist.mode,
             std=dist.std,
             confidence=dist.confidence,
-            label_mass=final.label_mass,
-            prompt_tokens=prompt_tokens,
+            label_mass=readout.label_mass,
+            prompt_tokens=readout.prompt_tokens,
             logprobs=dict(zip(labels, result.logprobs, strict=True)) if request.return_logprobs else None,
             layers=per_layer,
+            hidden=hidden,
+            calibrated=_calibrated(readout.calibrated),
+            calibration_note=readout.calibration_note,
+            needs_review=bool(readout.reasons),
+            review_reasons=list(readout.reasons),
+            criteria=None,
         )
+
+    def _aggregate(
+        self, item_id: str, request: ScoreRequest, criteria: Sequence[Criterion], readouts: Sequence[Readout]
+    ) -> ItemScore:
+        """Several criteria: each as a one-rubric request would return it, and their
+        weighted mixture at the top level."""
+        labels = request.label_set
+        values = scoring.label_values(labels, request.label_values)
+        parts = [
+            scoring.Distribution(
+                r.dist.labels,
+                r.dist.probs,
+                r.label_mass,
+                r.dist.expected_score,
+                r.dist.std,
+                r.dist.confidence,
+                r.dist.mode,
+            )
+            for r in readouts
+        ]
+        mixed = scoring.mixture(labels, parts, [c.weight for c in criteria], values)
+        reasons = [f"{c.name}:{reason}" for c, r in zip(criteria, readouts, strict=True) for reason in r.reasons]
+        return ItemScore(
+            id=item_id,
+            distribution=dict(zip(labels, mixed.probs, strict=True)),
+            expected_score=mixed.expected_score,
+            mode=mixed.mode,
+            std=mixed.std,
+            confidence=mixed.confidence,
+            label_mass=mixed.label_mass,
+            prompt_tokens=sum(r.prompt_tokens for r in readouts),
+            logprobs=None,
+            layers=None,
+            hidden=None,
+            calibrated=None,
+            calibration_note="with rubrics, each criterion is calibrated on its own (see criteria)",
+            needs_review=bool(reasons),
+            review_reasons=reasons,
+            criteria={
+                str(c.name): CriterionScore(
+                    distribution=dict(zip(labels, r.dist.probs, strict=True)),
+                    expected_score=r.dist.expected_score,
+                    mode=r.dist.mode,
+                    std=r.dist.std,
+                    confidence=r.dist.confidence,
+                    label_mass=r.label_mass,
+                    prompt_tokens=r.prompt_tokens,
+                    prompt_version=c.prompt_version,
+                    calibrated=_calibrated(r.calibrated),
+                    calibration_note=r.calibration_note,
+                    needs_review=bool(r.reasons),
+                    review_reasons=list(r.reasons),
+                )
+                for c, r in zip(criteria, readouts, strict=True)
+            },
+        )
+
+
+def _calibrated(dist: scoring.Distribution | None) -> CalibratedScore | None:
+    if dist is None:
+        return None
+    return CalibratedScore(
+        distribution=dict(zip(dist.labels, dist.probs, strict=True)),
+        expected_score=dist.expected_score,
+        mode=dist.mode,
+        std=dist.std,
+        confidence=dist.confidence,
+    )

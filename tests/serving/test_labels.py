@@ -102,3 +102,36 @@ def test_per_layer_methods_refuse_multi_token_labels(client) -> None:
         assert response.status_code == 422
         error = response.json()["error"]
         assert error["details"]["label"] == "10" and "single-token labels" in error["message"]
+
+
+def test_hidden_rows_come_with_multi_token_labels(server: RunningServer, client, reference: Reference) -> None:
+    """One task reads both: the label trie after the prompt, and the hidden rows at the
+    prompt's last token, which no label token moves."""
+    payload = {"items": [{"id": "a", "prompt": PROMPT}], "labels": SCALE, "hidden_layers": [2, 30]}
+    (result,) = served_logprobs(client, **payload)
+    want = reference_label_logprobs(reference, PROMPT, SCALE)
+    assert [result["logprobs"][label] for label in SCALE] == pytest.approx(want, abs=tolerance(server))
+    direct = reference.hidden_states(PROMPT)
+    for layer in (2, 30):
+        got = torch.tensor(result["hidden"][str(layer)], dtype=torch.float64)
+        assert (got - direct[layer]).abs().max() <= 1e-3 * max(1.0, float(direct[layer].abs().max())), layer
+
+
+def test_criteria_on_a_ten_point_scale_equal_single_rubric_requests(server: RunningServer, client) -> None:
+    descriptions = {str(n): f"{n} out of 10." for n in range(1, 11)}
+    rubrics = {
+        "correct": {"criteria": "How correct is the answer?", "score_descriptions": descriptions},
+        "brief": {"criteria": "How brief is the answer?", "score_descriptions": descriptions, "weight": 2},
+    }
+    items = [{"id": "s", "instruction": "What is 7 x 6?", "response": "42"}]
+    response = client.post("/v1/score", json={"items": items, "rubrics": rubrics})
+    assert response.status_code == 200, response.text
+    combined = response.json()["results"][0]["criteria"]
+    for name, spec in rubrics.items():
+        rubric = {"criteria": spec["criteria"], "score_descriptions": descriptions}
+        (alone,) = served_logprobs(client, items=items, rubric=rubric)
+        entry = combined[name]
+        assert list(entry["distribution"].values()) == pytest.approx(
+            list(alone["distribution"].values()), abs=tolerance(server)
+        )
+        assert entry["label_mass"] == pytest.approx(alone["label_mass"], abs=tolerance(server))

@@ -1,0 +1,76 @@
+"""Prompt versions: stable across processes, and changed by anything that shapes the prompt."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from transformers import AutoTokenizer
+
+from service import prompts
+from service.config import Settings
+from service.model_store import resolve_model
+from service.prompts import DEFAULT_RUBRIC, Prompts, Rubric, render_user_message
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    settings = Settings()
+    return AutoTokenizer.from_pretrained(str(resolve_model(settings.model, settings.cache_dir)), local_files_only=True)
+
+
+VERSION_SCRIPT = """
+from transformers import AutoTokenizer
+from service.config import Settings
+from service.model_store import resolve_model
+from service.prompts import DEFAULT_RUBRIC, Prompts
+s = Settings()
+p = Prompts(AutoTokenizer.from_pretrained(str(resolve_model(s.model, s.cache_dir)), local_files_only=True))
+print(p.score_version(DEFAULT_RUBRIC), p.pair_version(None), p.raw_version())
+"""
+
+
+def test_versions_are_stable_across_processes(tokenizer) -> None:
+    runs = [
+        subprocess.run([sys.executable, "-c", VERSION_SCRIPT], cwd=ROOT, capture_output=True, text=True, check=True)
+        for _ in range(2)
+    ]
+    here = Prompts(tokenizer)
+    expected = f"{here.score_version(DEFAULT_RUBRIC)} {here.pair_version(None)} {here.raw_version()}"
+    assert [run.stdout.strip() for run in runs] == [expected, expected]
+    assert len(here.score_version(DEFAULT_RUBRIC)) == 12
+
+
+def test_versions_change_with_what_shapes_the_prompt(tokenizer, monkeypatch) -> None:
+    base = Prompts(tokenizer).score_version(DEFAULT_RUBRIC)
+    other_rubric = Rubric(DEFAULT_RUBRIC.criteria + " Be strict.", DEFAULT_RUBRIC.score_descriptions)
+    described = Rubric(DEFAULT_RUBRIC.criteria, (("1", "Bad."), *DEFAULT_RUBRIC.score_descriptions[1:]))
+    changed = {
+        Prompts(tokenizer).score_version(other_rubric),
+        Prompts(tokenizer).score_version(described),
+        Prompts(tokenizer).score_version(DEFAULT_RUBRIC, "rubric_last"),
+        Prompts(tokenizer).pair_version(None),
+        Prompts(tokenizer).raw_version(),
+    }
+    assert base not in changed and len(changed) == 5
+    # The system text and the template's own text.
+    monkeypatch.setattr(prompts, "SYSTEM_PROMPT", prompts.SYSTEM_PROMPT + " Be brief.")
+    assert Prompts(tokenizer).score_version(DEFAULT_RUBRIC) != base
+    monkeypatch.undo()
+    monkeypatch.setattr(prompts, "render_user_message", lambda *args: "Preamble.\n\n" + render_user_message(*args))
+    assert Prompts(tokenizer).score_version(DEFAULT_RUBRIC) != base
+    monkeypatch.undo()
+    # The model's chat template.
+    monkeypatch.setattr(tokenizer, "chat_template", tokenizer.chat_template.replace("<|im_start|>", "<|start|>"))
+    assert Prompts(tokenizer).score_version(DEFAULT_RUBRIC) != base
+    monkeypatch.undo()
+    assert Prompts(tokenizer).score_version(DEFAULT_RUBRIC) == base
+
+
+def test_rubric_last_shares_the_item_and_puts_the_rubric_last() -> None:
+    text = render_user_message("Task text", "Answer text", None, DEFAULT_RUBRIC, "rubric_last")
+    assert text.index("Answer text") < text.index("### Rubric") < text.index("Reply with one score")
+    default = render_user_message("Task text", "Answer text", None, DEFAULT_RUBRIC)
+    assert default.index("### Rubric") < default.index("Answer text")
