@@ -22,6 +22,7 @@ def limits() -> Limits:
         fast,
         max_items=4,
         max_model_len=16,
+        max_critique_tokens=8,
         engine_kind="transformers",
         supports_layers=True,
         layers_unavailable=None,

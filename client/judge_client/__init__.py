@@ -4,6 +4,7 @@ from judge_client.client import AsyncJudgeClient, JudgeClient, JudgeError
 from judge_client.protocol import (
     CompareRequest,
     CompareResponse,
+    CritiqueSpec,
     ItemScore,
     PairVerdict,
     RawItem,
@@ -19,6 +20,7 @@ __all__ = [
     "AsyncJudgeClient",
     "CompareRequest",
     "CompareResponse",
+    "CritiqueSpec",
     "ItemScore",
     "JudgeClient",
     "JudgeError",

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstrai
 MAX_TEXT_CHARS = 200_000
 MAX_LABELS = 32
 MAX_LABEL_CHARS = 32
+MAX_MARKER_CHARS = 64
 # A deadline shorter than this cannot be met by any engine; it is refused with 422.
 MIN_TIMEOUT_S = 0.01
 MAX_TIMEOUT_S = 3600.0
@@ -72,6 +73,23 @@ class RubricSpec(_Request):
     )
 
 
+class CritiqueSpec(_Request):
+    """Critique mode: the judge writes greedily first; its labels are read after the marker."""
+
+    max_tokens: int = Field(
+        ..., ge=1, description="Most tokens to generate; at most the server's JUDGE_MAX_CRITIQUE_TOKENS."
+    )
+    marker: str = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_MARKER_CHARS,
+        description=(
+            "Generation stops once the generated text contains it; when it never comes, it is "
+            "appended before the labels are read."
+        ),
+    )
+
+
 class _ScoreOptions(_Request):
     label_values: dict[Label, FiniteFloat] | None = Field(
         None, description="Numeric value of each label; numeric labels default to their number."
@@ -83,6 +101,9 @@ class _ScoreOptions(_Request):
         None, description="LAGER: apply the final norm to each layer first; default from the server."
     )
     timeout_s: Timeout | None = None
+    critique: CritiqueSpec | None = Field(
+        None, description="Generate a critique first and read the labels after it (method 'final' only)."
+    )
 
     @property
     def label_set(self) -> tuple[str, ...]:
@@ -178,6 +199,11 @@ class ItemScore(_Response):
     layers: list[dict[str, float]] | None = Field(
         None, description="Per-layer label distributions, embeddings first (return_layers)."
     )
+    critique: str | None = Field(None, description="Critique mode: the generated text, marker included.")
+    marker_found: bool | None = Field(
+        None, description="Critique mode: whether the judge wrote the marker (else it was appended)."
+    )
+    critique_tokens: int | None = Field(None, description="Critique mode: tokens generated.")
 
 
 class ScoreResponse(_Response):

@@ -20,8 +20,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
+from service import critique
 from service.engines import probes
 from service.engines.base import EngineError, LabelScores, ScoringTask, UnsupportedModel, common_prefix
+from service.engines.generation import FairLock, GreedyDecoder
 from service.engines.heads import LabelHead, architecture, check_head
 from service.engines.layout import DecoderLayout, find_layout
 
@@ -51,6 +53,9 @@ class TransformersEngine:
 
     # One model, one forward pass at a time.
     max_inflight_batches = 1
+    # One generation at a time, beside the scoring batches: its steps and their passes
+    # take turns on the model.
+    max_inflight_critiques = 1
 
     def __init__(
         self,
@@ -62,6 +67,7 @@ class TransformersEngine:
         prefix_reuse: bool = True,
         prefix_reuse_min_tokens: int = 32,
         max_batch_tokens: int | None = None,
+        tokenizer: Any = None,
     ) -> None:
         self.name = name
         self.model_dir = model_dir
@@ -70,6 +76,9 @@ class TransformersEngine:
         default = torch.float32 if self.device.type == "cpu" else torch.bfloat16
         self.dtype = default if dtype == "auto" else getattr(torch, dtype)
         self.pad_token_id = pad_token_id
+        # For critique mode: the text of generated tokens (loaded from model_dir when not given).
+        self.tokenizer = tokenizer
+        self.generator: GreedyDecoder | None = None
         self.model: Any = None
         self.max_model_len = 0
         self.num_layers = 0
@@ -90,19 +99,20 @@ class TransformersEngine:
         # Whether labels of several tokens may be read on top of each prompt's KV cache
         # (proven at load); else each label prefix runs as a prompt of its own.
         self.continue_in_cache = True
-        # Forward passes are serialised: one model, one batch at a time.
-        self._lock = threading.Lock()
+        # Forward passes (and generation steps) are serialised: one model, one pass at a
+        # time, granted in arrival order.
+        self._lock = FairLock()
 
     @property
     def healthy(self) -> bool:
         return self._healthy
 
     def batch_cost(self, batch: Sequence[ScoringTask]) -> int:
-        """Tokens the forward pass computes: padded to the longest task, with a prefix the
-        whole batch shares (see ``_shared_prefix``) counted once."""
+        """Tokens the forward pass computes: padded to the longest task (its critique
+        included), with a prefix the whole batch shares (see ``_shared_prefix``) counted once."""
         if not batch:
             return 0
-        padded = max(task.length for task in batch) * len(batch)
+        padded = max(task.cost for task in batch) * len(batch)
         return padded - (len(batch) - 1) * self._shared_prefix(batch)
 
     async def start(self) -> None:
@@ -124,6 +134,24 @@ class TransformersEngine:
         if not self.supports_layers:
             logger.warning("per-layer scores (LAGER) are off: %s", self.layers_unavailable)
         self._prove_batches()
+        if self.tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
+        assert self.layout is not None
+        self.generator = GreedyDecoder(
+            decoder=self.layout.decoder,
+            head=self.head,
+            config=model.config,
+            lock=self._lock,
+            device=self.device,
+            pad_token_id=self.pad_token_id,
+            stop_ids=critique.stop_token_ids(self.tokenizer, self.model_dir),
+            decode=critique.decoder(self.tokenizer),
+            batched=self.batches_exact and self.layout.accepts_position_ids,
+            cached=self.continue_in_cache,
+            accepts_position_ids=self.layout.accepts_position_ids,
+        )
 
     def _load_model(self) -> Any:
         """Load the model as a decoder-only causal LM, or refuse it by name."""
@@ -189,7 +217,7 @@ class TransformersEngine:
 
     async def close(self) -> None:
         self.model = None
-        self.head = self.layout = None
+        self.head = self.layout = self.generator = None
 
     async def score(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
         running = asyncio.ensure_future(asyncio.to_thread(self._forward, batch))
@@ -200,6 +228,31 @@ class TransformersEngine:
             # queue's batch slot) until it ends, so no second pass queues up behind it.
             await asyncio.gather(running, return_exceptions=True)
             raise
+
+    async def critique(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
+        stop = threading.Event()
+        running = asyncio.ensure_future(asyncio.to_thread(self._critique, batch, stop))
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            # Stop the generation at its next step, and hold the critique slot until then.
+            stop.set()
+            await asyncio.gather(running, return_exceptions=True)
+            raise
+
+    def _critique(self, batch: Sequence[ScoringTask], stop: threading.Event) -> list[LabelScores]:
+        """Generate, then read the labels after each critique through the scoring path
+        (``_forward``, with every family's fallbacks): the read is a plain task over the
+        prompt, the generated tokens and, when the marker never came, the marker's."""
+        if self.generator is None:
+            raise EngineError("model not loaded")
+        generated = self.generator.generate(batch, stop)
+        reads = [task.after(ids, found) for task, (ids, found) in zip(batch, generated, strict=True)]
+        scored = self._forward(reads)
+        return [
+            LabelScores(result.logprobs, critique=critique.outcome(ids, found, self.generator.decode))
+            for result, (ids, found) in zip(scored, generated, strict=True)
+        ]
 
     def _forward(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
         if self.model is None:
@@ -308,7 +361,7 @@ class TransformersEngine:
     def _shared_prefix(self, batch: Sequence[ScoringTask]) -> int:
         """Tokens every task starts with (leaving each at least one of its own), when
         reusing their KV cache is worth it; else 0."""
-        if not self.prefix_reuse or len(batch) < 2:
+        if not self.prefix_reuse or len(batch) < 2 or any(task.critique for task in batch):
             return 0
         first = batch[0].token_ids
         length = min(min(task.length - 1, common_prefix(first, task.token_ids)) for task in batch)

@@ -82,6 +82,8 @@ class ScoreService:
         want_layers = limits.wants_layers(request.method, request.return_layers)
         limits.check_count(len(request.items), "items")
         trie = limits.label_trie(request.label_set, want_layers)
+        spec = request.critique
+        critique = limits.critique(spec.max_tokens, spec.marker, want_layers) if spec is not None else None
         texts: list[str]
         if isinstance(request, RawScoreRequest):
             texts = [item.prompt for item in request.items]
@@ -92,7 +94,7 @@ class ScoreService:
             texts = [prompts.score(i.instruction, i.response, i.reference_answer, rubric) for i in request.items]
         items: Sequence[RawItem | StructuredItem] = request.items
         return [
-            ScoringTask.reading(limits.encode(text, index, item.id), trie, want_layers)
+            ScoringTask.reading(limits.encode(text, index, item.id, critique), trie, want_layers, critique)
             for index, (item, text) in enumerate(zip(items, texts, strict=True))
         ]
 
@@ -123,4 +125,7 @@ class ScoreService:
             prompt_tokens=prompt_tokens,
             logprobs=dict(zip(labels, result.logprobs, strict=True)) if request.return_logprobs else None,
             layers=per_layer,
+            critique=result.critique.text if result.critique is not None else None,
+            marker_found=result.critique.marker_found if result.critique is not None else None,
+            critique_tokens=result.critique.tokens if result.critique is not None else None,
         )
