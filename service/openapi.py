@@ -1,8 +1,9 @@
 """The OpenAPI schema, with the limits of this deployment written in.
 
-FastAPI derives the schema from the wire models; the per-request item limit is a
-setting, so it is added here, where the app knows its settings. A client generated from
-``/openapi.json`` then cannot build a request with too many items.
+FastAPI derives the schema from the wire models; the per-request item limit and the
+longest critique are settings, so they are added here, where the app knows its settings.
+A client generated from ``/openapi.json`` then cannot build a request with too many
+items or too long a critique.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
             components = schema.get("components", {}).get("schemas", {})
             for model, field in _BOUNDED_LISTS.items():
                 components[model]["properties"][field]["maxItems"] = settings.max_items
+            components["CritiqueSpec"]["properties"]["max_tokens"]["maximum"] = settings.max_critique_tokens
             _headers_are_never_null(schema)
             app.openapi_schema = schema
         return app.openapi_schema

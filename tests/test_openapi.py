@@ -21,7 +21,13 @@ pytestmark = pytest.mark.slow
 API_KEY = "fuzz-key"
 # Small limits keep generated prompts cheap to score on CPU; an API key lets the
 # ignored-auth check see that requests without one are refused.
-FUZZ_SETTINGS = {"max_items": 4, "max_model_len": 256, "max_body_bytes": 256 * 1024, "api_keys": API_KEY}
+FUZZ_SETTINGS = {
+    "max_items": 4,
+    "max_model_len": 256,
+    "max_critique_tokens": 8,
+    "max_body_bytes": 256 * 1024,
+    "api_keys": API_KEY,
+}
 schema = schemathesis.openapi.from_dict(create_app(Settings(**FUZZ_SETTINGS)).openapi())
 ALL_CHECKS = CHECKS.get_all()
 
@@ -40,6 +46,9 @@ DEPLOYMENT_LIMITS = {
     # label_values may name only labels the request reads: JSON Schema cannot relate an
     # object's keys to another field's values.
     "label_values": lambda e: "label_values names labels" in e["message"],
+    # Critique mode reads the final distribution only: the schema cannot tie one field to
+    # another's value (a per-layer method, return_layers).
+    "critique_layers": lambda e: isinstance(e["details"], dict) and e["details"].get("field") == "critique",
 }
 
 
