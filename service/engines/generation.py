@@ -10,15 +10,21 @@ flag, checked before every step, ends a generation whose requests were given up.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from service import critique
 from service.engines.base import EngineError, ScoringTask
+
+if TYPE_CHECKING:
+    from service.engines.transformers import TransformersEngine
+
+logger = logging.getLogger(__name__)
 
 
 class FairLock:
@@ -127,3 +133,31 @@ class GreedyDecoder:
             input_ids[row, width - len(seq) :] = torch.tensor(seq)
             mask[row, width - len(seq) :] = 1
         return input_ids, mask
+
+
+def greedy_decoder(engine: TransformersEngine) -> GreedyDecoder | None:
+    """The loaded engine's generator, on its proven decoder, head and paths; None (critique
+    mode off, with a warning) when the model directory has no tokenizer."""
+    if engine.tokenizer is None:
+        from transformers import AutoTokenizer
+
+        try:
+            engine.tokenizer = AutoTokenizer.from_pretrained(str(engine.model_dir), local_files_only=True)
+        except (OSError, ValueError) as exc:  # a bare model directory (tests build such models)
+            logger.warning("critique mode is off: the model directory has no tokenizer (%s)", exc)
+            return None
+    assert engine.layout is not None and engine.head is not None
+    layout = engine.layout
+    return GreedyDecoder(
+        decoder=layout.decoder,
+        head=engine.head,
+        config=engine.model.config,
+        lock=engine._lock,
+        device=engine.device,
+        pad_token_id=engine.pad_token_id,
+        stop_ids=critique.stop_token_ids(engine.tokenizer, engine.model_dir),
+        decode=critique.decoder(engine.tokenizer),
+        batched=engine.batches_exact and layout.accepts_position_ids,
+        cached=engine.continue_in_cache,
+        accepts_position_ids=layout.accepts_position_ids,
+    )

@@ -4,6 +4,7 @@ Any decoder-only causal LM that transformers loads can be served, once the load-
 proofs pass: the head and its family's logit transform (``heads``), the decoder layout
 for per-layer scores (``layout``) and the batched paths (``probes``) must reproduce the
 model's own forward pass. What cannot be proven exact is refused, naming the architecture.
+Critique mode generates on the same proven paths (``generation``).
 """
 
 from __future__ import annotations
@@ -11,21 +12,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
 from service import critique
 from service.engines import probes
 from service.engines.base import EngineError, LabelScores, ScoringTask, UnsupportedModel, common_prefix
-from service.engines.generation import FairLock, GreedyDecoder
-from service.engines.heads import LabelHead, architecture, check_head
-from service.engines.layout import DecoderLayout, find_layout
+from service.engines.generation import FairLock, GreedyDecoder, greedy_decoder
+from service.engines.heads import LabelHead, architecture, check_head, load_causal_lm
+from service.engines.layout import DecoderLayout, find_layout, layer_logits
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,7 @@ class TransformersEngine:
 
     # One model, one forward pass at a time.
     max_inflight_batches = 1
-    # One generation at a time, beside the scoring batches: its steps and their passes
-    # take turns on the model.
+    # One generation at a time, beside the scoring batches (steps and passes take turns).
     max_inflight_critiques = 1
 
     def __init__(
@@ -76,9 +75,8 @@ class TransformersEngine:
         default = torch.float32 if self.device.type == "cpu" else torch.bfloat16
         self.dtype = default if dtype == "auto" else getattr(torch, dtype)
         self.pad_token_id = pad_token_id
-        # For critique mode: the text of generated tokens (loaded from model_dir when not given).
-        self.tokenizer = tokenizer
-        self.generator: GreedyDecoder | None = None
+        self.tokenizer = tokenizer  # critique mode's text; from model_dir when not given
+        self.generator: GreedyDecoder | None = None  # critique mode's, once loaded
         self.model: Any = None
         self.max_model_len = 0
         self.num_layers = 0
@@ -120,7 +118,7 @@ class TransformersEngine:
 
     def _load(self) -> None:
         hf_logging.disable_progress_bar()
-        model = self._load_model()
+        model = load_causal_lm(self.model_dir, self.dtype)
         self.model = model.to(self.device).eval()
         self.max_model_len = int(getattr(model.config, "max_position_embeddings", 2048))
         # The LM head in float64 on CPU, so label log-probabilities carry no rounding from a
@@ -134,41 +132,7 @@ class TransformersEngine:
         if not self.supports_layers:
             logger.warning("per-layer scores (LAGER) are off: %s", self.layers_unavailable)
         self._prove_batches()
-        if self.tokenizer is None:
-            from transformers import AutoTokenizer
-
-            try:
-                self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
-            except (OSError, ValueError) as exc:  # a bare model directory (tests build such models)
-                logger.warning("critique mode is off: the model directory has no tokenizer (%s)", exc)
-                return
-        assert self.layout is not None
-        self.generator = GreedyDecoder(
-            decoder=self.layout.decoder,
-            head=self.head,
-            config=model.config,
-            lock=self._lock,
-            device=self.device,
-            pad_token_id=self.pad_token_id,
-            stop_ids=critique.stop_token_ids(self.tokenizer, self.model_dir),
-            decode=critique.decoder(self.tokenizer),
-            batched=self.batches_exact and self.layout.accepts_position_ids,
-            cached=self.continue_in_cache,
-            accepts_position_ids=self.layout.accepts_position_ids,
-        )
-
-    def _load_model(self) -> Any:
-        """Load the model as a decoder-only causal LM, or refuse it by name."""
-        config = AutoConfig.from_pretrained(str(self.model_dir), local_files_only=True)
-        if getattr(config, "is_encoder_decoder", False):
-            raise UnsupportedModel(
-                f"{architecture(config)} is an encoder-decoder model; the judge serves decoder-only causal LMs"
-            )
-        try:
-            return AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=self.dtype, local_files_only=True)
-        except ValueError as exc:
-            # transformers raises ValueError for a config with no causal-LM class.
-            raise UnsupportedModel(f"{architecture(config)} is not a causal LM transformers can load: {exc}") from exc
+        self.generator = greedy_decoder(self)
 
     def _prove_batches(self) -> None:
         """Compare one prompt alone, padded batches and shared-prefix batches with the
@@ -224,30 +188,29 @@ class TransformersEngine:
         self.head = self.layout = self.generator = None
 
     async def score(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
-        running = asyncio.ensure_future(asyncio.to_thread(self._forward, batch))
-        try:
-            return await asyncio.shield(running)
-        except asyncio.CancelledError:
-            # A forward pass in its thread cannot be stopped: keep this call (and so the
-            # queue's batch slot) until it ends, so no second pass queues up behind it.
-            await asyncio.gather(running, return_exceptions=True)
-            raise
+        return await self._in_thread(lambda: self._forward(batch))
 
     async def critique(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
         stop = threading.Event()
-        running = asyncio.ensure_future(asyncio.to_thread(self._critique, batch, stop))
+        return await self._in_thread(lambda: self._critique(batch, stop), stop)
+
+    async def _in_thread(
+        self, work: Callable[[], list[LabelScores]], stop: threading.Event | None = None
+    ) -> list[LabelScores]:
+        running = asyncio.ensure_future(asyncio.to_thread(work))
         try:
             return await asyncio.shield(running)
         except asyncio.CancelledError:
-            # Stop the generation at its next step, and hold the critique slot until then.
-            stop.set()
+            # A pass in its thread cannot be stopped (a generation stops at its next step):
+            # hold the queue's slot until it ends, so no second pass queues up behind it.
+            if stop is not None:
+                stop.set()
             await asyncio.gather(running, return_exceptions=True)
             raise
 
     def _critique(self, batch: Sequence[ScoringTask], stop: threading.Event) -> list[LabelScores]:
-        """Generate, then read the labels after each critique through the scoring path
-        (``_forward``, with every family's fallbacks): the read is a plain task over the
-        prompt, the generated tokens and, when the marker never came, the marker's."""
+        """Generate, then read the labels after each critique as a plain task (see
+        ``ScoringTask.after``) through the scoring path, with every family's fallbacks."""
         if self.generator is None:
             raise EngineError("critique mode needs a loaded model with its tokenizer")
         generated = self.generator.generate(batch, stop)
@@ -283,7 +246,7 @@ class TransformersEngine:
             # the family's logit transform, in float64 on CPU, so label log-probabilities
             # carry no fp32 rounding from a 50k-wide matmul and log-softmax.
             logprobs = torch.log_softmax(self.head.logits(run.last), dim=-1).cpu()
-            layers = self._layer_logits(run.states, batch) if run.states is not None else None
+            layers = layer_logits(self.head, self.layout, run.states, batch) if run.states is not None else None
             nodes = self._continuations(batch, run) if continuing else {}
         if multi_token and not continuing:
             nodes = self._replayed_continuations(batch)
@@ -436,25 +399,3 @@ class TransformersEngine:
         ends = torch.tensor([len(tail) - 1 for tail in tails], device=self.device)
         states = [h[rows, ends, :] for h in out.hidden_states] if want_layers else None
         return _PromptRun(out.last_hidden_state[rows, ends, :], states, cache if keep_cache else None, mask)
-
-    def _layer_logits(
-        self, states: list[torch.Tensor], batch: Sequence[ScoringTask]
-    ) -> tuple[list[tuple[tuple[float, ...], ...]], list[tuple[tuple[float, ...], ...]]]:
-        """Label logits of every layer at the scoring position, raw and final-normed.
-
-        ``states``: one [B, H] tensor per hidden-states entry (proven at load to be the first
-        layer's input, each later layer's input, and the final output). Every row goes
-        through the same head and logit transform as the final scores, using only the label
-        rows of the head: [layers, hidden] @ [hidden, labels].
-        """
-        assert self.head is not None and self.layout is not None and self.layout.final_norm is not None
-        # The last entry already carries the final norm; keep it as the model emits it.
-        stacked = torch.stack(states, dim=1)  # [B, L+1, H]
-        normed = torch.cat([self.layout.final_norm(stacked[:, :-1, :]), stacked[:, -1:, :]], dim=1)
-        raw_out, normed_out = [], []
-        for row, task in enumerate(batch):
-            raw = self.head.label_logits(stacked[row], task.label_ids)
-            lens = self.head.label_logits(normed[row], task.label_ids)
-            raw_out.append(tuple(map(tuple, raw.tolist())))
-            normed_out.append(tuple(map(tuple, lens.tolist())))
-        return raw_out, normed_out
