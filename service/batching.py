@@ -69,6 +69,11 @@ class _Lane:
     pending: list[_Entry] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     loop_task: asyncio.Task[None] | None = None
+    # Admission predicts each lane from its own work and rate: lanes run side by side, and
+    # a generation's tokens come far slower than a prompt's.
+    throughput: Throughput = field(default_factory=Throughput)
+    # Tokens admitted and not yet resolved: prompts, and each critique's most it may add.
+    work: int = 0
 
 
 def _padded_tokens(entries: Sequence[_Entry]) -> int:
@@ -94,13 +99,12 @@ class BatchQueue:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self._on_stopped = on_stopped
-        self.throughput = Throughput()
         self._depth = 0
-        # Tokens admitted and not yet resolved: prompts, and each critique's most it may add.
-        self._work = 0
         self._plain = _Lane("batch-queue", engine.score, asyncio.Semaphore(engine.max_inflight_batches))
         self._critiques = _Lane("critique-queue", engine.critique, asyncio.Semaphore(engine.max_inflight_critiques))
         self._lanes = (self._plain, self._critiques)
+        # Plain scores' throughput: the rate exported, and what the runtime's calibration seeds.
+        self.throughput = self._plain.throughput
         self._closing = False
         self._batches: set[asyncio.Task[None]] = set()
 
@@ -157,8 +161,9 @@ class BatchQueue:
                 "the queue is full; retry later",
                 {"queued": self._depth, "max_queue": self.max_queue, "requested": len(tasks)},
             )
-        tokens = sum(task.cost for task in tasks)
-        self._admit_by_deadline(tokens, deadline)
+        for lane in self._lanes:
+            if tokens := sum(task.cost for task in tasks if self._lane_of(task) is lane):
+                self._admit_by_deadline(lane, tokens, deadline)
         loop = asyncio.get_running_loop()
         submission = Submission()
         for task in tasks:
@@ -166,9 +171,10 @@ class BatchQueue:
             entry.future.add_done_callback(partial(self._on_done, entry))
             submission.add(entry)
         for entry in submission.entries:
-            (self._critiques if entry.task.critique is not None else self._plain).pending.append(entry)
+            lane = self._lane_of(entry.task)
+            lane.pending.append(entry)
+            lane.work += entry.task.cost
         self._depth += len(tasks)
-        self._work += tokens
         self._metrics.queue_depth.set(self._depth)
         self._metrics.requests_waiting.inc()
         for lane in self._lanes:
@@ -176,11 +182,14 @@ class BatchQueue:
                 lane.wake.set()
         return submission
 
-    def _admit_by_deadline(self, tokens: int, deadline: float) -> None:
+    def _lane_of(self, task: ScoringTask) -> _Lane:
+        return self._critiques if task.critique is not None else self._plain
+
+    def _admit_by_deadline(self, lane: _Lane, tokens: int, deadline: float) -> None:
         """Refuse (429) a request whose predicted completion misses its deadline. With
-        nothing admitted ahead of it, a request always gets its chance."""
-        predicted = self.throughput.completion_s(self._work + tokens, ADMISSION_SAFETY)
-        if predicted is None or self._depth == 0:
+        nothing admitted ahead of it in its lane, a request always gets its chance."""
+        predicted = lane.throughput.completion_s(lane.work + tokens, ADMISSION_SAFETY)
+        if predicted is None or lane.work == 0:
             return
         budget = deadline - time.monotonic()
         if predicted <= budget:
@@ -197,7 +206,7 @@ class BatchQueue:
 
     def _on_done(self, entry: _Entry, _: asyncio.Future[LabelScores]) -> None:
         self._depth -= 1
-        self._work -= entry.task.cost
+        self._lane_of(entry.task).work -= entry.task.cost
         self._metrics.queue_depth.set(self._depth)
         entry.submission._entry_done(self._metrics)
 
@@ -287,7 +296,7 @@ class BatchQueue:
 
     async def _run_batch(self, batch: list[_Entry], lane: _Lane) -> None:
         started = time.monotonic()
-        self.throughput.batch_started(started)
+        lane.throughput.batch_started(started)
         # When every item of the batch has been given up, stop waiting for it (vLLM aborts
         # the engine request; a transformers pass runs out in its thread, unread).
         job = asyncio.current_task()
@@ -328,9 +337,9 @@ class BatchQueue:
         finally:
             now = time.monotonic()
             self._metrics.inference_duration.observe(now - started)
-            self.throughput.batch_finished(completed, started, now)
-            rate = self.throughput.tokens_per_s
-            if rate is not None:
+            lane.throughput.batch_finished(completed, started, now)
+            rate = lane.throughput.tokens_per_s
+            if rate is not None and lane is self._plain:
                 self._metrics.throughput.set(rate)
 
     @staticmethod
