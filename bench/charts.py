@@ -158,7 +158,21 @@ def labels(report: dict, out: Path) -> None:
     _save(fig, out)
 
 
+def critique(report: dict, out: Path) -> None:
+    runs = report["critique"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.bar([str(run["max_tokens"]) for run in runs], [run["items_per_s"] for run in runs], color="#4c72b0")
+    left.set_xlabel("critique tokens")
+    left.set_ylabel("items/s")
+    left.set_title(f"{report['engine']}: critique items/s, {runs[0]['items']} at once")
+    right.bar(["idle", "under critique load"], [report["plain_idle_p50_ms"], report["plain_loaded_p50_ms"]])
+    right.set_ylabel("plain-score p50 (ms)")
+    right.set_title(f"plain score p50: loaded / idle = {report['ratio_loaded_over_idle']:.2f}")
+    _save(fig, out)
+
+
 CHARTS: dict[str, Callable[[dict, Path], None]] = {
+    "critique": critique,
     "overhead": overhead,
     "peer": peer,
     "prefix": prefix,

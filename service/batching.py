@@ -8,6 +8,11 @@ transformers, one item for vLLM) and an item count, so long items are never star
 dispatch path: every batch runs as a task, at most ``engine.max_inflight_batches`` at
 once.
 
+Critique-mode items (a generation before the read) wait in a lane of their own, with
+their own limit of batches at once (``engine.max_inflight_critiques``): a running
+generation never holds the slot plain scores need, so a 1-token score never waits for a
+512-token critique.
+
 Every item has its own future, created before it is enqueued; the loop only resolves
 futures that are not done yet, and a failure fails exactly the futures of its batch. The
 loop survives faults of its own; if it ever ends unexpectedly, ``on_stopped`` says so.
@@ -21,12 +26,15 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol
+from typing import Protocol
 
 from service.admission import Throughput
 from service.engines.base import LabelScores, ScoringTask
 from service.errors import ErrorKind, JudgeError, error_for
 from service.metrics import Metrics
+from service.submission import ClientGone, Submission, _Entry
+
+__all__ = ["BatchEngine", "BatchQueue", "ClientGone", "Submission"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,92 +49,31 @@ class BatchEngine(Protocol):
 
     batch_budget: int
     max_inflight_batches: int
+    max_inflight_critiques: int
 
     def batch_cost(self, batch: Sequence[ScoringTask]) -> int: ...
 
     async def score(self, batch: Sequence[ScoringTask]) -> Sequence[LabelScores]: ...
 
-
-class ClientGone(Exception):
-    """The client disconnected before its results were ready."""
+    async def critique(self, batch: Sequence[ScoringTask]) -> Sequence[LabelScores]: ...
 
 
 @dataclass(slots=True, eq=False)
-class _Entry:
-    task: ScoringTask
-    future: asyncio.Future[LabelScores]
-    deadline: float
-    submission: Submission
-    enqueued: float = field(default_factory=time.monotonic)
-    # Why the request gave this item up ("cancelled", "deadline"), for the skip counter.
-    abandoned: str | None = None
+class _Lane:
+    """One kind of work: its waiting items, the engine call that runs its batches, and
+    its own limit of batches at once."""
 
-
-class Submission:
-    """The items of one admitted request: wait for them, or give them up."""
-
-    def __init__(self) -> None:
-        self.entries: list[_Entry] = []
-        self.started = False
-        self._unresolved = 0
-
-    def add(self, entry: _Entry) -> None:
-        self.entries.append(entry)
-        self._unresolved += 1
-
-    @property
-    def futures(self) -> list[asyncio.Future[LabelScores]]:
-        return [entry.future for entry in self.entries]
-
-    def abandon(self, reason: str) -> None:
-        """Give up every item not yet resolved: queued ones are skipped (counted under
-        ``reason``), running ones are aborted where the engine can abort them."""
-        for entry in self.entries:
-            if not entry.future.done():
-                entry.abandoned = reason
-                entry.future.cancel()
-
-    async def wait(self, deadline: float, disconnected: Callable[[], Awaitable[None]] | None = None) -> list[Any]:
-        """Every result, in order; gives everything up on failure, disconnect, deadline or
-        cancellation of the waiting task itself."""
-        gathered = asyncio.gather(*self.futures)
-        # Its outcome is read below only on success; mark it retrieved for the other paths.
-        gathered.add_done_callback(lambda f: f.cancelled() or f.exception())
-        watcher = asyncio.ensure_future(disconnected()) if disconnected else None
-        waiting: set[asyncio.Future[Any]] = {gathered} if watcher is None else {gathered, watcher}
-        try:
-            done, _ = await asyncio.wait(
-                waiting, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED
-            )
-        except asyncio.CancelledError:
-            # The request's task was cancelled (e.g. by the server's shutdown): nobody will
-            # read these results, so none may be computed.
-            self.abandon("cancelled")
-            raise
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-        if gathered in done:
-            try:
-                return list(gathered.result())
-            finally:
-                self.abandon("cancelled")  # the rest of a request that failed
-        if watcher is not None and watcher in done:
-            self.abandon("cancelled")
-            raise ClientGone
-        self.abandon("deadline")
-        raise JudgeError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded")
-
-    def _entry_done(self, metrics: Metrics) -> None:
-        self._unresolved -= 1
-        if self._unresolved == 0:
-            (metrics.requests_running if self.started else metrics.requests_waiting).dec()
-
-    def _start(self, metrics: Metrics) -> None:
-        if not self.started and self._unresolved:
-            self.started = True
-            metrics.requests_waiting.dec()
-            metrics.requests_running.inc()
+    name: str
+    run: Callable[[Sequence[ScoringTask]], Awaitable[Sequence[LabelScores]]]
+    slots: asyncio.Semaphore
+    pending: list[_Entry] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    loop_task: asyncio.Task[None] | None = None
+    # Admission predicts each lane from its own work and rate: lanes run side by side, and
+    # a generation's tokens come far slower than a prompt's.
+    throughput: Throughput = field(default_factory=Throughput)
+    # Tokens admitted and not yet resolved: prompts, and each critique's most it may add.
+    work: int = 0
 
 
 def _padded_tokens(entries: Sequence[_Entry]) -> int:
@@ -152,14 +99,13 @@ class BatchQueue:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self._on_stopped = on_stopped
-        self.throughput = Throughput()
-        self._pending: list[_Entry] = []
         self._depth = 0
-        self._work = 0  # prompt tokens admitted and not yet resolved
-        self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(engine.max_inflight_batches)
+        self._plain = _Lane("batch-queue", engine.score, asyncio.Semaphore(engine.max_inflight_batches))
+        self._critiques = _Lane("critique-queue", engine.critique, asyncio.Semaphore(engine.max_inflight_critiques))
+        self._lanes = (self._plain, self._critiques)
+        # Plain scores' throughput: the rate exported, and what the runtime's calibration seeds.
+        self.throughput = self._plain.throughput
         self._closing = False
-        self._loop_task: asyncio.Task[None] | None = None
         self._batches: set[asyncio.Task[None]] = set()
 
     @property
@@ -168,23 +114,33 @@ class BatchQueue:
         return self._depth
 
     @property
+    def _loop_task(self) -> asyncio.Task[None] | None:
+        """The plain scores' batch loop."""
+        return self._plain.loop_task
+
+    @property
     def running(self) -> bool:
-        """Whether the batch loop is alive."""
-        return self._loop_task is not None and not self._loop_task.done()
+        """Whether every batch loop is alive."""
+        return all(lane.loop_task is not None and not lane.loop_task.done() for lane in self._lanes)
 
     def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._run(), name="batch-queue")
-        self._loop_task.add_done_callback(self._loop_ended)
+        for lane in self._lanes:
+            lane.loop_task = asyncio.create_task(self._run(lane), name=lane.name)
+            lane.loop_task.add_done_callback(self._loop_ended)
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         if self._closing:
             return
         error = None if task.cancelled() else task.exception()
-        logger.critical("the batch loop ended unexpectedly", exc_info=error)
-        self._fail(self._pending, JudgeError(ErrorKind.UNAVAILABLE, "the judge is unavailable"))
-        self._pending = []
+        logger.critical("the batch loop %s ended unexpectedly", task.get_name(), exc_info=error)
+        self._fail_pending(JudgeError(ErrorKind.UNAVAILABLE, "the judge is unavailable"))
         if self._on_stopped is not None:
             self._on_stopped()
+
+    def _fail_pending(self, error: JudgeError) -> None:
+        for lane in self._lanes:
+            self._fail(lane.pending, error)
+            lane.pending = []
 
     async def run(
         self,
@@ -197,7 +153,7 @@ class BatchQueue:
 
     def submit(self, tasks: Sequence[ScoringTask], deadline: float) -> Submission:
         """Admit all ``tasks`` or none. ``deadline`` is a ``time.monotonic()`` instant."""
-        if self._closing or (self._loop_task is not None and self._loop_task.done()):
+        if self._closing or any(lane.loop_task is not None and lane.loop_task.done() for lane in self._lanes):
             raise JudgeError(ErrorKind.UNAVAILABLE, "the service is shutting down")
         if self._depth + len(tasks) > self.max_queue:
             raise JudgeError(
@@ -205,27 +161,35 @@ class BatchQueue:
                 "the queue is full; retry later",
                 {"queued": self._depth, "max_queue": self.max_queue, "requested": len(tasks)},
             )
-        tokens = sum(task.length for task in tasks)
-        self._admit_by_deadline(tokens, deadline)
+        for lane in self._lanes:
+            if tokens := sum(task.cost for task in tasks if self._lane_of(task) is lane):
+                self._admit_by_deadline(lane, tokens, deadline)
         loop = asyncio.get_running_loop()
         submission = Submission()
         for task in tasks:
             entry = _Entry(task, loop.create_future(), deadline, submission)
             entry.future.add_done_callback(partial(self._on_done, entry))
             submission.add(entry)
-        self._pending.extend(submission.entries)
+        for entry in submission.entries:
+            lane = self._lane_of(entry.task)
+            lane.pending.append(entry)
+            lane.work += entry.task.cost
         self._depth += len(tasks)
-        self._work += tokens
         self._metrics.queue_depth.set(self._depth)
         self._metrics.requests_waiting.inc()
-        self._wake.set()
+        for lane in self._lanes:
+            if lane.pending:
+                lane.wake.set()
         return submission
 
-    def _admit_by_deadline(self, tokens: int, deadline: float) -> None:
+    def _lane_of(self, task: ScoringTask) -> _Lane:
+        return self._critiques if task.critique is not None else self._plain
+
+    def _admit_by_deadline(self, lane: _Lane, tokens: int, deadline: float) -> None:
         """Refuse (429) a request whose predicted completion misses its deadline. With
-        nothing admitted ahead of it, a request always gets its chance."""
-        predicted = self.throughput.completion_s(self._work + tokens, ADMISSION_SAFETY)
-        if predicted is None or self._depth == 0:
+        nothing admitted ahead of it in its lane, a request always gets its chance."""
+        predicted = lane.throughput.completion_s(lane.work + tokens, ADMISSION_SAFETY)
+        if predicted is None or lane.work == 0:
             return
         budget = deadline - time.monotonic()
         if predicted <= budget:
@@ -242,57 +206,57 @@ class BatchQueue:
 
     def _on_done(self, entry: _Entry, _: asyncio.Future[LabelScores]) -> None:
         self._depth -= 1
-        self._work -= entry.task.length
+        self._lane_of(entry.task).work -= entry.task.cost
         self._metrics.queue_depth.set(self._depth)
         entry.submission._entry_done(self._metrics)
 
-    async def _run(self) -> None:
+    async def _run(self, lane: _Lane) -> None:
         while True:
-            await self._wake.wait()
-            await self._slots.acquire()
+            await lane.wake.wait()
+            await lane.slots.acquire()
             launched = False
             try:
-                if self.max_wait_s > 0 and len(self._pending) < self.max_batch_size:
+                if self.max_wait_s > 0 and len(lane.pending) < self.max_batch_size:
                     await asyncio.sleep(self.max_wait_s)
-                launched = self._launch_next()
+                launched = self._launch_next(lane)
             except Exception:
                 # A fault of the loop itself, outside any engine call: fail the oldest item
                 # (so the loop always makes progress) and go on.
                 logger.exception("the batch loop failed to form a batch")
                 self._metrics.queue_faults.inc()
-                self._fail_oldest()
+                self._fail_oldest(lane)
             finally:
                 if not launched:
-                    self._slots.release()
+                    lane.slots.release()
 
-    def _launch_next(self) -> bool:
-        batch = self._take_batch()
-        if not self._pending:
-            self._wake.clear()
+    def _launch_next(self, lane: _Lane) -> bool:
+        batch = self._take_batch(lane)
+        if not lane.pending:
+            lane.wake.clear()
         if not batch:
             return False
         for entry in batch:
             entry.submission._start(self._metrics)
-        job = asyncio.create_task(self._run_batch(batch))
+        job = asyncio.create_task(self._run_batch(batch, lane))
         self._batches.add(job)
-        job.add_done_callback(self._batch_ended)
+        job.add_done_callback(partial(self._batch_ended, lane))
         return True
 
-    def _batch_ended(self, job: asyncio.Task[None]) -> None:
+    def _batch_ended(self, lane: _Lane, job: asyncio.Task[None]) -> None:
         self._batches.discard(job)
-        self._slots.release()
+        lane.slots.release()
 
-    def _fail_oldest(self) -> None:
-        live = [e for e in self._pending if not e.future.done()]
+    def _fail_oldest(self, lane: _Lane) -> None:
+        live = [e for e in lane.pending if not e.future.done()]
         if live:
             oldest = min(live, key=lambda e: e.enqueued)
-            self._pending.remove(oldest)
+            lane.pending.remove(oldest)
             self._fail([oldest], JudgeError(ErrorKind.INTERNAL, "internal error"))
 
-    def _drop_stale(self) -> None:
+    def _drop_stale(self, lane: _Lane) -> None:
         now = time.monotonic()
         live = []
-        for entry in self._pending:
+        for entry in lane.pending:
             if entry.future.done():
                 self._metrics.items_skipped.labels(reason=entry.abandoned or "cancelled").inc()
             elif entry.deadline <= now:
@@ -300,17 +264,17 @@ class BatchQueue:
                 entry.future.set_exception(JudgeError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded"))
             else:
                 live.append(entry)
-        self._pending = live
+        lane.pending = live
 
-    def _take_batch(self) -> list[_Entry]:
+    def _take_batch(self, lane: _Lane) -> list[_Entry]:
         """Pick the oldest item and its nearest neighbours by length, within budget.
         Neighbours come from the oldest ``max_batch_size`` items only, so a newer item
         overtakes an older one by at most a batch: completion stays close to arrival
         order, which is what admission predicts."""
-        self._drop_stale()
-        if not self._pending:
+        self._drop_stale(lane)
+        if not lane.pending:
             return []
-        head = self._pending[: self.max_batch_size]  # kept in admission order
+        head = lane.pending[: self.max_batch_size]  # kept in admission order
         ordered = sorted(head, key=lambda e: e.task.length)
         anchor = min(range(len(ordered)), key=lambda i: ordered[i].enqueued)
         lo, hi = anchor, anchor + 1
@@ -327,12 +291,12 @@ class BatchQueue:
             lo, hi = (lo - 1, hi) if take_left else (lo, hi + 1)
         batch = ordered[lo:hi]
         chosen = {id(e) for e in batch}
-        self._pending = [e for e in self._pending if id(e) not in chosen]
+        lane.pending = [e for e in lane.pending if id(e) not in chosen]
         return batch
 
-    async def _run_batch(self, batch: list[_Entry]) -> None:
+    async def _run_batch(self, batch: list[_Entry], lane: _Lane) -> None:
         started = time.monotonic()
-        self.throughput.batch_started(started)
+        lane.throughput.batch_started(started)
         # When every item of the batch has been given up, stop waiting for it (vLLM aborts
         # the engine request; a transformers pass runs out in its thread, unread).
         job = asyncio.current_task()
@@ -350,7 +314,7 @@ class BatchQueue:
                 self._metrics.queue_wait.observe(started - entry.enqueued)
             self._metrics.batch_size.observe(len(batch))
             self._metrics.batch_tokens.observe(_padded_tokens(batch))
-            results = await self._engine.score([e.task for e in batch])
+            results = await lane.run([e.task for e in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} items")
         except BaseException as exc:
@@ -364,16 +328,18 @@ class BatchQueue:
                 raise
         else:
             finished = True
-            completed = sum(e.task.length for e in batch)
+            completed = sum(e.task.cost for e in batch)
             for entry, result in zip(batch, results, strict=True):
+                if result.critique is not None:
+                    self._metrics.critiqued(result.critique.tokens)
                 if not entry.future.done():
                     entry.future.set_result(result)
         finally:
             now = time.monotonic()
             self._metrics.inference_duration.observe(now - started)
-            self.throughput.batch_finished(completed, started, now)
-            rate = self.throughput.tokens_per_s
-            if rate is not None:
+            lane.throughput.batch_finished(completed, started, now)
+            rate = lane.throughput.tokens_per_s
+            if rate is not None and lane is self._plain:
                 self._metrics.throughput.set(rate)
 
     @staticmethod
@@ -388,9 +354,8 @@ class BatchQueue:
         deadline = time.monotonic() + grace_s
         while self._depth > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        self._fail(self._pending, JudgeError(ErrorKind.UNAVAILABLE, "the service is shutting down"))
-        self._pending = []
-        tasks = [t for t in (self._loop_task, *self._batches) if t is not None]
+        self._fail_pending(JudgeError(ErrorKind.UNAVAILABLE, "the service is shutting down"))
+        tasks = [t for t in (*(lane.loop_task for lane in self._lanes), *self._batches) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

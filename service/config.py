@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     max_model_len: int | None = Field(
         None, ge=2, description="Longest prompt in tokens. Default: the model's own limit."
     )
+    max_critique_tokens: int = Field(
+        512, ge=1, description="Most tokens a request's critique may generate (critique.max_tokens)."
+    )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body.")
     request_timeout_s: float = Field(60.0, gt=0, description="Deadline of a request that names none.")
     max_request_timeout_s: float = Field(300.0, gt=0, description="Cap on the deadline a request may ask for.")

@@ -2,10 +2,11 @@
 
 The wire models (``judge_client.protocol``) carry the structural rules; what depends on
 the deployment is here: items, criteria and candidates per request, prompts against the
-queue, what the loaded tokenizer makes of a label, prompt length against the model, the
-methods the engine, the layer weights and the probe allow, the hidden-state entries the
-model has, and the deadline cap. Each check raises a ``JudgeError`` naming the field or label, so a
-bad request is refused whole and nothing downstream validates again.
+queue, what the loaded tokenizer makes of a label, prompt length against the model (with
+room for a critique), the critique's length, the methods the engine, the layer weights and
+the probe allow, the hidden-state entries the model has, and the deadline cap. Each check
+raises a ``JudgeError`` naming the field or label, so a bad request is refused whole and
+nothing downstream validates again.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from service.engines.base import Critique
 from service.errors import ErrorKind, JudgeError
 from service.labels import LabelTrie
 from service.lager import LayerWeights
@@ -29,6 +31,7 @@ class Limits:
         *,
         max_items: int,
         max_model_len: int,
+        max_critique_tokens: int,
         engine_kind: str,
         supports_layers: bool,
         layers_unavailable: str | None,
@@ -44,6 +47,7 @@ class Limits:
         self.tokenizer = tokenizer
         self.max_items = max_items
         self.max_model_len = max_model_len
+        self.max_critique_tokens = max_critique_tokens
         self.engine_kind = engine_kind
         self.supports_layers = supports_layers
         self.layers_unavailable = layers_unavailable
@@ -158,6 +162,27 @@ class Limits:
         if reason is not None:
             raise JudgeError(ErrorKind.INVALID_REQUEST, f"method 'probe' cannot serve this request: {reason}")
 
+    def critique(self, max_tokens: int, marker: str, wants_layers: bool) -> Critique:
+        """Critique mode within this deployment's limits. The per-layer methods read the
+        layers at the prompt's last position, which a critique moves: they are refused."""
+        if wants_layers:
+            raise JudgeError(
+                ErrorKind.INVALID_REQUEST,
+                "critique mode reads the final distribution only; the per-layer methods "
+                "(lager, lager_weighted, return_layers), the probe and hidden_layers cannot be combined with it",
+                {"field": "critique"},
+            )
+        if max_tokens > self.max_critique_tokens:
+            raise JudgeError(
+                ErrorKind.INVALID_REQUEST,
+                f"critique.max_tokens is {max_tokens}; this server generates at most {self.max_critique_tokens}",
+                {"max_tokens": max_tokens, "max_critique_tokens": self.max_critique_tokens},
+            )
+        marker_ids = tuple(self.tokenizer.encode(marker, add_special_tokens=False))
+        if not marker_ids:
+            raise JudgeError(ErrorKind.INVALID_REQUEST, f"critique.marker {marker!r} encodes to no tokens")
+        return Critique(max_tokens, marker, marker_ids)
+
     def label_trie(self, labels: Sequence[str], wants_layers: bool = False) -> LabelTrie:
         """Each label tokenised alone, without special tokens, as a trie. Labels of more
         than one token are served exactly (``service.labels``), but not per layer."""
@@ -187,11 +212,24 @@ class Limits:
             )
         return trie
 
-    def encode(self, text: str, index: int, name: str) -> tuple[int, ...]:
-        """A rendered prompt's token ids, within the model's length."""
+    def encode(self, text: str, index: int, name: str, critique: Critique | None = None) -> tuple[int, ...]:
+        """A rendered prompt's token ids, within the model's length (with room for the
+        critique's tokens and its marker's)."""
         token_ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
         if not token_ids:
             raise JudgeError(ErrorKind.INVALID_REQUEST, f"items[{index}] encodes to no tokens")
+        if critique is not None and len(token_ids) + critique.room > self.max_model_len:
+            raise JudgeError(
+                ErrorKind.INVALID_REQUEST,
+                f"items[{index}] ({name!r}) is {len(token_ids)} tokens; with its critique's {critique.max_tokens} "
+                f"and the marker's {len(critique.marker_ids)} it exceeds the model's {self.max_model_len}",
+                {
+                    "item": index,
+                    "prompt_tokens": len(token_ids),
+                    "critique_tokens": critique.room,
+                    "max_model_len": self.max_model_len,
+                },
+            )
         if len(token_ids) > self.max_model_len:
             raise JudgeError(
                 ErrorKind.INVALID_REQUEST,

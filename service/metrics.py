@@ -8,6 +8,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 TOKEN_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 SCORE_BUCKETS = (1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5)
+CRITIQUE_BUCKETS = (1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 # Request outcomes are a small fixed set, derived from the HTTP status.
 OUTCOMES = {
@@ -93,6 +94,15 @@ class Metrics:
         self.expected_score = Histogram(
             "judge_expected_score", "Expected scores returned.", buckets=SCORE_BUCKETS, registry=r
         )
+        self.generated_tokens = Counter(
+            "judge_generated_tokens", "Tokens generated for critiques (end of sequence not counted).", registry=r
+        )
+        self.critique_tokens = Histogram(
+            "judge_critique_tokens",
+            "Tokens of each generated critique.",
+            buckets=CRITIQUE_BUCKETS,
+            registry=r,
+        )
         self.model_info = Info("judge_model", "The loaded judge model.", registry=r)
         self.ready = Gauge("judge_ready", "1 when the service accepts scoring requests.", registry=r)
         # Export every labelled series from the start, so dashboards and alerts see zeros, not gaps.
@@ -108,6 +118,11 @@ class Metrics:
             self.items.labels(endpoint="rank", method=strategy)
         for endpoint in ENDPOINTS:
             self.request_duration.labels(endpoint=endpoint)
+
+    def critiqued(self, tokens: int) -> None:
+        """Count one generated critique of ``tokens`` tokens."""
+        self.generated_tokens.inc(tokens)
+        self.critique_tokens.observe(tokens)
 
     def answered(self, endpoint: str, method: str, items: int, prompts: int, tokens: int) -> None:
         """Count one answered request: its items (or pairs), and the prompts and tokens scored for it."""

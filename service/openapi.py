@@ -1,9 +1,9 @@
 """The OpenAPI schema, with the limits of this deployment written in.
 
 FastAPI derives the schema from the wire models; the per-request limits on items,
-criteria and rank candidates are settings, so they are added here, where the app knows
-its settings. A client generated from ``/openapi.json`` then cannot build a request with
-too many of them.
+criteria and rank candidates, and the longest critique, are settings, so they are added
+here, where the app knows its settings. A client generated from ``/openapi.json`` then
+cannot build a request with too many of them or too long a critique.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
                 components["StructuredScoreRequest"]["properties"]["rubrics"], "maxProperties", settings.max_criteria
             )
             _bound(components["RankRequest"]["properties"]["candidates"], "maxItems", settings.max_rank_candidates)
+            components["CritiqueSpec"]["properties"]["max_tokens"]["maximum"] = settings.max_critique_tokens
             _headers_are_never_null(schema)
             app.openapi_schema = schema
         return app.openapi_schema

@@ -92,6 +92,7 @@ class Runtime:
             self.limits = Limits(
                 tokenizer,
                 max_items=self.settings.max_items,
+                max_critique_tokens=self.settings.max_critique_tokens,
                 max_model_len=min(engine.max_model_len, self.settings.max_model_len or engine.max_model_len),
                 engine_kind=self.engine_kind,
                 supports_layers=engine.supports_layers,

@@ -42,6 +42,7 @@ class Recording:
         self.engine = engine
         self.batch_budget = budget or engine.batch_budget
         self.max_inflight_batches = engine.max_inflight_batches
+        self.max_inflight_critiques = engine.max_inflight_critiques
         self.poison = poison
         self.seen: list[list[int]] = []
 
@@ -53,6 +54,9 @@ class Recording:
     async def score(self, batch):
         self.seen.append([t.length for t in batch])
         return await self.engine.score(batch)
+
+    async def critique(self, batch):
+        return await self.engine.critique(batch)
 
 
 def make_queue(engine, metrics: Metrics, **limits) -> BatchQueue:

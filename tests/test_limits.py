@@ -22,6 +22,7 @@ def limits() -> Limits:
         fast,
         max_items=4,
         max_model_len=16,
+        max_critique_tokens=8,
         engine_kind="transformers",
         supports_layers=True,
         layers_unavailable=None,
@@ -51,3 +52,25 @@ def test_multi_token_labels_make_a_trie_but_not_per_layer(limits: Limits) -> Non
     with pytest.raises(JudgeError) as refused:
         limits.label_trie(["very good", "good"], wants_layers=True)
     assert refused.value.details == {"label": "very good"}
+
+
+def test_a_critique_longer_than_the_setting_is_refused_with_both_numbers(limits: Limits) -> None:
+    assert limits.critique(8, "good", wants_layers=False).marker_ids == (1,)
+    with pytest.raises(JudgeError) as refused:
+        limits.critique(9, "good", wants_layers=False)
+    assert refused.value.details == {"max_tokens": 9, "max_critique_tokens": 8}
+
+
+def test_critique_mode_refuses_the_per_layer_methods(limits: Limits) -> None:
+    with pytest.raises(JudgeError) as refused:
+        limits.critique(4, "good", wants_layers=True)
+    assert "lager" in refused.value.message and refused.value.details == {"field": "critique"}
+
+
+def test_a_prompt_leaves_room_for_its_critique_and_marker(limits: Limits) -> None:
+    spec = limits.critique(8, "very good", wants_layers=False)  # 8 + 2 tokens of room
+    assert limits.encode("good " * 6, 0, "a", spec) == (1,) * 6
+    with pytest.raises(JudgeError) as refused:
+        limits.encode("good " * 7, 0, "a", spec)
+    assert refused.value.details == {"item": 0, "prompt_tokens": 7, "critique_tokens": 10, "max_model_len": 16}
+    assert limits.encode("good " * 7, 0, "a") == (1,) * 7

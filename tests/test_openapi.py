@@ -26,6 +26,7 @@ FUZZ_SETTINGS = {
     "max_criteria": 2,
     "max_rank_candidates": 4,
     "max_model_len": 256,
+    "max_critique_tokens": 8,
     "max_body_bytes": 256 * 1024,
     "api_keys": API_KEY,
 }
@@ -54,6 +55,9 @@ DEPLOYMENT_LIMITS = {
     # label_values may name only labels the request reads: JSON Schema cannot relate an
     # object's keys to another field's values.
     "label_values": lambda e: "label_values names labels" in e["message"],
+    # Critique mode reads the final distribution only: the schema cannot tie one field to
+    # another's value (a per-layer method, return_layers).
+    "critique_layers": lambda e: isinstance(e["details"], dict) and e["details"].get("field") == "critique",
 }
 
 

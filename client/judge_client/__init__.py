@@ -4,6 +4,7 @@ from judge_client.client import AsyncJudgeClient, JudgeClient, JudgeError
 from judge_client.protocol import (
     CompareRequest,
     CompareResponse,
+    CritiqueSpec,
     ItemScore,
     PairVerdict,
     RankRequest,
@@ -21,6 +22,7 @@ __all__ = [
     "AsyncJudgeClient",
     "CompareRequest",
     "CompareResponse",
+    "CritiqueSpec",
     "ItemScore",
     "JudgeClient",
     "JudgeError",

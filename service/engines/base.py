@@ -13,6 +13,35 @@ from service.labels import LabelTrie
 
 
 @dataclass(frozen=True, slots=True)
+class Critique:
+    """Critique mode: generate greedily after the prompt, then read the labels.
+
+    Generation stops at the first generated token at which the decoded text contains
+    ``marker``, after ``max_tokens`` tokens, or at end of sequence. ``marker_ids`` (the
+    marker tokenised alone) are appended before the read when the marker never appeared.
+    """
+
+    max_tokens: int
+    marker: str
+    marker_ids: tuple[int, ...]
+
+    @property
+    def room(self) -> int:
+        """The most tokens the critique adds to the prompt before the read."""
+        return self.max_tokens + len(self.marker_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class CritiqueOutcome:
+    """What a critique generated: its text (marker included), whether the marker came,
+    and how many tokens were generated (end of sequence not counted)."""
+
+    text: str
+    marker_found: bool
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class ScoringTask:
     """One prompt to score: its token ids and the label token ids to read after it.
 
@@ -31,6 +60,8 @@ class ScoringTask:
     want_layers: bool = False
     trie: LabelTrie | None = None
     hidden_layers: tuple[int, ...] = ()
+    # Critique mode: the labels are read after a generated critique, not after the prompt.
+    critique: Critique | None = None
 
     @classmethod
     def reading(
@@ -39,13 +70,27 @@ class ScoringTask:
         trie: LabelTrie,
         want_layers: bool = False,
         hidden_layers: tuple[int, ...] = (),
+        critique: Critique | None = None,
     ) -> ScoringTask:
-        """A task that reads ``trie``'s labels after ``token_ids``."""
-        return cls(token_ids, trie.root_ids, want_layers, None if trie.single_token else trie, hidden_layers)
+        """A task that reads ``trie``'s labels after ``token_ids`` (after its critique, with one)."""
+        return cls(token_ids, trie.root_ids, want_layers, None if trie.single_token else trie, hidden_layers, critique)
 
     @property
     def length(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def cost(self) -> int:
+        """Tokens the task may run through the model: the prompt, and with a critique the
+        most it may generate and append."""
+        return self.length + (self.critique.room if self.critique is not None else 0)
+
+    def after(self, generated: Sequence[int], marker_found: bool) -> ScoringTask:
+        """The plain read that follows this task's critique: the prompt, the generated
+        tokens, and the marker's tokens when it never appeared."""
+        assert self.critique is not None
+        added = tuple(generated) + (() if marker_found else self.critique.marker_ids)
+        return ScoringTask(self.token_ids + added, self.label_ids, trie=self.trie)
 
     def label_logprobs(self, node_logprobs: Sequence[Sequence[float]]) -> tuple[float, ...]:
         """Each label's log-probability from the root's row (over ``label_ids``) and, with
@@ -66,13 +111,15 @@ class LabelScores:
     output last). ``layer_logits_normed``: the same, but every row except the last goes
     through the final norm first (the logit lens).
     ``hidden``: the scoring-position hidden state of each of the task's ``hidden_layers``,
-    in that order (None when it asked for none).
+    in that order (None when it asked for none). ``critique``: in critique mode, what was
+    generated before the scoring position.
     """
 
     logprobs: tuple[float, ...]
     layer_logits: tuple[tuple[float, ...], ...] | None = None
     layer_logits_normed: tuple[tuple[float, ...], ...] | None = None
     hidden: tuple[tuple[float, ...], ...] | None = None
+    critique: CritiqueOutcome | None = None
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -120,6 +167,8 @@ class Engine(Protocol):
     # How many batches the queue may have running at once: 1 for an engine that runs one
     # forward pass at a time, many for one that batches continuously by itself.
     max_inflight_batches: int
+    # How many critique batches (generations) may run at once, apart from plain batches.
+    max_inflight_critiques: int
 
     def batch_cost(self, batch: Sequence[ScoringTask]) -> int:
         """What running ``batch`` costs, in the unit of ``batch_budget`` (padded tokens, items...)."""
@@ -129,6 +178,10 @@ class Engine(Protocol):
 
     async def score(self, batch: Sequence[ScoringTask]) -> Sequence[LabelScores]:
         """Score a batch; one result per task, in order."""
+
+    async def critique(self, batch: Sequence[ScoringTask]) -> Sequence[LabelScores]:
+        """Generate each task's critique, then read its labels after it; one result per
+        task, in order. Cancelling the call stops the generation."""
 
     async def close(self) -> None:
         """Release the model."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -178,3 +179,19 @@ def check_head(model: Any, head: LabelHead, device: torch.device) -> None:
             f"{error:.3g} (relative); its head post-processing is unknown to the judge, which refuses "
             "to serve inexact scores"
         )
+
+
+def load_causal_lm(model_dir: Path, dtype: torch.dtype) -> Any:
+    """Load the model as a decoder-only causal LM, or refuse it by name."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    if getattr(config, "is_encoder_decoder", False):
+        raise UnsupportedModel(
+            f"{architecture(config)} is an encoder-decoder model; the judge serves decoder-only causal LMs"
+        )
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, local_files_only=True)
+    except ValueError as exc:
+        # transformers raises ValueError for a config with no causal-LM class.
+        raise UnsupportedModel(f"{architecture(config)} is not a causal LM transformers can load: {exc}") from exc

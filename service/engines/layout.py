@@ -13,13 +13,14 @@ scores; only per-layer scores (LAGER) are refused, with the reason.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from service.engines.heads import architecture, head_tolerance
+from service.engines.base import ScoringTask
+from service.engines.heads import LabelHead, architecture, head_tolerance
 
 
 @dataclass(frozen=True)
@@ -110,3 +111,26 @@ def find_layout(model: Any, device: torch.device) -> DecoderLayout:
             return DecoderLayout(decoder, accepts_position_ids, len(layers), norm, None)
     reason = f"{architecture(model)}: no final norm maps its last layer's output to its final hidden state"
     return DecoderLayout(decoder, accepts_position_ids, len(layers), None, reason)
+
+
+def layer_logits(
+    head: LabelHead | None, layout: DecoderLayout | None, states: list[torch.Tensor], batch: Sequence[ScoringTask]
+) -> tuple[list[tuple[tuple[float, ...], ...]], list[tuple[tuple[float, ...], ...]]]:
+    """Label logits of every layer at the scoring position, raw and final-normed.
+
+    ``states``: one [B, H] tensor per hidden-states entry (proven at load to be the first
+    layer's input, each later layer's input, and the final output). Every row goes
+    through the same head and logit transform as the final scores, using only the label
+    rows of the head: [layers, hidden] @ [hidden, labels].
+    """
+    assert head is not None and layout is not None and layout.final_norm is not None
+    # The last entry already carries the final norm; keep it as the model emits it.
+    stacked = torch.stack(states, dim=1)  # [B, L+1, H]
+    normed = torch.cat([layout.final_norm(stacked[:, :-1, :]), stacked[:, -1:, :]], dim=1)
+    raw_out, normed_out = [], []
+    for row, task in enumerate(batch):
+        raw = head.label_logits(stacked[row], task.label_ids)
+        lens = head.label_logits(normed[row], task.label_ids)
+        raw_out.append(tuple(map(tuple, raw.tolist())))
+        normed_out.append(tuple(map(tuple, lens.tolist())))
+    return raw_out, normed_out

@@ -4,6 +4,7 @@ Any decoder-only causal LM that transformers loads can be served, once the load-
 proofs pass: the head and its family's logit transform (``heads``), the decoder layout
 for per-layer scores (``layout``) and the batched paths (``probes``) must reproduce the
 model's own forward pass. What cannot be proven exact is refused, naming the architecture.
+Critique mode generates on the same proven paths (``generation``).
 """
 
 from __future__ import annotations
@@ -11,19 +12,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
+from service import critique
 from service.engines import probes
 from service.engines.base import EngineError, LabelScores, ScoringTask, UnsupportedModel, common_prefix
-from service.engines.heads import LabelHead, architecture, check_head
-from service.engines.layout import DecoderLayout, find_layout
+from service.engines.generation import FairLock, GreedyDecoder, greedy_decoder
+from service.engines.heads import LabelHead, architecture, check_head, load_causal_lm
+from service.engines.layout import DecoderLayout, find_layout, layer_logits
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,8 @@ class TransformersEngine:
 
     # One model, one forward pass at a time.
     max_inflight_batches = 1
+    # One generation at a time, beside the scoring batches (steps and passes take turns).
+    max_inflight_critiques = 1
 
     def __init__(
         self,
@@ -69,6 +73,7 @@ class TransformersEngine:
         prefix_reuse: bool = True,
         prefix_reuse_min_tokens: int = 32,
         max_batch_tokens: int | None = None,
+        tokenizer: Any = None,
     ) -> None:
         self.name = name
         self.model_dir = model_dir
@@ -77,6 +82,8 @@ class TransformersEngine:
         default = torch.float32 if self.device.type == "cpu" else torch.bfloat16
         self.dtype = default if dtype == "auto" else getattr(torch, dtype)
         self.pad_token_id = pad_token_id
+        self.tokenizer = tokenizer  # critique mode's text; from model_dir when not given
+        self.generator: GreedyDecoder | None = None  # critique mode's, once loaded
         self.model: Any = None
         self.max_model_len = 0
         self.num_layers = 0
@@ -97,19 +104,20 @@ class TransformersEngine:
         # Whether labels of several tokens may be read on top of each prompt's KV cache
         # (proven at load); else each label prefix runs as a prompt of its own.
         self.continue_in_cache = True
-        # Forward passes are serialised: one model, one batch at a time.
-        self._lock = threading.Lock()
+        # Forward passes (and generation steps) are serialised: one model, one pass at a
+        # time, granted in arrival order.
+        self._lock = FairLock()
 
     @property
     def healthy(self) -> bool:
         return self._healthy
 
     def batch_cost(self, batch: Sequence[ScoringTask]) -> int:
-        """Tokens the forward pass computes: padded to the longest task, with a prefix the
-        whole batch shares (see ``_shared_prefix``) counted once."""
+        """Tokens the forward pass computes: padded to the longest task (its critique
+        included), with a prefix the whole batch shares (see ``_shared_prefix``) counted once."""
         if not batch:
             return 0
-        padded = max(task.length for task in batch) * len(batch)
+        padded = max(task.cost for task in batch) * len(batch)
         return padded - (len(batch) - 1) * self._shared_prefix(batch)
 
     async def start(self) -> None:
@@ -117,7 +125,7 @@ class TransformersEngine:
 
     def _load(self) -> None:
         hf_logging.disable_progress_bar()
-        model = self._load_model()
+        model = load_causal_lm(self.model_dir, self.dtype)
         self.model = model.to(self.device).eval()
         self.max_model_len = int(getattr(model.config, "max_position_embeddings", 2048))
         # The LM head in float64 on CPU, so label log-probabilities carry no rounding from a
@@ -131,19 +139,7 @@ class TransformersEngine:
         if not self.supports_layers:
             logger.warning("per-layer scores (LAGER) are off: %s", self.layers_unavailable)
         self._prove_batches()
-
-    def _load_model(self) -> Any:
-        """Load the model as a decoder-only causal LM, or refuse it by name."""
-        config = AutoConfig.from_pretrained(str(self.model_dir), local_files_only=True)
-        if getattr(config, "is_encoder_decoder", False):
-            raise UnsupportedModel(
-                f"{architecture(config)} is an encoder-decoder model; the judge serves decoder-only causal LMs"
-            )
-        try:
-            return AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=self.dtype, local_files_only=True)
-        except ValueError as exc:
-            # transformers raises ValueError for a config with no causal-LM class.
-            raise UnsupportedModel(f"{architecture(config)} is not a causal LM transformers can load: {exc}") from exc
+        self.generator = greedy_decoder(self)
 
     def _prove_batches(self) -> None:
         """Compare one prompt alone, padded batches and shared-prefix batches with the
@@ -196,17 +192,41 @@ class TransformersEngine:
 
     async def close(self) -> None:
         self.model = None
-        self.head = self.layout = None
+        self.head = self.layout = self.generator = None
 
     async def score(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
-        running = asyncio.ensure_future(asyncio.to_thread(self._forward, batch))
+        return await self._in_thread(lambda: self._forward(batch))
+
+    async def critique(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
+        stop = threading.Event()
+        return await self._in_thread(lambda: self._critique(batch, stop), stop)
+
+    async def _in_thread(
+        self, work: Callable[[], list[LabelScores]], stop: threading.Event | None = None
+    ) -> list[LabelScores]:
+        running = asyncio.ensure_future(asyncio.to_thread(work))
         try:
             return await asyncio.shield(running)
         except asyncio.CancelledError:
-            # A forward pass in its thread cannot be stopped: keep this call (and so the
-            # queue's batch slot) until it ends, so no second pass queues up behind it.
+            # A pass in its thread cannot be stopped (a generation stops at its next step):
+            # hold the queue's slot until it ends, so no second pass queues up behind it.
+            if stop is not None:
+                stop.set()
             await asyncio.gather(running, return_exceptions=True)
             raise
+
+    def _critique(self, batch: Sequence[ScoringTask], stop: threading.Event) -> list[LabelScores]:
+        """Generate, then read the labels after each critique as a plain task (see
+        ``ScoringTask.after``) through the scoring path, with every family's fallbacks."""
+        if self.generator is None:
+            raise EngineError("critique mode needs a loaded model with its tokenizer")
+        generated = self.generator.generate(batch, stop)
+        reads = [task.after(ids, found) for task, (ids, found) in zip(batch, generated, strict=True)]
+        scored = self._forward(reads)
+        return [
+            LabelScores(result.logprobs, critique=critique.outcome(ids, found, self.generator.decode))
+            for result, (ids, found) in zip(scored, generated, strict=True)
+        ]
 
     def _forward(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
         if self.model is None:
@@ -234,7 +254,8 @@ class TransformersEngine:
             # the family's logit transform, in float64 on CPU, so label log-probabilities
             # carry no fp32 rounding from a 50k-wide matmul and log-softmax.
             logprobs = torch.log_softmax(self.head.logits(run.last), dim=-1).cpu()
-            layers = self._layer_logits(run.states, batch) if run.states is not None and want_layers else None
+            states = run.states if want_layers else None
+            layers = layer_logits(self.head, self.layout, states, batch) if states is not None else None
             nodes = self._continuations(batch, run) if continuing else {}
         if multi_token and not continuing:
             nodes = self._replayed_continuations(batch)
@@ -317,7 +338,7 @@ class TransformersEngine:
     def _shared_prefix(self, batch: Sequence[ScoringTask]) -> int:
         """Tokens every task starts with (leaving each at least one of its own), when
         reusing their KV cache is worth it; else 0."""
-        if not self.prefix_reuse or len(batch) < 2:
+        if not self.prefix_reuse or len(batch) < 2 or any(task.critique for task in batch):
             return 0
         first = batch[0].token_ids
         length = min(min(task.length - 1, common_prefix(first, task.token_ids)) for task in batch)
@@ -388,25 +409,3 @@ class TransformersEngine:
         ends = torch.tensor([len(tail) - 1 for tail in tails], device=self.device)
         states = [h[rows, ends, :] for h in out.hidden_states] if want_layers else None
         return _PromptRun(out.last_hidden_state[rows, ends, :], states, cache if keep_cache else None, mask)
-
-    def _layer_logits(
-        self, states: list[torch.Tensor], batch: Sequence[ScoringTask]
-    ) -> tuple[list[tuple[tuple[float, ...], ...]], list[tuple[tuple[float, ...], ...]]]:
-        """Label logits of every layer at the scoring position, raw and final-normed.
-
-        ``states``: one [B, H] tensor per hidden-states entry (proven at load to be the first
-        layer's input, each later layer's input, and the final output). Every row goes
-        through the same head and logit transform as the final scores, using only the label
-        rows of the head: [layers, hidden] @ [hidden, labels].
-        """
-        assert self.head is not None and self.layout is not None and self.layout.final_norm is not None
-        # The last entry already carries the final norm; keep it as the model emits it.
-        stacked = torch.stack(states, dim=1)  # [B, L+1, H]
-        normed = torch.cat([self.layout.final_norm(stacked[:, :-1, :]), stacked[:, -1:, :]], dim=1)
-        raw_out, normed_out = [], []
-        for row, task in enumerate(batch):
-            raw = self.head.label_logits(stacked[row], task.label_ids)
-            lens = self.head.label_logits(normed[row], task.label_ids)
-            raw_out.append(tuple(map(tuple, raw.tolist())))
-            normed_out.append(tuple(map(tuple, lens.tolist())))
-        return raw_out, normed_out

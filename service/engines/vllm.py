@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from service import critique
 from service.config import Settings
 from service.engines import gpu_present
 from service.engines.base import EngineDead, EngineError, LabelScores, ScoringTask, UnsupportedModel
@@ -41,7 +42,7 @@ class VllmEngine:
     # can be aborted alone, and lets many run at once.
     batch_budget = 1
 
-    def __init__(self, model_dir: Path, name: str, settings: Settings) -> None:
+    def __init__(self, model_dir: Path, name: str, settings: Settings, tokenizer: Any = None) -> None:
         self.name = name
         self.model_dir = model_dir
         self.settings = settings
@@ -52,6 +53,10 @@ class VllmEngine:
         self._ids = itertools.count()
         self.supports_layers = False
         self.max_inflight_batches = settings.max_queue
+        # Generations are engine requests too; vLLM steps them beside the scoring requests.
+        self.max_inflight_critiques = settings.max_queue
+        self.tokenizer = tokenizer
+        self._stop_ids: frozenset[int] = frozenset()
         self.layers_unavailable: str | None = "JUDGE_VLLM_LAYERS=false"
 
     @property
@@ -108,6 +113,11 @@ class VllmEngine:
         except UnsupportedModel:
             await self.close()
             raise
+        if self.tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
+        self._stop_ids = critique.stop_token_ids(self.tokenizer, self.model_dir)
         await self._score_one(ScoringTask(token_ids=(0,) * 8, label_ids=(0,)))
 
     async def _install_layer_capture(self) -> None:
@@ -173,6 +183,45 @@ class VllmEngine:
         if not task.want_layers:
             return LabelScores(logprobs=logprobs, hidden=hidden)
         return LabelScores(logprobs=logprobs, layer_logits=layers[0], layer_logits_normed=layers[1], hidden=hidden)
+
+    async def critique(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
+        return list(await asyncio.gather(*(self._critique_one(task) for task in batch)))
+
+    async def _critique_one(self, task: ScoringTask) -> LabelScores:
+        """Generate with the marker as a stop string, keep the tokens the rule in
+        ``service.critique`` keeps (vLLM cuts its text at the stop string, possibly inside
+        a token; its token ids run to the token that completed it), then read the labels
+        after them as a plain task: the prefix cache serves the prompt and the critique."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        spec = task.critique
+        assert spec is not None
+        if self._engine is None:
+            raise EngineDead("the vLLM engine is not running")
+        params = SamplingParams(
+            max_tokens=spec.max_tokens,
+            temperature=0.0,
+            stop=[spec.marker],
+            include_stop_str_in_output=True,
+            skip_special_tokens=False,
+        )
+        final = None
+        try:
+            async for output in self._engine.generate(
+                TokensPrompt(prompt_token_ids=list(task.token_ids)), params, request_id=f"judge-{next(self._ids)}"
+            ):
+                final = output
+        except EngineDeadError as exc:
+            self._dead = True
+            raise EngineDead("the vLLM engine died") from exc
+        if final is None or not final.outputs:
+            raise EngineError("vLLM returned no generation")
+        decode = critique.decoder(self.tokenizer)
+        generated, found = critique.truncate(final.outputs[0].token_ids, spec, self._stop_ids, decode)
+        scores = await self._score_one(task.after(generated, found))
+        return LabelScores(scores.logprobs, critique=critique.outcome(generated, found, decode))
 
     async def _next_logprobs(
         self,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from judge_client.protocol import (
     CalibratedScore,
@@ -20,6 +21,7 @@ from judge_client.protocol import (
 
 from service import review, scoring
 from service.engines import LabelScores, ScoringTask
+from service.engines.base import CritiqueOutcome
 from service.lager import LayerWeights
 from service.probe import Probe
 from service.prompts import DEFAULT_RUBRIC, Rubric, combined_version
@@ -76,6 +78,16 @@ class Readout:
     calibrated: scoring.Distribution | None
     calibration_note: str | None
     reasons: tuple[str, ...]
+    critique: CritiqueOutcome | None = None
+
+    def critique_fields(self) -> dict[str, Any]:
+        """The critique-mode fields of a result (all None outside critique mode)."""
+        c = self.critique
+        return {
+            "critique": c.text if c else None,
+            "marker_found": c.marker_found if c else None,
+            "critique_tokens": c.tokens if c else None,
+        }
 
 
 class ScoreService:
@@ -152,6 +164,8 @@ class ScoreService:
         trie = limits.label_trie(request.label_set, want_layers)
         tasks = []
         items: Sequence[RawItem | StructuredItem] = request.items
+        spec = request.critique
+        critique = limits.critique(spec.max_tokens, spec.marker, want_layers or bool(hidden)) if spec else None
         for index, item in enumerate(items):
             for criterion in criteria:
                 if isinstance(item, RawItem):
@@ -161,8 +175,8 @@ class ScoreService:
                     text = prompts.score(
                         item.instruction, item.response, item.reference_answer, criterion.rubric, request.template
                     )
-                token_ids = limits.encode(text, index, item.id)
-                tasks.append(ScoringTask.reading(token_ids, trie, want_layers, hidden))
+                token_ids = limits.encode(text, index, item.id, critique)
+                tasks.append(ScoringTask.reading(token_ids, trie, want_layers, hidden, critique))
         return tasks
 
     def _readout(self, request: ScoreRequest, criterion: Criterion, task: ScoringTask, result: LabelScores) -> Readout:
@@ -185,7 +199,7 @@ class ScoreService:
             if note is None:
                 calibrated = scoring.from_probs(labels, runtime.calibration.apply(dist.probs), values)
         reasons = review.reasons(dist.confidence, final_mass, calibrated.probs if calibrated else None, runtime.review)
-        return Readout(dist, final_mass, task.length, calibrated, note, reasons)
+        return Readout(dist, final_mass, task.length, calibrated, note, reasons, result.critique)
 
     def _item_score(
         self,
@@ -227,6 +241,7 @@ class ScoreService:
             needs_review=bool(readout.reasons),
             review_reasons=list(readout.reasons),
             criteria=None,
+            **readout.critique_fields(),
         )
 
     def _aggregate(
@@ -280,6 +295,7 @@ class ScoreService:
                     calibration_note=r.calibration_note,
                     needs_review=bool(r.reasons),
                     review_reasons=list(r.reasons),
+                    **r.critique_fields(),
                 )
                 for c, r in zip(criteria, readouts, strict=True)
             },

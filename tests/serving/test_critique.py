@@ -1,0 +1,164 @@
+"""Critique mode on the real default model and both engines: the critique against greedy
+generation computed here, the distribution against direct forward passes over the prompt
+plus the generated tokens (plus the marker's when it never came)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+
+from tests.conftest import Reference, RunningServer, metric_sum, trie_rule_logprobs
+
+pytestmark = pytest.mark.slow
+
+FEEDBACK = "Rate the answer from 1 to 10.\nQ: What is the capital of France?\nA: Paris, on the Seine.\nFeedback:"
+CHAT = "<|im_start|>user\nWhat is 2+2? Explain briefly, then give a score.<|im_end|>\n<|im_start|>assistant\n"
+SCALE = [str(n) for n in range(1, 11)]  # "10" is "1", "0" for this tokenizer
+FIVE = ["1", "2", "3", "4", "5"]
+# (prompt, marker, max_tokens, marker found): the default model writes " The answer is not
+# provided." after FEEDBACK, and "The answer is 4." then ends its turn after CHAT.
+CASES = {
+    "marker found": (FEEDBACK, ".", 12, True),
+    "marker never written": (FEEDBACK, "[RESULT]", 6, False),
+    "end of sequence": (CHAT, "[RESULT]", 24, False),
+}
+
+
+def tolerance(server: RunningServer) -> float:
+    return 1e-5 if server.runtime.engine_kind == "transformers" else 1e-3
+
+
+@torch.inference_mode()
+def greedy(reference: Reference, prompt: str, marker: str, max_tokens: int) -> tuple[list[int], bool]:
+    """The rule written out: argmax of a full forward pass per step; stop at the first token
+    whose decoded text holds the marker, after max_tokens, or at end of sequence (dropped)."""
+    tok, model = reference.tokenizer, reference.model
+    ids = tok.encode(prompt, add_special_tokens=False)
+    stop = {tok.eos_token_id, model.generation_config.eos_token_id}
+    generated: list[int] = []
+    while len(generated) < max_tokens:
+        token = int(model(input_ids=torch.tensor([ids + generated])).logits[0, -1].argmax())
+        if token in stop:
+            return generated, False
+        generated.append(token)
+        if marker in tok.decode(generated, skip_special_tokens=False):
+            return generated, True
+    return generated, False
+
+
+@torch.inference_mode()
+def read_after(reference: Reference, token_ids: list[int], labels: list[str]) -> list[float]:
+    """log P(label) after ``token_ids`` by the label-trie rule, from direct forward passes."""
+    head = reference.model.lm_head.weight.double()
+
+    def next_logprobs(prefix: tuple[int, ...]) -> torch.Tensor:
+        out = reference.model(input_ids=torch.tensor([token_ids + list(prefix)]), output_hidden_states=True)
+        return torch.log_softmax(out.hidden_states[-1][0, -1].double() @ head.T, dim=-1)
+
+    sequences = [tuple(reference.tokenizer.encode(label, add_special_tokens=False)) for label in labels]
+    return trie_rule_logprobs(sequences, next_logprobs)
+
+
+def critique_score(client: httpx.Client, prompts: list[str], labels: list[str], marker: str, max_tokens: int) -> list:
+    response = client.post(
+        "/v1/score",
+        json={
+            "items": [{"id": str(i), "prompt": p} for i, p in enumerate(prompts)],
+            "labels": labels,
+            "return_logprobs": True,
+            "critique": {"max_tokens": max_tokens, "marker": marker},
+        },
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["results"]
+
+
+@pytest.mark.parametrize("labels", [FIVE, SCALE], ids=["single-token", "multi-token"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_critique_is_greedy_and_the_read_follows_it(
+    server: RunningServer, client: httpx.Client, reference: Reference, case: str, labels: list[str]
+) -> None:
+    prompt, marker, max_tokens, found = CASES[case]
+    generated, marker_found = greedy(reference, prompt, marker, max_tokens)
+    assert marker_found is found  # the case is what its name says
+    before = metric_sum(server.url, "judge_generated_tokens_total")
+    (result,) = critique_score(client, [prompt], labels, marker, max_tokens)
+    assert result["critique"] == reference.tokenizer.decode(generated, skip_special_tokens=False)
+    assert result["marker_found"] is found
+    assert result["critique_tokens"] == len(generated)
+    tok = reference.tokenizer
+    marker_ids = [] if found else tok.encode(marker, add_special_tokens=False)
+    want = read_after(reference, tok.encode(prompt, add_special_tokens=False) + generated + marker_ids, labels)
+    assert [result["logprobs"][label] for label in labels] == pytest.approx(want, abs=tolerance(server))
+    assert metric_sum(server.url, "judge_generated_tokens_total") - before == len(generated)
+
+
+def test_batched_critiques_equal_one_by_one(client: httpx.Client) -> None:
+    prompts = [FEEDBACK, CHAT, "Score the haiku 'Old pond, frog jumps in.' Reason first."]
+    together = critique_score(client, prompts, SCALE, ".", 10)
+    for prompt, batched in zip(prompts, together, strict=True):
+        (alone,) = critique_score(client, [prompt], SCALE, ".", 10)
+        assert batched["critique"] == alone["critique"]
+        assert list(batched["logprobs"].values()) == pytest.approx(list(alone["logprobs"].values()), abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"critique": {"max_tokens": 513, "marker": "."}}, "max_critique_tokens"),
+        ({"critique": {"max_tokens": 0, "marker": "."}}, "critique.max_tokens"),
+        ({"critique": {"max_tokens": 4, "marker": ""}}, "critique.marker"),
+        ({"critique": {"max_tokens": 4, "marker": "x" * 65}}, "critique.marker"),
+        ({"critique": {"max_tokens": 4, "marker": "."}, "return_layers": True}, "lager"),
+        ({"critique": {"max_tokens": 4, "marker": "."}, "method": "lager"}, "lager"),
+    ],
+)
+def test_critique_errors(client: httpx.Client, options: dict, field: str) -> None:
+    response = client.post("/v1/score", json={"items": [{"id": "a", "prompt": FEEDBACK}], **options})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request"
+    assert field in error["message"] + str(error["details"])
+    if field == "max_critique_tokens":
+        assert error["details"] == {"max_tokens": 513, "max_critique_tokens": 512}
+
+
+def test_a_prompt_must_leave_room_for_its_critique(server: RunningServer, client: httpx.Client) -> None:
+    limit = server.runtime.limits.max_model_len
+    prompt = "x " * (limit - 300)
+    items = [{"id": "a", "prompt": prompt}]
+    n = len(server.runtime.limits.tokenizer.encode(prompt, add_special_tokens=False))
+    assert n + 500 > limit
+    response = client.post("/v1/score", json={"items": items, "critique": {"max_tokens": 500, "marker": "."}})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["details"]["max_model_len"] == limit
+
+
+@pytest.mark.usefixtures("transformers_only")
+def test_a_plain_score_does_not_wait_for_a_running_critique(server: RunningServer, client: httpx.Client) -> None:
+    finished: list[str] = []
+
+    def long_critique() -> None:
+        critique_score(client, [FEEDBACK], FIVE, "[RESULT]", 120)
+        finished.append("critique")
+
+    before = metric_sum(server.url, "judge_generated_tokens_total")
+    thread = threading.Thread(target=long_critique)
+    thread.start()
+    try:
+        # Wait until the critique's generation is under way.
+        deadline = time.monotonic() + 120
+        while metric_sum(server.url, "judge_num_requests_running") < 1:
+            assert time.monotonic() < deadline, "the critique never started"
+            time.sleep(0.05)
+        response = client.post("/v1/score", json={"items": [{"id": "a", "prompt": FEEDBACK}]})
+        assert response.status_code == 200
+        finished.append("plain")
+    finally:
+        thread.join(timeout=300)
+    assert finished == ["plain", "critique"]
+    assert metric_sum(server.url, "judge_generated_tokens_total") - before == 120
