@@ -21,12 +21,21 @@ from judge_client.protocol import (
 from service import review, scoring
 from service.engines import LabelScores, ScoringTask
 from service.lager import LayerWeights
+from service.presets import PRESETS
 from service.probe import Probe
-from service.prompts import DEFAULT_RUBRIC, Rubric, combined_version
+from service.prompts import DEFAULT_RUBRIC, Prompts, Rubric, combined_version
 from service.runtime import Runtime
 
 ScoreRequest = RawScoreRequest | StructuredScoreRequest
 Disconnected = Callable[[], Awaitable[None]] | None
+
+
+def read_labels(request: ScoreRequest) -> list[str]:
+    """The text each label is read as: the label itself, after the preset's label prefix
+    (a Prometheus judge writes "[RESULT] 4", so "4" is read as " 4")."""
+    preset = PRESETS.get(request.template) if isinstance(request, StructuredScoreRequest) else None
+    prefix = preset.label_prefix if preset is not None else ""
+    return [prefix + label for label in request.label_set]
 
 
 def method_distribution(
@@ -130,12 +139,18 @@ class ScoreService:
             out = []
             for name, spec in request.rubrics.items():
                 rubric = Rubric(spec.criteria, tuple(spec.score_descriptions.items()))
-                out.append(Criterion(name, rubric, spec.weight, prompts.score_version(rubric, request.template)))
+                out.append(Criterion(name, rubric, spec.weight, self._version(prompts, rubric, request)))
             return out
-        rubric = DEFAULT_RUBRIC
+        preset = PRESETS.get(request.template)
+        rubric = preset.rubric if preset is not None else DEFAULT_RUBRIC
         if request.rubric is not None:
             rubric = Rubric(request.rubric.criteria, tuple(request.rubric.score_descriptions.items()))
-        return [Criterion(None, rubric, 1.0, prompts.score_version(rubric, request.template))]
+        return [Criterion(None, rubric, 1.0, self._version(prompts, rubric, request))]
+
+    def _version(self, prompts: Prompts, rubric: Rubric, request: StructuredScoreRequest) -> str:
+        limits = self.runtime.require_ready()[1]
+        kwargs = limits.chat_template_kwargs(request.chat_template_kwargs)
+        return prompts.score_version(rubric, request.template, kwargs)
 
     def tasks(self, request: ScoreRequest, criteria: Sequence[Criterion] | None = None) -> list[ScoringTask]:
         """Render and tokenise every prompt, item-major (item 0's criteria first); every
@@ -149,7 +164,7 @@ class ScoreService:
                 limits.check_probe_fits(self.runtime.model_name, request.label_set, criterion.prompt_version)
         limits.check_count(len(request.items), "items")
         limits.check_prompts(len(request.items) * len(criteria))
-        trie = limits.label_trie(request.label_set, want_layers)
+        trie = limits.label_trie(read_labels(request), want_layers)
         tasks = []
         items: Sequence[RawItem | StructuredItem] = request.items
         for index, item in enumerate(items):
@@ -159,7 +174,12 @@ class ScoreService:
                 else:
                     assert isinstance(request, StructuredScoreRequest) and criterion.rubric is not None
                     text = prompts.score(
-                        item.instruction, item.response, item.reference_answer, criterion.rubric, request.template
+                        item.instruction,
+                        item.response,
+                        item.reference_answer,
+                        criterion.rubric,
+                        request.template,
+                        limits.chat_template_kwargs(request.chat_template_kwargs),
                     )
                 token_ids = limits.encode(text, index, item.id)
                 tasks.append(ScoringTask.reading(token_ids, trie, want_layers, hidden))
