@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     probe_file: Path | None = Field(
         None, description="Probe JSON (from fit-probe), loaded at startup: serves method 'probe'."
     )
+    chat_template_kwargs: str = Field(
+        "enable_thinking",
+        description="The keys a request's chat_template_kwargs may carry, comma-separated (empty: none).",
+    )
     max_criteria: int = Field(
         8, ge=1, le=MAX_CRITERIA, description="Most criteria (rubrics) one score request may carry."
     )

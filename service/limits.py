@@ -12,7 +12,7 @@ nothing downstream validates again.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from service.engines.base import Critique
@@ -43,6 +43,7 @@ class Limits:
         max_criteria: int = 8,
         max_rank_candidates: int = 16,
         max_queue: int | None = None,
+        chat_template_keys: Sequence[str] = (),
     ) -> None:
         self.tokenizer = tokenizer
         self.max_items = max_items
@@ -59,6 +60,20 @@ class Limits:
         self.max_criteria = max_criteria
         self.max_rank_candidates = max_rank_candidates
         self.max_queue = max_queue
+        self.chat_template_keys = tuple(chat_template_keys)
+
+    def chat_template_kwargs(self, requested: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The request's chat-template arguments, if the server allows every key."""
+        kwargs = dict(requested or {})
+        refused = sorted(set(kwargs) - set(self.chat_template_keys))
+        if refused:
+            raise JudgeError(
+                ErrorKind.INVALID_REQUEST,
+                f"chat_template_kwargs may carry only {list(self.chat_template_keys)} on this server "
+                f"(JUDGE_CHAT_TEMPLATE_KWARGS); refused: {refused}",
+                {"refused": refused, "allowed": list(self.chat_template_keys)},
+            )
+        return kwargs
 
     @staticmethod
     def check_layer_weights(weights: LayerWeights, source: object, num_layers: int) -> None:

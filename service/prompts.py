@@ -8,23 +8,19 @@ receives it as message content.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping
 from typing import Any
+
+from service.presets import PRESETS
+from service.rubrics import DEFAULT_CRITERIA, DEFAULT_RUBRIC, DEFAULT_SCORE_DESCRIPTIONS, Rubric
+
+__all__ = ["DEFAULT_CRITERIA", "DEFAULT_RUBRIC", "DEFAULT_SCORE_DESCRIPTIONS", "Rubric"]
 
 SYSTEM_PROMPT = (
     "You are an impartial judge. Read the task, the response and the scoring rubric, "
     "then grade the response. Answer with the score label only."
 )
-
-DEFAULT_CRITERIA = "Overall quality: is the response helpful, correct, relevant to the task, clear and complete?"
-
-DEFAULT_SCORE_DESCRIPTIONS = {
-    "1": "Very poor: wrong, irrelevant or unhelpful.",
-    "2": "Poor: mostly unhelpful or with major errors.",
-    "3": "Fair: partly helpful, with noticeable errors or omissions.",
-    "4": "Good: helpful and correct, with minor issues.",
-    "5": "Excellent: fully helpful, correct, clear and complete.",
-}
 
 PAIR_SYSTEM_PROMPT = (
     "You are an impartial judge. Compare two responses to the same task and decide which "
@@ -39,24 +35,25 @@ VERDICT_LABELS = ("1", "2", "3", "4", "5")
 # batch that share an instruction and a rubric share everything before their response.
 # "rubric_last" puts the rubric last, so the criteria of one item (``rubrics``) share
 # everything before their rubric: the instruction and the response.
-TEMPLATES = ("default", "rubric_last")
+# The presets (``service.presets``) are published judge formats.
+TEMPLATES = ("default", "rubric_last", *PRESETS)
 # Raw prompts are used verbatim: nothing but the item's own text shapes them.
 RAW_TEMPLATE = "raw"
 # Stand-ins for an item's text when a template is rendered for its version.
 _SLOTS = ("\x00instruction\x00", "\x00response\x00", "\x00reference\x00")
+# A reasoning block a chat template may leave open where the answer goes.
+REASONING_OPEN, REASONING_CLOSE = "<think>", "</think>"
 
 
-@dataclass(frozen=True, slots=True)
-class Rubric:
-    criteria: str
-    score_descriptions: tuple[tuple[str, str], ...]
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return tuple(label for label, _ in self.score_descriptions)
+def system_text(template: str) -> str:
+    """The system turn of ``template``."""
+    return PRESETS[template].system if template in PRESETS else SYSTEM_PROMPT
 
 
-DEFAULT_RUBRIC = Rubric(DEFAULT_CRITERIA, tuple(DEFAULT_SCORE_DESCRIPTIONS.items()))
+def reasoning_left_open(prompt: str) -> bool:
+    """Whether ``prompt`` ends inside a reasoning block: its last ``<think>`` is not closed."""
+    opened = prompt.rfind(REASONING_OPEN)
+    return opened >= 0 and prompt.rfind(REASONING_CLOSE) < opened
 
 
 def render_user_message(
@@ -71,6 +68,8 @@ def render_user_message(
     """
     if template not in TEMPLATES:
         raise ValueError(f"unknown template {template!r}")
+    if template in PRESETS:
+        return PRESETS[template].render(instruction, response, reference, rubric)
     scale = "\n".join(f"Score {label}: {text}" for label, text in rubric.score_descriptions)
     task = "### Task\n" + instruction
     rubric_part = "### Rubric\n" + rubric.criteria + "\n" + scale
@@ -104,16 +103,36 @@ class Prompts:
         self.tokenizer = tokenizer
         self._versions: dict[tuple[Any, ...], str] = {}
 
-    def chat(self, system: str, user: str) -> str:
-        """A system and a user turn in the model's chat template, ending where the answer goes."""
+    def chat(
+        self, system: str, user: str, chat_kwargs: Mapping[str, Any] | None = None, writes_first: bool = False
+    ) -> str:
+        """A system and a user turn in the model's chat template (given ``chat_kwargs``),
+        ending where the answer goes. A reasoning block the template leaves open there is
+        closed, so the score is never read inside it, unless the judge ``writes_first``
+        (critique mode), whose reasoning is then its critique."""
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        prompt = str(
+            self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True, **dict(chat_kwargs or {})
+            )
+        )
+        if not writes_first and reasoning_left_open(prompt):
+            prompt += REASONING_CLOSE + "\n\n"
+        return prompt
 
     def score(
-        self, instruction: str, response: str, reference: str | None, rubric: Rubric, template: str = "default"
+        self,
+        instruction: str,
+        response: str,
+        reference: str | None,
+        rubric: Rubric,
+        template: str = "default",
+        chat_kwargs: Mapping[str, Any] | None = None,
+        writes_first: bool = False,
     ) -> str:
         """The full prompt of a structured item."""
-        return self.chat(SYSTEM_PROMPT, render_user_message(instruction, response, reference, rubric, template))
+        user = render_user_message(instruction, response, reference, rubric, template)
+        return self.chat(system_text(template), user, chat_kwargs, writes_first)
 
     def pair(self, instruction: str, first: str, second: str, criteria: str | None) -> str:
         """The full prompt of one order of a pair."""
@@ -128,17 +147,26 @@ class Prompts:
     # for and are applied to that version only. It is the one definition; every response
     # carries it.
 
-    def score_version(self, rubric: Rubric, template: str = "default") -> str:
-        """The version of structured prompts under ``rubric`` and ``template``."""
-        key = ("score", rubric, template)
+    def score_version(
+        self,
+        rubric: Rubric,
+        template: str = "default",
+        chat_kwargs: Mapping[str, Any] | None = None,
+        writes_first: bool = False,
+    ) -> str:
+        """The version of structured prompts under ``rubric``, ``template``, the chat
+        template's ``chat_kwargs`` and whether the judge ``writes_first``."""
+        kwargs = json.dumps(dict(chat_kwargs or {}), sort_keys=True)
+        key = ("score", rubric, template, kwargs, writes_first)
         if key not in self._versions:
             instruction, response, reference = _SLOTS
             self._versions[key] = self._digest(
                 "score",
                 template,
-                SYSTEM_PROMPT,
-                self.score(instruction, response, reference, rubric, template),
-                self.score(instruction, response, None, rubric, template),
+                system_text(template),
+                kwargs,
+                self.score(instruction, response, reference, rubric, template, chat_kwargs, writes_first),
+                self.score(instruction, response, None, rubric, template, chat_kwargs, writes_first),
             )
         return self._versions[key]
 

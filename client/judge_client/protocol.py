@@ -21,6 +21,8 @@ MAX_MARKER_CHARS = 64
 MIN_TIMEOUT_S = 0.01
 MAX_TIMEOUT_S = 3600.0
 DEFAULT_LABELS = ("1", "2", "3", "4", "5")
+# The mt-bench preset's scale, when the request gives no rubric.
+MT_BENCH_LABELS = tuple(str(n) for n in range(1, 11))
 # Structural caps; each deployment's own (JUDGE_MAX_CRITERIA, JUDGE_MAX_RANK_CANDIDATES) is
 # written into its /openapi.json and is at most these.
 MAX_CRITERIA = 32
@@ -33,8 +35,12 @@ Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
 NonEmptyText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL_CHARS)]
 Method = Literal["final", "lager", "lager_weighted", "probe"]
-Template = Literal["default", "rubric_last"]
+Template = Literal["default", "rubric_last", "prometheus", "mt-bench"]
 CriterionName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+# A value passed to the model's chat template.
+ChatValue = (
+    bool | int | Annotated[float, Field(allow_inf_nan=False)] | Annotated[str, StringConstraints(max_length=1000)]
+)
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Timeout = Annotated[
     float,
@@ -123,7 +129,11 @@ class _ScoreOptions(_Request):
     )
     timeout_s: Timeout | None = None
     critique: CritiqueSpec | None = Field(
-        None, description="Generate a critique first and read the labels after it (method 'final' only)."
+        None,
+        description=(
+            "Generate a critique first and read the labels after it (method 'final' only). The prometheus and "
+            "mt-bench templates write one by default; null turns that off."
+        ),
     )
 
     @property
@@ -179,8 +189,23 @@ class StructuredScoreRequest(_ScoreOptions):
         max_length=MAX_CRITERIA,
         description="Several criteria, each a rubric with a weight, instead of `rubric`; all share one label set.",
     )
+    chat_template_kwargs: dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], ChatValue] | None = (
+        Field(
+            None,
+            max_length=16,
+            description=(
+                "Passed to the model's chat template, e.g. {'enable_thinking': false}; the keys the server allows "
+                "are a setting (JUDGE_CHAT_TEMPLATE_KWARGS)."
+            ),
+        )
+    )
     template: Template = Field(
-        "default", description="Prompt order: 'default' (response last) or 'rubric_last' (rubric last)."
+        "default",
+        description=(
+            "The judge prompt: 'default' (response last), 'rubric_last' (rubric last), or a published judge "
+            "format: 'prometheus' (Prometheus 2 absolute grading, '[RESULT] n', 1-5) or 'mt-bench' "
+            "(MT-Bench single-answer grading, 'Rating: [[n]]', 1-10), which write a critique first."
+        ),
     )
 
     @model_validator(mode="after")
@@ -197,7 +222,9 @@ class StructuredScoreRequest(_ScoreOptions):
     def label_set(self) -> tuple[str, ...]:
         if self.rubrics is not None:
             return tuple(next(iter(self.rubrics.values())).score_descriptions)
-        return tuple(self.rubric.score_descriptions) if self.rubric is not None else DEFAULT_LABELS
+        if self.rubric is not None:
+            return tuple(self.rubric.score_descriptions)
+        return MT_BENCH_LABELS if self.template == "mt-bench" else DEFAULT_LABELS
 
 
 def _score_request_kind(data: Any) -> str | None:

@@ -23,12 +23,32 @@ from service import review, scoring
 from service.engines import LabelScores, ScoringTask
 from service.engines.base import CritiqueOutcome
 from service.lager import LayerWeights
+from service.presets import PRESETS
 from service.probe import Probe
-from service.prompts import DEFAULT_RUBRIC, Rubric, combined_version
+from service.prompts import DEFAULT_RUBRIC, Prompts, Rubric, combined_version
 from service.runtime import Runtime
 
 ScoreRequest = RawScoreRequest | StructuredScoreRequest
 Disconnected = Callable[[], Awaitable[None]] | None
+
+
+def critique_spec(request: ScoreRequest) -> tuple[int, str] | None:
+    """Critique mode's (max_tokens, marker): the request's own, else its preset's default
+    (a preset judge writes first unless the request sets ``critique`` to null)."""
+    if request.critique is not None:
+        return request.critique.max_tokens, request.critique.marker
+    preset = PRESETS.get(request.template) if isinstance(request, StructuredScoreRequest) else None
+    if preset is not None and "critique" not in request.model_fields_set:
+        return preset.max_tokens, preset.marker
+    return None
+
+
+def read_labels(request: ScoreRequest) -> list[str]:
+    """The text each label is read as: the label itself, after the preset's label prefix
+    (a Prometheus judge writes "[RESULT] 4", so "4" is read as " 4")."""
+    preset = PRESETS.get(request.template) if isinstance(request, StructuredScoreRequest) else None
+    prefix = preset.label_prefix if preset is not None else ""
+    return [prefix + label for label in request.label_set]
 
 
 def method_distribution(
@@ -142,12 +162,18 @@ class ScoreService:
             out = []
             for name, spec in request.rubrics.items():
                 rubric = Rubric(spec.criteria, tuple(spec.score_descriptions.items()))
-                out.append(Criterion(name, rubric, spec.weight, prompts.score_version(rubric, request.template)))
+                out.append(Criterion(name, rubric, spec.weight, self._version(prompts, rubric, request)))
             return out
-        rubric = DEFAULT_RUBRIC
+        preset = PRESETS.get(request.template)
+        rubric = preset.rubric if preset is not None else DEFAULT_RUBRIC
         if request.rubric is not None:
             rubric = Rubric(request.rubric.criteria, tuple(request.rubric.score_descriptions.items()))
-        return [Criterion(None, rubric, 1.0, prompts.score_version(rubric, request.template))]
+        return [Criterion(None, rubric, 1.0, self._version(prompts, rubric, request))]
+
+    def _version(self, prompts: Prompts, rubric: Rubric, request: StructuredScoreRequest) -> str:
+        limits = self.runtime.require_ready()[1]
+        kwargs = limits.chat_template_kwargs(request.chat_template_kwargs)
+        return prompts.score_version(rubric, request.template, kwargs, critique_spec(request) is not None)
 
     def tasks(self, request: ScoreRequest, criteria: Sequence[Criterion] | None = None) -> list[ScoringTask]:
         """Render and tokenise every prompt, item-major (item 0's criteria first); every
@@ -161,11 +187,11 @@ class ScoreService:
                 limits.check_probe_fits(self.runtime.model_name, request.label_set, criterion.prompt_version)
         limits.check_count(len(request.items), "items")
         limits.check_prompts(len(request.items) * len(criteria))
-        trie = limits.label_trie(request.label_set, want_layers)
+        trie = limits.label_trie(read_labels(request), want_layers)
         tasks = []
         items: Sequence[RawItem | StructuredItem] = request.items
-        spec = request.critique
-        critique = limits.critique(spec.max_tokens, spec.marker, want_layers or bool(hidden)) if spec else None
+        spec = critique_spec(request)
+        critique = limits.critique(*spec, want_layers or bool(hidden)) if spec is not None else None
         for index, item in enumerate(items):
             for criterion in criteria:
                 if isinstance(item, RawItem):
@@ -173,7 +199,13 @@ class ScoreService:
                 else:
                     assert isinstance(request, StructuredScoreRequest) and criterion.rubric is not None
                     text = prompts.score(
-                        item.instruction, item.response, item.reference_answer, criterion.rubric, request.template
+                        item.instruction,
+                        item.response,
+                        item.reference_answer,
+                        criterion.rubric,
+                        request.template,
+                        limits.chat_template_kwargs(request.chat_template_kwargs),
+                        writes_first=critique is not None,
                     )
                 token_ids = limits.encode(text, index, item.id, critique)
                 tasks.append(ScoringTask.reading(token_ids, trie, want_layers, hidden, critique))

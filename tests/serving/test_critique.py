@@ -162,3 +162,37 @@ def test_a_plain_score_does_not_wait_for_a_running_critique(server: RunningServe
         thread.join(timeout=300)
     assert finished == ["plain", "critique"]
     assert metric_sum(server.url, "judge_generated_tokens_total") - before == 120
+
+
+@pytest.mark.parametrize("template", ["prometheus", "mt-bench"])
+def test_a_preset_writes_first_and_reads_its_labels_after_the_marker(
+    server: RunningServer, client: httpx.Client, reference: Reference, template: str
+) -> None:
+    """A preset renders its format, generates (its marker, a shorter critique here) and
+    reads its labels, with the preset's prefix, after the critique: as computed here from
+    the rendered prompt, greedy generation and direct forward passes."""
+    from service.presets import PRESETS
+    from service.prompts import Prompts
+
+    preset = PRESETS[template]
+    item = {"id": "a", "instruction": "Name a prime number.", "response": "Nine.", "reference_answer": "Seven."}
+    body = {"items": [item], "template": template, "critique": {"max_tokens": 8, "marker": preset.marker}}
+    response = client.post("/v1/score", json=body | {"return_logprobs": True})
+    assert response.status_code == 200, response.text
+    result = response.json()["results"][0]
+    prompt = Prompts(reference.tokenizer).score(
+        item["instruction"], item["response"], item["reference_answer"], preset.rubric, template, writes_first=True
+    )
+    generated, found = greedy(reference, prompt, preset.marker, 8)
+    assert result["critique"] == reference.tokenizer.decode(generated, skip_special_tokens=False)
+    assert result["marker_found"] is found and result["critique_tokens"] == len(generated)
+    ids = reference.tokenizer.encode(prompt, add_special_tokens=False) + generated
+    if not found:
+        ids += reference.tokenizer.encode(preset.marker, add_special_tokens=False)
+    labels = list(preset.rubric.labels)
+    want = read_after(reference, ids, [preset.label_prefix + label for label in labels])
+    assert [result["logprobs"][label] for label in labels] == pytest.approx(want, abs=tolerance(server))
+    # Without a critique field the preset writes its default critique; null turns it off.
+    plain = client.post("/v1/score", json={"items": [item], "template": template, "critique": None}).json()
+    assert plain["results"][0]["critique"] is None
+    assert plain["prompt_version"] == response.json()["prompt_version"]  # the same prompt text
