@@ -12,13 +12,17 @@ applied to the model's own forward passes over the prompt plus each label prefix
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from service.engines.base import LabelScores, ScoringTask
+from service.engines.base import LabelScores, ScoringTask, UnsupportedModel
+from service.engines.heads import architecture
 from service.labels import LabelTrie
+
+logger = logging.getLogger(__name__)
 
 # Prompt lengths of the padded probe; the prefix probe shares 40 tokens between 3 prompts.
 PADDED_LENGTHS = (5, 17, 9, 33)
@@ -90,3 +94,50 @@ def max_error(got: Sequence[LabelScores], tasks: Sequence[ScoringTask], own: Seq
         )
         for result, task, expected in zip(got, tasks, own, strict=True)
     )
+
+
+def prove_paths(engine: Any) -> None:
+    """Compare a transformers engine's paths with the model's own forward pass (this also
+    warms the model up): one prompt alone must match, or the model is refused; if padded
+    batches differ, the engine scores one item at a time; if the shared-prefix path
+    differs, it is turned off; if labels continued on the KV cache differ, each label
+    prefix runs as a prompt of its own."""
+    model, name = engine.model, architecture(engine.model)
+    padded_ids, prefixed_ids = probe_prompts(int(engine.head.weight.shape[0]))
+    own = [own_logprobs(model, ids, engine.device) for ids in padded_ids + prefixed_ids]
+    tasks = [
+        probe_task(ids, logprobs, engine.supports_layers)
+        for ids, logprobs in zip(padded_ids + prefixed_ids, own, strict=True)
+    ]
+    padded, prefixed = tasks[: len(padded_ids)], tasks[len(padded_ids) :]
+    tol = logprob_tolerance(engine.dtype)
+    # One prompt alone takes the plain causal path, as single items and unpadded batches do.
+    alone = max_error(engine._score_batch(padded[:1]), padded[:1], own[:1])
+    if alone > tol:
+        raise UnsupportedModel(
+            f"{name}: scoring a prompt alone differs from the model's own forward pass "
+            f"by {alone:.3g} nats; the judge refuses to serve inexact scores"
+        )
+    if (error := _error(engine, padded, own[: len(padded)])) > tol:
+        engine.batches_exact = False
+        logger.warning("%s: padded batches are off by %.3g nats; scoring one item at a time", name, error)
+    if engine.prefix_reuse and (error := _error(engine, prefixed, own[len(padded) :])) > tol:
+        engine.prefix_reuse = False
+        logger.warning("%s: shared-prefix batches are off by %.3g nats; no reuse", name, error)
+    continued, expected = continuation_probe(model, padded_ids[:2], own[:2], engine.device)
+    if (error := _error(engine, continued, expected, forward=True)) > tol:
+        engine.continue_in_cache = False
+        logger.warning(
+            "%s: labels continued on the KV cache are off by %.3g nats; label prefixes run as prompts", name, error
+        )
+
+
+def _error(engine: Any, batch: list[ScoringTask], own: Sequence[Any], forward: bool = False) -> float:
+    """The largest error of ``batch`` scored as one batch (through ``_forward``, with its
+    fallbacks, when ``forward``) against ``own``; infinite where the path fails."""
+    try:
+        scored = engine._forward(batch) if forward else engine._score_batch(batch)
+        return max_error(scored, batch, own)
+    except Exception as exc:  # a path this family cannot run (e.g. a cache without batch repeat)
+        logger.warning("%s: batched scoring fails: %r", architecture(engine.model), exc)
+        return float("inf")

@@ -22,9 +22,9 @@ from transformers.utils import logging as hf_logging
 
 from service import critique
 from service.engines import probes
-from service.engines.base import EngineError, LabelScores, ScoringTask, UnsupportedModel, common_prefix
+from service.engines.base import EngineError, LabelScores, ScoringTask, common_prefix
 from service.engines.generation import FairLock, GreedyDecoder, greedy_decoder
-from service.engines.heads import LabelHead, architecture, check_head, load_causal_lm
+from service.engines.heads import LabelHead, check_head, load_causal_lm
 from service.engines.layout import DecoderLayout, find_layout, layer_logits
 
 logger = logging.getLogger(__name__)
@@ -138,57 +138,8 @@ class TransformersEngine:
         self.supports_layers = self.layers_unavailable is None
         if not self.supports_layers:
             logger.warning("per-layer scores (LAGER) are off: %s", self.layers_unavailable)
-        self._prove_batches()
+        probes.prove_paths(self)
         self.generator = greedy_decoder(self)
-
-    def _prove_batches(self) -> None:
-        """Compare one prompt alone, padded batches and shared-prefix batches with the
-        model's own forward pass (this also warms the model up). Alone must match, or the
-        model is refused; if padded batches differ, the engine scores one item at a time;
-        if the shared-prefix path differs, it is turned off."""
-        assert self.head is not None
-        padded_ids, prefixed_ids = probes.probe_prompts(int(self.head.weight.shape[0]))
-        own = [probes.own_logprobs(self.model, ids, self.device) for ids in padded_ids + prefixed_ids]
-        tasks = [
-            probes.probe_task(ids, logprobs, self.supports_layers)
-            for ids, logprobs in zip(padded_ids + prefixed_ids, own, strict=True)
-        ]
-        padded, prefixed = tasks[: len(padded_ids)], tasks[len(padded_ids) :]
-        tol = probes.logprob_tolerance(self.dtype)
-        # One prompt alone takes the plain causal path, as single items and unpadded batches do.
-        alone = probes.max_error(self._score_batch(padded[:1]), padded[:1], own[:1])
-        if alone > tol:
-            raise UnsupportedModel(
-                f"{architecture(self.model)}: scoring a prompt alone differs from the model's own forward pass "
-                f"by {alone:.3g} nats; the judge refuses to serve inexact scores"
-            )
-        error = self._probe_error(padded, own[: len(padded)])
-        if error > tol:
-            self.batches_exact = False
-            logger.warning(
-                "%s: padded batches are off by %.3g nats; scoring one item at a time", architecture(self.model), error
-            )
-        if self.prefix_reuse and (error := self._probe_error(prefixed, own[len(padded) :])) > tol:
-            self.prefix_reuse = False
-            logger.warning("%s: shared-prefix batches are off by %.3g nats; no reuse", architecture(self.model), error)
-        continued, expected = probes.continuation_probe(self.model, padded_ids[:2], own[:2], self.device)
-        if (error := self._probe_error(continued, expected, forward=True)) > tol:
-            self.continue_in_cache = False
-            logger.warning(
-                "%s: labels continued on the KV cache are off by %.3g nats; label prefixes run as prompts",
-                architecture(self.model),
-                error,
-            )
-
-    def _probe_error(self, batch: list[ScoringTask], own: Sequence[Any], forward: bool = False) -> float:
-        """The largest error of ``batch`` scored as one batch (through ``_forward``, with
-        its fallbacks, when ``forward``) against ``own``."""
-        try:
-            scored = self._forward(batch) if forward else self._score_batch(batch)
-            return probes.max_error(scored, batch, own)
-        except Exception as exc:  # a path this family cannot run (e.g. a cache without batch repeat)
-            logger.warning("%s: batched scoring fails: %r", architecture(self.model), exc)
-            return float("inf")
 
     async def close(self) -> None:
         self.model = None
