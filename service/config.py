@@ -165,6 +165,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["json", "text"] = Field("json", description="Log lines as JSON objects or plain text.")
 
+    @property
+    def chat_template_keys(self) -> list[str]:
+        """The keys of ``chat_template_kwargs``, parsed."""
+        return [key.strip() for key in self.chat_template_kwargs.split(",") if key.strip()]
+
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
         if self.max_items > self.max_queue:

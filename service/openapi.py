@@ -1,9 +1,10 @@
 """The OpenAPI schema, with the limits of this deployment written in.
 
 FastAPI derives the schema from the wire models; the per-request limits on items,
-criteria and rank candidates, and the longest critique, are settings, so they are added
-here, where the app knows its settings. A client generated from ``/openapi.json`` then
-cannot build a request with too many of them or too long a critique.
+criteria and rank candidates, the longest critique and the chat-template keys allowed are
+settings, so they are added here, where the app knows its settings. A client generated
+from ``/openapi.json`` then cannot build a request with too many of them, too long a
+critique or a chat-template key the server refuses.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from service.config import Settings
 _BOUNDED_LISTS = {"RawScoreRequest": "items", "StructuredScoreRequest": "items", "CompareRequest": "pairs"}
 
 
-def _bound(schema: dict[str, Any], keyword: str, limit: int) -> None:
+def _bound(schema: dict[str, Any], keyword: str, limit: Any) -> None:
     """Write a deployment's limit into a field's schema (in its non-null branch, if any)."""
     for branch in schema.get("anyOf", [schema]):
         if branch.get("type") != "null":
@@ -50,6 +51,12 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
             )
             _bound(components["RankRequest"]["properties"]["candidates"], "maxItems", settings.max_rank_candidates)
             components["CritiqueSpec"]["properties"]["max_tokens"]["maximum"] = settings.max_critique_tokens
+            kwargs = components["StructuredScoreRequest"]["properties"]["chat_template_kwargs"]
+            keys = settings.chat_template_keys
+            if keys:
+                _bound(kwargs, "propertyNames", {"enum": keys})
+            else:
+                _bound(kwargs, "maxProperties", 0)
             _headers_are_never_null(schema)
             app.openapi_schema = schema
         return app.openapi_schema

@@ -105,7 +105,7 @@ class Runtime:
                 max_criteria=self.settings.max_criteria,
                 max_rank_candidates=self.settings.max_rank_candidates,
                 max_queue=self.settings.max_queue,
-                chat_template_keys=[k.strip() for k in self.settings.chat_template_kwargs.split(",") if k.strip()],
+                chat_template_keys=self.settings.chat_template_keys,
             )
             self.queue = self._make_queue(engine)
             self.engine = engine

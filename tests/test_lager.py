@@ -126,8 +126,11 @@ def test_eval_reports_every_method_on_disjoint_items(server: RunningServer, fitt
     assert data["eval_items"] == 6 and data["fit_items"] == 6
     assert set(data["methods"]) >= {"final (argmax)", "final (expected)", "lager", "lager_weighted"}
     for row in data["methods"].values():
-        assert set(row) == {"spearman", "pearson", "kendall", "mae", "ece"}
+        figures = {"spearman", "pearson", "kendall", "mae", "ece"}
+        # Each figure with its bootstrap 95% interval.
+        assert set(row) == figures | {f"{name}_ci" for name in figures}, set(row)
         assert 0 <= row["mae"] <= 4 and 0 <= row["ece"] <= 1
+        assert row["mae_ci"][0] <= row["mae"] <= row["mae_ci"][1]
     curve = data["per_layer_spearman"]["layer (no final norm)"]
     assert len(curve) == 31 and all(math.isnan(v) or -1 <= v <= 1 for v in curve)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -32,14 +32,15 @@ ScoreRequest = RawScoreRequest | StructuredScoreRequest
 Disconnected = Callable[[], Awaitable[None]] | None
 
 
-def critique_spec(request: ScoreRequest) -> tuple[int, str] | None:
-    """Critique mode's (max_tokens, marker): the request's own, else its preset's default
-    (a preset judge writes first unless the request sets ``critique`` to null)."""
+def critique_spec(request: ScoreRequest, max_tokens: int | None = None) -> tuple[int, str] | None:
+    """Critique mode's (max_tokens, marker): the request's own, else its preset's default,
+    within the server's ``max_tokens`` (a preset judge writes first unless the request sets
+    ``critique`` to null)."""
     if request.critique is not None:
         return request.critique.max_tokens, request.critique.marker
     preset = PRESETS.get(request.template) if isinstance(request, StructuredScoreRequest) else None
     if preset is not None and "critique" not in request.model_fields_set:
-        return preset.max_tokens, preset.marker
+        return min(preset.max_tokens, max_tokens or preset.max_tokens), preset.marker
     return None
 
 
@@ -190,7 +191,7 @@ class ScoreService:
         trie = limits.label_trie(read_labels(request), want_layers)
         tasks = []
         items: Sequence[RawItem | StructuredItem] = request.items
-        spec = critique_spec(request)
+        spec = critique_spec(request, limits.max_critique_tokens)
         critique = limits.critique(*spec, want_layers or bool(hidden)) if spec is not None else None
         for index, item in enumerate(items):
             for criterion in criteria:
