@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Request, Response
@@ -98,6 +99,20 @@ def _arrived(request: Request) -> float | None:
     return getattr(request.state, "arrived", None)
 
 
+async def _answer(
+    serve: Callable[..., Awaitable[Any]], body: Any, request: Request, header_timeout: float | None
+) -> Any:
+    """Run a judging service on ``body``: its deadline (the body's, else the header's) from
+    the request's arrival, given up when the client disconnects."""
+    try:
+        return await serve(
+            body, body.timeout_s or header_timeout, lambda: _until_disconnect(request), _arrived(request)
+        )
+    except ClientGone:
+        # Nobody is listening; the status only feeds the request metrics.
+        return Response(status_code=499)
+
+
 @router.post("/v1/score", response_model=ScoreResponse, responses=SCORE_ERRORS, dependencies=[Depends(_authorized)])
 async def score(
     body: Annotated[ScoreRequest, Body()],
@@ -106,13 +121,7 @@ async def score(
     x_request_timeout: RequestTimeout = None,
 ) -> Response | ScoreResponse:
     """Score each item: the judge's distribution over the labels and scores derived from it."""
-    try:
-        return await service.score(
-            body, body.timeout_s or x_request_timeout, lambda: _until_disconnect(request), _arrived(request)
-        )
-    except ClientGone:
-        # Nobody is listening; the status only feeds the request metrics.
-        return Response(status_code=499)
+    return await _answer(service.score, body, request, x_request_timeout)
 
 
 @router.post("/v1/compare", response_model=CompareResponse, responses=SCORE_ERRORS, dependencies=[Depends(_authorized)])
@@ -123,12 +132,7 @@ async def compare(
     x_request_timeout: RequestTimeout = None,
 ) -> Response | CompareResponse:
     """Judge pairs of responses: an order-averaged five-way verdict distribution per pair."""
-    try:
-        return await service.compare(
-            body, body.timeout_s or x_request_timeout, lambda: _until_disconnect(request), _arrived(request)
-        )
-    except ClientGone:
-        return Response(status_code=499)
+    return await _answer(service.compare, body, request, x_request_timeout)
 
 
 @router.post("/v1/rank", response_model=RankResponse, responses=SCORE_ERRORS, dependencies=[Depends(_authorized)])
@@ -139,12 +143,7 @@ async def rank(
     x_request_timeout: RequestTimeout = None,
 ) -> Response | RankResponse:
     """Rank candidate responses to one instruction, best first."""
-    try:
-        return await service.rank(
-            body, body.timeout_s or x_request_timeout, lambda: _until_disconnect(request), _arrived(request)
-        )
-    except ClientGone:
-        return Response(status_code=499)
+    return await _answer(service.rank, body, request, x_request_timeout)
 
 
 @router.get("/health", response_model=HealthResponse, responses={503: _error_doc(ErrorKind.UNAVAILABLE, "Dead.")})

@@ -29,6 +29,7 @@ def limits() -> Limits:
         layer_weights=None,
         request_timeout_s=60,
         max_request_timeout_s=300,
+        chat_template_keys=["enable_thinking"],
     )
 
 
@@ -74,3 +75,12 @@ def test_a_prompt_leaves_room_for_its_critique_and_marker(limits: Limits) -> Non
         limits.encode("good " * 7, 0, "a", spec)
     assert refused.value.details == {"item": 0, "prompt_tokens": 7, "critique_tokens": 10, "max_model_len": 16}
     assert limits.encode("good " * 7, 0, "a") == (1,) * 7
+
+
+def test_chat_template_keys_the_server_does_not_allow_are_refused(limits: Limits) -> None:
+    assert limits.chat_template_kwargs({"enable_thinking": False}) == {"enable_thinking": False}
+    assert limits.chat_template_kwargs(None) == {}
+    with pytest.raises(JudgeError) as refused:
+        limits.chat_template_kwargs({"enable_thinking": True, "tools": "x", "add_vision_id": True})
+    assert refused.value.kind is ErrorKind.INVALID_REQUEST
+    assert refused.value.details["refused"] == ["add_vision_id", "tools"]

@@ -9,8 +9,6 @@ from judge_client.protocol import score_request
 from transformers import AutoTokenizer
 
 from service.config import Settings
-from service.errors import ErrorKind, JudgeError
-from service.limits import Limits
 from service.model_store import resolve_model
 from service.presets import MT_BENCH, PROMETHEUS
 from service.prompts import DEFAULT_RUBRIC, REASONING_CLOSE, Prompts, Rubric
@@ -114,25 +112,3 @@ def test_an_open_reasoning_block_is_closed_unless_the_judge_writes_first(tokeniz
     # The default model's template opens no block: nothing changes.
     plain = Prompts(tokenizer).score("q", "r", None, DEFAULT_RUBRIC)
     assert plain.endswith("<|im_start|>assistant\n")
-
-
-def test_chat_template_keys_the_server_does_not_allow_are_refused() -> None:
-    limits = Limits(
-        None,
-        max_items=4,
-        max_model_len=64,
-        engine_kind="transformers",
-        supports_layers=True,
-        layers_unavailable=None,
-        layer_weights=None,
-        request_timeout_s=60,
-        max_request_timeout_s=300,
-        max_critique_tokens=64,
-        chat_template_keys=["enable_thinking"],
-    )
-    assert limits.chat_template_kwargs({"enable_thinking": False}) == {"enable_thinking": False}
-    assert limits.chat_template_kwargs(None) == {}
-    with pytest.raises(JudgeError) as refused:
-        limits.chat_template_kwargs({"enable_thinking": True, "tools": "x", "add_vision_id": True})
-    assert refused.value.kind is ErrorKind.INVALID_REQUEST
-    assert refused.value.details["refused"] == ["add_vision_id", "tools"]

@@ -23,7 +23,7 @@ from service import review, scoring
 from service.engines import LabelScores, ScoringTask
 from service.engines.base import CritiqueOutcome
 from service.lager import LayerWeights
-from service.presets import PRESETS
+from service.presets import PRESETS, Preset
 from service.probe import Probe
 from service.prompts import DEFAULT_RUBRIC, Prompts, Rubric, combined_version
 from service.runtime import Runtime
@@ -32,13 +32,18 @@ ScoreRequest = RawScoreRequest | StructuredScoreRequest
 Disconnected = Callable[[], Awaitable[None]] | None
 
 
+def _preset(request: ScoreRequest) -> Preset | None:
+    """The published judge format a structured request's template names, if any."""
+    return PRESETS.get(request.template) if isinstance(request, StructuredScoreRequest) else None
+
+
 def critique_spec(request: ScoreRequest, max_tokens: int | None = None) -> tuple[int, str] | None:
     """Critique mode's (max_tokens, marker): the request's own, else its preset's default,
     within the server's ``max_tokens`` (a preset judge writes first unless the request sets
     ``critique`` to null)."""
     if request.critique is not None:
         return request.critique.max_tokens, request.critique.marker
-    preset = PRESETS.get(request.template) if isinstance(request, StructuredScoreRequest) else None
+    preset = _preset(request)
     if preset is not None and "critique" not in request.model_fields_set:
         return min(preset.max_tokens, max_tokens or preset.max_tokens), preset.marker
     return None
@@ -47,7 +52,7 @@ def critique_spec(request: ScoreRequest, max_tokens: int | None = None) -> tuple
 def read_labels(request: ScoreRequest) -> list[str]:
     """The text each label is read as: the label itself, after the preset's label prefix
     (a Prometheus judge writes "[RESULT] 4", so "4" is read as " 4")."""
-    preset = PRESETS.get(request.template) if isinstance(request, StructuredScoreRequest) else None
+    preset = _preset(request)
     prefix = preset.label_prefix if preset is not None else ""
     return [prefix + label for label in request.label_set]
 
@@ -193,6 +198,9 @@ class ScoreService:
         items: Sequence[RawItem | StructuredItem] = request.items
         spec = critique_spec(request, limits.max_critique_tokens)
         critique = limits.critique(*spec, want_layers or bool(hidden)) if spec is not None else None
+        chat_kwargs = {}
+        if isinstance(request, StructuredScoreRequest):
+            chat_kwargs = limits.chat_template_kwargs(request.chat_template_kwargs)
         for index, item in enumerate(items):
             for criterion in criteria:
                 if isinstance(item, RawItem):
@@ -205,7 +213,7 @@ class ScoreService:
                         item.reference_answer,
                         criterion.rubric,
                         request.template,
-                        limits.chat_template_kwargs(request.chat_template_kwargs),
+                        chat_kwargs,
                         writes_first=critique is not None,
                     )
                 token_ids = limits.encode(text, index, item.id, critique)
