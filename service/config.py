@@ -129,8 +129,16 @@ class Settings(BaseSettings):
     prefix_reuse: bool = Field(
         True,
         description=(
-            "Reuse shared prompt prefixes: the transformers engine runs a prefix shared by a whole batch "
-            "once and reuses its KV cache; the vLLM engine turns on automatic prefix caching."
+            "Reuse shared prompt prefixes: the transformers engine keeps the KV caches of recent prompt "
+            "prefixes across requests (see prefix_cache_mb); the vLLM engine turns on automatic prefix caching."
+        ),
+    )
+    prefix_cache_mb: int = Field(
+        1024,
+        ge=0,
+        description=(
+            "Transformers engine: memory for the KV caches of prompt prefixes kept across requests, in MiB; "
+            "least recently used prefixes go first. 0 keeps none (a prefix shared by a whole batch still runs once)."
         ),
     )
     gpu_memory_utilization: float = Field(

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -24,6 +29,41 @@ OUTCOMES = {
 
 
 ENDPOINTS = ("score", "compare", "rank")
+
+
+class PrefixCacheStats(Protocol):
+    """What the metrics read from an engine's cross-request prefix cache."""
+
+    hits: int
+    misses: int
+
+    @property
+    def bytes(self) -> int: ...
+
+
+class PrefixCacheCollector(Collector):
+    """The transformers engine's prefix-cache counters, read at scrape time (zeros without one)."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], PrefixCacheStats | None] = lambda: None
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self.source()
+        yield CounterMetricFamily(
+            "judge_prefix_cache_hits",
+            "Prompts that started from a prefix kept from an earlier batch (transformers engine).",
+            value=cache.hits if cache else 0,
+        )
+        yield CounterMetricFamily(
+            "judge_prefix_cache_misses",
+            "Prompts that found no kept prefix (transformers engine); a prefix they share may be kept after.",
+            value=cache.misses if cache else 0,
+        )
+        yield GaugeMetricFamily(
+            "judge_prefix_cache_bytes",
+            "Memory held by the KV caches of kept prefixes and recent prompts (transformers engine).",
+            value=cache.bytes if cache else 0,
+        )
 
 
 def outcome_of(status: int) -> str:
@@ -103,6 +143,8 @@ class Metrics:
             buckets=CRITIQUE_BUCKETS,
             registry=r,
         )
+        self.prefix_cache = PrefixCacheCollector()
+        r.register(self.prefix_cache)
         self.model_info = Info("judge_model", "The loaded judge model.", registry=r)
         self.ready = Gauge("judge_ready", "1 when the service accepts scoring requests.", registry=r)
         # Export every labelled series from the start, so dashboards and alerts see zeros, not gaps.

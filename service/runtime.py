@@ -109,6 +109,7 @@ class Runtime:
             )
             self.queue = self._make_queue(engine)
             self.engine = engine
+            self.metrics.prefix_cache.source = lambda: getattr(self.engine, "prefix_cache", None)
             await self._calibrate(engine, len(tokenizer), min(CALIBRATION_TOKENS, self.limits.max_model_len))
         except Exception:
             self.failed = True
@@ -151,20 +152,23 @@ class Runtime:
         return queue
 
     async def _calibrate(self, engine: Engine, vocab_size: int, length: int) -> None:
-        """Run a batch of distinct prompts on the engine, once to warm it up and once timed:
-        admission's first throughput measurement."""
+        """Run a batch of distinct prompts on the engine to warm it up, then another, timed:
+        admission's first throughput measurement. No prompt shares a prefix with another,
+        so no prefix cache serves the timed batch; the cache is emptied after."""
         assert self.queue is not None
         tasks = [
             ScoringTask(
                 token_ids=tuple((item * 7919 + k * 104729 + 1000) % vocab_size for k in range(length)),
                 label_ids=(0,),
             )
-            for item in range(CALIBRATION_ITEMS)
+            for item in range(2 * CALIBRATION_ITEMS)
         ]
-        await engine.score(tasks)
+        await engine.score(tasks[:CALIBRATION_ITEMS])
+        timed = tasks[CALIBRATION_ITEMS:]
         started = time.monotonic()
-        await engine.score(tasks)
-        self.queue.throughput.seed(time.monotonic() - started, sum(task.length for task in tasks))
+        await engine.score(timed)
+        self.queue.throughput.seed(time.monotonic() - started, sum(task.length for task in timed))
+        await engine.reset_prefix_cache()
 
     def _queue_stopped(self) -> None:
         # The batch loop cannot be restarted safely with futures in unknown states: fail

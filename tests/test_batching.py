@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,17 @@ def engine(tiny_model_dir: Path) -> TransformersEngine:
     engine = TransformersEngine(tiny_model_dir, "tiny", pad_token_id=0, device="cpu")
     asyncio.run(engine.start())
     return engine
+
+
+@contextlib.contextmanager
+def without_prefix_cache(engine: TransformersEngine) -> Iterator[None]:
+    """The engine with no cross-request prefix cache: padded batches, costed as such, and
+    one-by-one results computed afresh."""
+    cache, engine.prefix_cache = engine.prefix_cache, None
+    try:
+        yield
+    finally:
+        engine.prefix_cache = cache
 
 
 def task(length: int, first: int = 1) -> ScoringTask:
@@ -72,11 +85,13 @@ def test_batched_equals_one_by_one(engine: TransformersEngine) -> None:
     tasks = [task(3), task(40, 5), task(17, 9), task(1)]
     batched = asyncio.run(engine.score(tasks))
     for t, got in zip(tasks, batched, strict=True):
-        (alone,) = asyncio.run(engine.score([t]))
+        with without_prefix_cache(engine):
+            (alone,) = asyncio.run(engine.score([t]))
         assert got.logprobs == pytest.approx(alone.logprobs, abs=1e-5)
 
 
 def test_batches_respect_token_budget_and_group_by_length(engine: TransformersEngine) -> None:
+    """Padded batches (the prefix cache would run short and long rows in passes of their own)."""
     recording = Recording(engine, budget=100)
 
     async def run() -> None:
@@ -88,7 +103,8 @@ def test_batches_respect_token_budget_and_group_by_length(engine: TransformersEn
         await submission.wait(later())
         await queue.close(1)
 
-    asyncio.run(run())
+    with without_prefix_cache(engine):
+        asyncio.run(run())
     seen = recording.seen
     assert sorted(n for batch in seen for n in batch) == sorted([50, 5, 48, 6, 49, 4, 7])
     for batch in seen:
@@ -356,26 +372,32 @@ def test_request_gauges_follow_waiting_and_running(engine: TransformersEngine) -
     asyncio.run(run())
 
 
-def test_shared_prefix_reuses_kv_cache_and_matches_one_by_one(engine: TransformersEngine) -> None:
+@pytest.mark.parametrize("kept", [False, True], ids=["within-batch", "prefix-cache"])
+def test_shared_prefix_reuses_kv_cache_and_matches_one_by_one(engine: TransformersEngine, kept: bool) -> None:
     prefix = tuple(range(5, 45))  # 40 shared tokens
     tasks = [
         ScoringTask(token_ids=prefix + tuple(range(50, 50 + n)), label_ids=(1, 2, 3), want_layers=True)
         for n in (1, 6, 3, 12)
     ]
-    before = engine.prefix_tokens_reused
-    batched = asyncio.run(engine.score(tasks))
-    assert engine.prefix_tokens_reused - before == 40 * 3
+    cache = engine.prefix_cache if kept else None
+    assert engine.prefix_cache is not None  # proven at load for Llama
+    engine.prefix_cache.clear()
+    with without_prefix_cache(engine):
+        engine.prefix_cache = cache
+        before = engine.prefix_tokens_reused
+        batched = asyncio.run(engine.score(tasks))
+        # The prefix runs once, for the 4 rows: 3 x 40 tokens not recomputed.
+        assert engine.prefix_tokens_reused - before == 40 * 3
     for t, got in zip(tasks, batched, strict=True):
-        (alone,) = asyncio.run(engine.score([t]))
+        engine.prefix_reuse = False
+        try:
+            (alone,) = asyncio.run(engine.score([t]))
+        finally:
+            engine.prefix_reuse = True
         assert got.logprobs == pytest.approx(alone.logprobs, abs=1e-5)
         for a, b in zip(got.layer_logits, alone.layer_logits, strict=True):
             assert a == pytest.approx(b, abs=1e-4)
-    engine.prefix_reuse = False
-    try:
-        asyncio.run(engine.score(tasks))
-        assert engine.prefix_tokens_reused - before == 40 * 3
-    finally:
-        engine.prefix_reuse = True
+    assert engine.prefix_tokens_reused - before == 40 * 3
 
 
 def test_short_shared_prefix_is_not_reused(engine: TransformersEngine) -> None:

@@ -52,6 +52,7 @@ def build_engine(settings: Settings, model_dir: Path, tokenizer: Any) -> Engine:
         device=settings.device,
         dtype=settings.dtype,
         prefix_reuse=settings.prefix_reuse,
+        prefix_cache_bytes=settings.prefix_cache_mb << 20,
         max_batch_tokens=settings.max_batch_tokens,
         tokenizer=tokenizer,
     )

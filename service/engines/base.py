@@ -183,6 +183,9 @@ class Engine(Protocol):
         """Generate each task's critique, then read its labels after it; one result per
         task, in order. Cancelling the call stops the generation."""
 
+    async def reset_prefix_cache(self) -> None:
+        """Forget every cached prompt prefix (after the start-up calibration)."""
+
     async def close(self) -> None:
         """Release the model."""
 

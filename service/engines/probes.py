@@ -121,15 +121,38 @@ def prove_paths(engine: Any) -> None:
     if (error := _error(engine, padded, own[: len(padded)])) > tol:
         engine.batches_exact = False
         logger.warning("%s: padded batches are off by %.3g nats; scoring one item at a time", name, error)
+    cache, engine.prefix_cache = engine.prefix_cache, None  # the in-batch path first, alone
     if engine.prefix_reuse and (error := _error(engine, prefixed, own[len(padded) :])) > tol:
         engine.prefix_reuse = False
         logger.warning("%s: shared-prefix batches are off by %.3g nats; no reuse", name, error)
-    continued, expected = continuation_probe(model, padded_ids[:2], own[:2], engine.device)
+    if engine.prefix_reuse and cache is not None:
+        engine.prefix_cache = cache
+        if (error := _prove_cache(engine, padded, prefixed, own)) > tol:
+            engine.prefix_cache = None
+            logger.warning("%s: prefixes cached across requests are off by %.3g nats; not kept", name, error)
+    continued, expected = continuation_probe(
+        model, padded_ids[:2] + prefixed_ids[:1], own[:2] + own[-3:-2], engine.device
+    )
     if (error := _error(engine, continued, expected, forward=True)) > tol:
         engine.continue_in_cache = False
         logger.warning(
             "%s: labels continued on the KV cache are off by %.3g nats; label prefixes run as prompts", name, error
         )
+    if engine.prefix_cache is not None:
+        engine.prefix_cache.clear()  # serve from an empty cache, with counters at zero
+
+
+def _prove_cache(engine: Any, padded: list[ScoringTask], prefixed: list[ScoringTask], own: Sequence[Any]) -> float:
+    """The cross-request prefix cache's error: the prompts sharing a prefix once with an
+    empty cache (the prefix is computed and kept), then again beside prompts of their own
+    (rows on the kept prefix and rows on none, in one batch). The cache stays warm after,
+    so the continuation probe reads labels on top of a cached prefix too."""
+    engine.prefix_cache.clear()
+    cold = _error(engine, prefixed, own[len(padded) :])
+    if engine.prefix_cache is None or not engine.prefix_cache.entries:
+        return float("inf")  # nothing was kept: the path did not run
+    mixed = [prefixed[2], padded[1], prefixed[0], padded[2]]
+    return max(cold, _error(engine, mixed, [own[-1], own[1], own[-3], own[2]]))
 
 
 def _error(engine: Any, batch: list[ScoringTask], own: Sequence[Any], forward: bool = False) -> float:

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,8 @@ from service.engines.base import EngineError, LabelScores, ScoringTask, common_p
 from service.engines.generation import FairLock, GreedyDecoder, greedy_decoder
 from service.engines.heads import LabelHead, check_head, load_causal_lm
 from service.engines.layout import DecoderLayout, find_layout, layer_logits
+from service.engines.passes import PromptPasses, PromptRun
+from service.engines.prefix_cache import PrefixCache
 
 logger = logging.getLogger(__name__)
 
@@ -41,18 +42,6 @@ def _hidden_rows(states: list[torch.Tensor], row: int, layers: tuple[int, ...]) 
     if not layers:
         return None
     return tuple(tuple(states[layer][row].double().cpu().tolist()) for layer in layers)
-
-
-@dataclass(slots=True)
-class _PromptRun:
-    """A batch's prompts after their forward pass: each row's scoring-position hidden
-    state, per-layer states when asked, and (to read label continuations on top) the KV
-    cache with its attention mask over the cached positions."""
-
-    last: torch.Tensor
-    states: list[torch.Tensor] | None
-    cache: Any = None
-    mask: torch.Tensor | None = None
 
 
 class TransformersEngine:
@@ -72,6 +61,7 @@ class TransformersEngine:
         dtype: str = "auto",
         prefix_reuse: bool = True,
         prefix_reuse_min_tokens: int = 32,
+        prefix_cache_bytes: int = 1 << 30,
         max_batch_tokens: int | None = None,
         tokenizer: Any = None,
     ) -> None:
@@ -90,12 +80,18 @@ class TransformersEngine:
         self._healthy = True
         self.prefix_reuse = prefix_reuse
         self.prefix_reuse_min_tokens = prefix_reuse_min_tokens
+        # Prefixes kept across requests (off with reuse off or no budget; the load-time
+        # probe turns it off where the model's cache cannot be cut and stacked exactly).
+        self.prefix_cache = (
+            PrefixCache(prefix_cache_bytes, prefix_reuse_min_tokens) if prefix_reuse and prefix_cache_bytes else None
+        )
         # On CPU, padded batches beyond ~2k tokens run slower per item (measured in
         # bench/overhead.py: 16k-token batches gave 0.85 items/s, 2k-token ones 1.46).
         self.batch_budget = max_batch_tokens or (2048 if self.device.type == "cpu" else 16384)
         # Prompt tokens not recomputed thanks to a shared prefix (for metrics and benchmarks).
         self.prefix_tokens_reused = 0
         self.head: LabelHead | None = None
+        self.passes: PromptPasses | None = None
         self.layout: DecoderLayout | None = None
         self.supports_layers = False
         self.layers_unavailable: str | None = "the model is not loaded"
@@ -113,10 +109,13 @@ class TransformersEngine:
         return self._healthy
 
     def batch_cost(self, batch: Sequence[ScoringTask]) -> int:
-        """Tokens the forward pass computes: padded to the longest task (its critique
+        """Tokens the forward passes compute: on the prefix cache, the fresh prefixes and each
+        row's rest padded to the longest; else padded to the longest task (its critique
         included), with a prefix the whole batch shares (see ``_shared_prefix``) counted once."""
         if not batch:
             return 0
+        if (cache := self._cache_for(batch)) is not None:
+            return cache.plan([task.token_ids for task in batch]).cost([task.length for task in batch])
         padded = max(task.cost for task in batch) * len(batch)
         return padded - (len(batch) - 1) * self._shared_prefix(batch)
 
@@ -133,6 +132,7 @@ class TransformersEngine:
         self.head = LabelHead(model, torch.float64 if self.device.type == "cpu" else torch.float32)
         check_head(model, self.head, self.device)
         self.layout = find_layout(model, self.device)
+        self.passes = PromptPasses(self.model, self.layout, self.device, self.pad_token_id)
         self.num_layers = self.layout.num_layers
         self.layers_unavailable = self.layout.layers_unavailable
         self.supports_layers = self.layers_unavailable is None
@@ -141,9 +141,13 @@ class TransformersEngine:
         probes.prove_paths(self)
         self.generator = greedy_decoder(self)
 
+    async def reset_prefix_cache(self) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
+
     async def close(self) -> None:
         self.model = None
-        self.head = self.layout = self.generator = None
+        self.head = self.layout = self.generator = self.passes = None
 
     async def score(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
         return await self._in_thread(lambda: self._forward(batch))
@@ -190,17 +194,22 @@ class TransformersEngine:
         return self._score_batch(batch)
 
     def _score_batch(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
-        assert self.head is not None
+        assert self.head is not None and self.passes is not None
         want_layers = any(task.want_layers for task in batch)
         want_states = want_layers or any(task.hidden_layers for task in batch)
         multi_token = any(task.trie is not None for task in batch)
         continuing = multi_token and self.continue_in_cache
-        prefix = self._shared_prefix(batch)
+        cache = self._cache_for(batch)
+        plan = cache.plan([task.token_ids for task in batch]) if cache is not None else None
+        prefix = 0 if plan is not None else self._shared_prefix(batch)
         with self._lock, torch.inference_mode():
-            if prefix:
-                run = self._run_with_prefix(batch, prefix, want_states, continuing)
+            if cache is not None and plan is not None:
+                run, computed, kept = self.passes.cached(batch, plan, want_states, continuing)
+                cache.ran([task.token_ids for task in batch], plan, computed, kept)
+            elif prefix:
+                run = self.passes.with_prefix(batch, prefix, want_states, continuing)
             else:
-                run = self._run_padded(batch, want_states, continuing)
+                run = self.passes.padded(batch, want_states, continuing)
             # The head runs on the scoring position only (what logits_to_keep=1 does), with
             # the family's logit transform, in float64 on CPU, so label log-probabilities
             # carry no fp32 rounding from a 50k-wide matmul and log-softmax.
@@ -210,7 +219,7 @@ class TransformersEngine:
             nodes = self._continuations(batch, run) if continuing else {}
         if multi_token and not continuing:
             nodes = self._replayed_continuations(batch)
-        self.prefix_tokens_reused += prefix * (len(batch) - 1)
+        self.prefix_tokens_reused += plan.reused if plan is not None else prefix * (len(batch) - 1)
         return [
             LabelScores(
                 logprobs=task.label_logprobs([logprobs[row, list(task.label_ids)].tolist(), *nodes.get(row, [])]),
@@ -221,7 +230,7 @@ class TransformersEngine:
             for row, task in enumerate(batch)
         ]
 
-    def _continuations(self, batch: Sequence[ScoringTask], run: _PromptRun) -> dict[int, list[list[float]]]:
+    def _continuations(self, batch: Sequence[ScoringTask], run: PromptRun) -> dict[int, list[list[float]]]:
         """Each task's label-trie nodes past the root, read in one more forward pass on top of
         its prompt's KV cache: the prompt never runs again. Returns, per batch row, one row of
         log-probabilities (over the node's children) per node, in trie order."""
@@ -286,6 +295,13 @@ class TransformersEngine:
                 nodes.setdefault(row, []).append(list(result.logprobs))
         return nodes
 
+    def _cache_for(self, batch: Sequence[ScoringTask]) -> PrefixCache | None:
+        """The cross-request prefix cache, when ``batch`` runs on it (critiques generate on a
+        path of their own)."""
+        if not self.prefix_reuse or any(task.critique for task in batch):
+            return None
+        return self.prefix_cache
+
     def _shared_prefix(self, batch: Sequence[ScoringTask]) -> int:
         """Tokens every task starts with (leaving each at least one of its own), when
         reusing their KV cache is worth it; else 0."""
@@ -294,69 +310,3 @@ class TransformersEngine:
         first = batch[0].token_ids
         length = min(min(task.length - 1, common_prefix(first, task.token_ids)) for task in batch)
         return length if length >= self.prefix_reuse_min_tokens else 0
-
-    def _run_padded(self, batch: Sequence[ScoringTask], want_layers: bool, keep_cache: bool = False) -> _PromptRun:
-        """One left-padded forward pass; the scoring position is the last column."""
-        from transformers import DynamicCache
-
-        width = max(task.length for task in batch)
-        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, task in enumerate(batch):
-            input_ids[row, width - task.length :] = torch.tensor(task.token_ids)
-            mask[row, width - task.length :] = 1
-        # A plain forward counts positions from the first column; left padding needs
-        # positions counted from each row's first real token.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        padded = any(task.length != width for task in batch)
-        assert self.layout is not None
-        cache = DynamicCache(config=self.model.config) if keep_cache else None
-        # Without padding, the plain causal path is the model's reference computation.
-        extra: dict[str, Any] = {"attention_mask": mask.to(self.device)} if padded else {}
-        if padded and self.layout.accepts_position_ids:
-            extra["position_ids"] = positions.to(self.device)
-        out = self.layout.decoder(
-            input_ids=input_ids.to(self.device),
-            output_hidden_states=want_layers,
-            past_key_values=cache,
-            use_cache=keep_cache,
-            **extra,
-        )
-        states = [h[:, -1, :] for h in out.hidden_states] if want_layers else None
-        return _PromptRun(out.last_hidden_state[:, -1, :], states, cache, mask)
-
-    def _run_with_prefix(
-        self, batch: Sequence[ScoringTask], prefix: int, want_layers: bool, keep_cache: bool = False
-    ) -> _PromptRun:
-        """Run the shared prefix once, repeat its KV cache across the batch, then run the
-        right-padded suffixes on top; each row's scoring position is its last real token."""
-        from transformers import DynamicCache
-
-        assert self.layout is not None
-        decoder = self.layout.decoder
-        cache = DynamicCache(config=self.model.config)
-        head = torch.tensor([batch[0].token_ids[:prefix]], device=self.device)
-        decoder(input_ids=head, past_key_values=cache, use_cache=True)
-        cache.batch_repeat_interleave(len(batch))
-        tails = [task.token_ids[prefix:] for task in batch]
-        width = max(len(tail) for tail in tails)
-        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), prefix + width), dtype=torch.long)
-        mask[:, :prefix] = 1
-        for row, tail in enumerate(tails):
-            input_ids[row, : len(tail)] = torch.tensor(tail)
-            mask[row, prefix : prefix + len(tail)] = 1
-        positions = (prefix + torch.arange(width)).unsqueeze(0).expand(len(batch), -1)
-        extra = {"position_ids": positions.to(self.device)} if self.layout.accepts_position_ids else {}
-        out = decoder(
-            input_ids=input_ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            past_key_values=cache,
-            **extra,
-            use_cache=True,
-            output_hidden_states=want_layers,
-        )
-        rows = torch.arange(len(batch), device=self.device)
-        ends = torch.tensor([len(tail) - 1 for tail in tails], device=self.device)
-        states = [h[rows, ends, :] for h in out.hidden_states] if want_layers else None
-        return _PromptRun(out.last_hidden_state[rows, ends, :], states, cache if keep_cache else None, mask)

@@ -147,6 +147,10 @@ class VllmEngine:
     def batch_cost(self, batch: Sequence[ScoringTask]) -> int:
         return len(batch)
 
+    async def reset_prefix_cache(self) -> None:
+        if self._engine is not None and self.settings.prefix_reuse:
+            await self._engine.reset_prefix_cache()
+
     async def score(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
         return list(await asyncio.gather(*(self._score_one(task) for task in batch)))
 
