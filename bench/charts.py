@@ -171,7 +171,26 @@ def critique(report: dict, out: Path) -> None:
     _save(fig, out)
 
 
+def engines(report: dict, out: Path) -> None:
+    rows = report["rows"]
+    names = [row["setup"].replace("-no-", "\nno ") for row in rows]
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(12, 3.8))
+    left.bar(names, [row["items_per_s"] for row in rows], color="#4c72b0")
+    left.set_ylabel("items/s")
+    ratio = report.get("ratio_transformers_over_vllm")
+    suffix = f", transformers / vLLM = {ratio:.2f}" if ratio else ""
+    left.set_title(f"{report['items']} items, {report['concurrency']} clients{suffix}", fontsize=9)
+    middle.bar(names, [row["startup_s"] for row in rows], color="#55a868")
+    middle.set_ylabel("start-up (s)")
+    right.bar(names, [row["peak_rss_gib"] for row in rows], color="#c44e52")
+    right.set_ylabel("peak memory (GiB)")
+    for ax in (left, middle, right):
+        ax.tick_params(axis="x", labelsize=8)
+    _save(fig, out)
+
+
 CHARTS: dict[str, Callable[[dict, Path], None]] = {
+    "engines": engines,
     "critique": critique,
     "overhead": overhead,
     "peer": peer,

@@ -28,11 +28,29 @@ from typing import Any
 from service import critique
 from service.config import Settings
 from service.engines import gpu_present
-from service.engines.base import EngineDead, EngineError, LabelScores, ScoringTask, UnsupportedModel
+from service.engines.base import EngineDead, EngineError, LabelScores, ScoringTask, UnsupportedModel, common_prefix
 from service.engines.vllm_families import check_architecture
 from service.engines.vllm_layers import EXTRA_ARGS_KEY, HIDDEN_ARGS_KEY
 
 logger = logging.getLogger(__name__)
+
+
+# A prefix shared by tasks of one batch, at least this long, is computed once (see ``score``).
+PREFIX_FIRST_TOKENS = 64
+
+
+def prefix_leaders(batch: Sequence[ScoringTask]) -> list[int | None]:
+    """For each task, the task of the batch whose request it waits for (one sharing a
+    prefix of ``PREFIX_FIRST_TOKENS`` or more with it), or None to go at once."""
+    order = sorted(range(len(batch)), key=lambda i: batch[i].token_ids)
+    leaders: list[int | None] = [None] * len(batch)
+    lead = None
+    for i in order:
+        if lead is not None and common_prefix(batch[lead].token_ids, batch[i].token_ids) >= PREFIX_FIRST_TOKENS:
+            leaders[i] = lead
+        else:
+            lead = i
+    return leaders
 
 
 class VllmEngine:
@@ -152,7 +170,23 @@ class VllmEngine:
             await self._engine.reset_prefix_cache()
 
     async def score(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
-        return list(await asyncio.gather(*(self._score_one(task) for task in batch)))
+        """Every task as its own engine request, at once; except that tasks sharing a prefix
+        of ``PREFIX_FIRST_TOKENS`` or more wait for the first of them to finish. Requests
+        scheduled in one engine step would each compute the prefix: vLLM's prefix cache
+        serves only blocks already computed."""
+        leaders = prefix_leaders(batch) if self.settings.prefix_reuse else [None] * len(batch)
+        finished = {lead: asyncio.Event() for lead in leaders if lead is not None}
+
+        async def one(i: int) -> LabelScores:
+            if (lead := leaders[i]) is not None:
+                await finished[lead].wait()
+            try:
+                return await self._score_one(batch[i])
+            finally:
+                if i in finished:
+                    finished[i].set()
+
+        return list(await asyncio.gather(*(one(i) for i in range(len(batch)))))
 
     async def _score_one(self, task: ScoringTask) -> LabelScores:
         from vllm.v1.engine.exceptions import EngineDeadError

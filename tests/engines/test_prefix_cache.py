@@ -208,3 +208,24 @@ def test_served_requests_on_the_default_model_equal_direct_forward_passes(
     misses = metric_sum(server.url, "judge_prefix_cache_misses_total") - before["misses_total"]
     assert hits + misses == len(prompts) and hits >= 4
     assert metric_sum(server.url, "judge_prefix_cache_bytes") > 0
+
+
+def test_vllm_tasks_sharing_a_prefix_wait_for_one_of_them() -> None:
+    """The vLLM engine's counterpart within a batch: requests in one engine step would each
+    compute a shared prefix, so all but one wait for the first to finish."""
+    from service.engines.vllm import PREFIX_FIRST_TOKENS, prefix_leaders
+
+    rng = random.Random(6)
+    shared = tuple(rng.randrange(3, VOCAB) for _ in range(PREFIX_FIRST_TOKENS))
+    other = tuple(rng.randrange(3, VOCAB) for _ in range(PREFIX_FIRST_TOKENS))
+    prompts = [(*shared, 5), (*other, 7), (*shared, 6, 1), (9, 9), (*other, 8), (*shared[:-1], 4)]
+    leaders = prefix_leaders([ScoringTask(p, LABELS) for p in prompts])
+    groups = {0: 0, 2: 0, 1: 1, 4: 1}  # prompt -> its group; 3 and 5 share too little
+    for i, lead in enumerate(leaders):
+        if i in groups:
+            assert lead is None or groups.get(lead) == groups[i]
+        else:
+            assert lead is None
+    for group in (0, 1):
+        members = [i for i, g in groups.items() if g == group]
+        assert sum(leaders[i] is None for i in members) == 1  # one goes first, the others wait for it
