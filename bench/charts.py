@@ -173,12 +173,19 @@ def critique(report: dict, out: Path) -> None:
 
 def engines(report: dict, out: Path) -> None:
     rows = report["rows"]
-    names = [row["setup"].replace("-no-", "\nno ") for row in rows]
+    names = [row["setup"].replace("-no-", "\nno ").replace("-", "\n") for row in rows]
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(12, 3.8))
     left.bar(names, [row["items_per_s"] for row in rows], color="#4c72b0")
     left.set_ylabel("items/s")
-    ratio = report.get("ratio_transformers_over_vllm")
-    suffix = f", transformers / vLLM = {ratio:.2f}" if ratio else ""
+    ratios = [
+        f"/ {name} = {report[key]:.2f}"
+        for name, key in (
+            ("vLLM", "ratio_transformers_over_vllm"),
+            ("compiled", "ratio_transformers_over_vllm_compiled"),
+        )
+        if key in report
+    ]
+    suffix = (", transformers " + ", ".join(ratios)) if ratios else ""
     left.set_title(f"{report['items']} items, {report['concurrency']} clients{suffix}", fontsize=9)
     middle.bar(names, [row["startup_s"] for row in rows], color="#55a868")
     middle.set_ylabel("start-up (s)")
