@@ -7,8 +7,9 @@ item as its own concurrent request; cancelling an item's task aborts its engine 
 
 With ``JUDGE_VLLM_LAYERS`` on (the default), the worker extension in
 ``service.engines.vllm_layers`` captures every layer's label logits at the scoring
-position of the requests that ask (LAGER, ``return_layers``), in the same forward pass;
-the model then runs eagerly, since hooks do not run inside compiled graphs.
+position of the requests that ask (LAGER, ``return_layers``), in the same forward pass.
+The model stays compiled; only the engine steps that hold such a request run eagerly,
+since hooks do not run inside compiled graphs.
 
 Only architectures whose vLLM scores are verified against transformers are served
 (``vllm_families``); at start the worker also proves that vLLM's head equals the
@@ -108,8 +109,6 @@ class VllmEngine:
         )
         # The worker extension proves the head at start; with layers on, it also captures them.
         options["worker_extension_cls"] = "service.engines.vllm_layers.LayerCaptureExtension"
-        if s.vllm_layers:
-            options["enforce_eager"] = True
         return AsyncEngineArgs(**options)
 
     async def start(self) -> None:

@@ -22,17 +22,21 @@ What is read is found in the model and proven, not assumed from one family's lay
 Only the label rows of the head are applied (``[layers, hidden] @ [hidden, labels]``), in
 float64 on CPU, raw and after the final norm, like the transformers engine.
 
-Hooks do not run inside compiled graphs, so the engine runs the model eagerly when this
-is installed. With tensor parallelism each rank holds a slice of the vocabulary: it fills
+Hooks do not run inside compiled graphs, so the model stays compiled (and on a GPU, in CUDA
+graphs) for every step but those that hold a capture target: such a step asks vLLM's
+forward context for the eager forward (``skip_compiled``, the flag vLLM itself sets for
+encoder inputs, and no CUDA graph), where the hooks run. Steps without a layered request
+pay nothing for the capture. With tensor parallelism each rank holds a slice of the vocabulary: it fills
 the labels it owns and leaves zeros elsewhere, and the front end sums the ranks' answers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -84,6 +88,22 @@ def _hidden_arg(layer: torch.nn.Module) -> int:
     """Position of ``hidden_states`` among a layer's forward arguments."""
     names = list(inspect.signature(layer.forward).parameters)
     return names.index("hidden_states") if "hidden_states" in names else 0
+
+
+@contextlib.contextmanager
+def _eager_step() -> Iterator[None]:
+    """Run this engine step's forward pass eagerly, so the layer hooks see it: bypass the
+    compiled model (``skip_compiled``) and any CUDA graph (``cudagraph_runtime_mode``)."""
+    from vllm.config import CUDAGraphMode
+    from vllm.forward_context import get_forward_context
+
+    context = get_forward_context()
+    saved = context.skip_compiled, context.cudagraph_runtime_mode
+    context.skip_compiled, context.cudagraph_runtime_mode = True, CUDAGraphMode.NONE
+    try:
+        yield
+    finally:
+        context.skip_compiled, context.cudagraph_runtime_mode = saved
 
 
 class LayerCapture:
@@ -201,7 +221,8 @@ class LayerCapture:
         self._rows = torch.tensor([t.row for t in targets], device=self.head.weight.device)
         self._states = []
         try:
-            output = forward(*args, **kwargs)
+            with _eager_step():
+                output = forward(*args, **kwargs)
             final = output[0] if isinstance(output, tuple) else output
             try:
                 self._keep(targets, self._states, self._select(final))
