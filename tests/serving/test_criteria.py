@@ -6,7 +6,7 @@ import pytest
 
 from service import scoring
 from service.prompts import Prompts, Rubric, combined_version
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, tolerance
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def post(client, payload: dict) -> dict:
 @pytest.mark.parametrize("template", ["default", "rubric_last"])
 def test_each_criterion_equals_a_single_rubric_request(server: RunningServer, client, template: str) -> None:
     body = post(client, {"items": ITEMS, "rubrics": RUBRICS, "template": template})
-    tolerance = 1e-6 if server.runtime.engine_kind == "transformers" else 1e-3
+    tol = tolerance(server)
     for name, spec in RUBRICS.items():
         rubric = {k: v for k, v in spec.items() if k != "weight"}
         alone = post(client, {"items": ITEMS, "rubric": rubric, "template": template})
@@ -46,9 +46,9 @@ def test_each_criterion_equals_a_single_rubric_request(server: RunningServer, cl
             assert entry["prompt_version"] == alone["prompt_version"]
             for field in FIELDS:
                 if isinstance(single[field], dict):
-                    assert list(entry[field].values()) == pytest.approx(list(single[field].values()), abs=tolerance)
+                    assert list(entry[field].values()) == pytest.approx(list(single[field].values()), abs=tol)
                 else:
-                    assert entry[field] == pytest.approx(single[field], abs=tolerance), field
+                    assert entry[field] == pytest.approx(single[field], abs=tol), field
     versions = {name: body["results"][0]["criteria"][name]["prompt_version"] for name in RUBRICS}
     assert body["prompt_version"] == combined_version(versions)
     assert len(set(versions.values())) == 3

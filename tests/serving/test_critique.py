@@ -11,7 +11,7 @@ import httpx
 import pytest
 import torch
 
-from tests.conftest import Reference, RunningServer, metric_sum, trie_rule_logprobs
+from tests.conftest import Reference, RunningServer, metric_sum, tolerance, trie_rule_logprobs
 
 pytestmark = pytest.mark.slow
 
@@ -26,10 +26,6 @@ CASES = {
     "marker never written": (FEEDBACK, "[RESULT]", 6, False),
     "end of sequence": (CHAT, "[RESULT]", 24, False),
 }
-
-
-def tolerance(server: RunningServer) -> float:
-    return 1e-5 if server.runtime.engine_kind == "transformers" else 1e-3
 
 
 @torch.inference_mode()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from service.prompts import Prompts, Rubric
-from tests.conftest import Reference, RunningServer, trie_rule_logprobs
+from tests.conftest import Reference, RunningServer, tolerance, trie_rule_logprobs
 
 pytestmark = pytest.mark.slow
 
@@ -17,10 +17,6 @@ PROMPT = "Rate the answer from 1 to 10.\nQ: What is the capital of France?\nA: P
 SCALE = [str(n) for n in range(1, 11)]  # "10" is "1", "0" for this tokenizer
 WORDS = [" excellent", " good", " mediocre", " abysmal", " nope"]  # mediocre, abysmal, nope: several tokens
 NESTED = ["1", "12", "123", "2"]  # one label is a prefix of another
-
-
-def tolerance(server: RunningServer) -> float:
-    return 1e-5 if server.runtime.engine_kind == "transformers" else 1e-3
 
 
 @torch.inference_mode()

@@ -17,7 +17,7 @@ from service.config import Settings
 from service.model_store import resolve_model
 from service.probe import Probe
 from service.prompts import DEFAULT_RUBRIC, Prompts
-from tests.conftest import ENGINES, Reference, RunningServer, engine_settings, start_server
+from tests.conftest import ENGINES, Reference, RunningServer, engine_settings, start_server, tolerance
 
 pytestmark = pytest.mark.slow
 
@@ -85,10 +85,6 @@ def readout_server(request: pytest.FixtureRequest, files: tuple[Path, Path]) -> 
     )
     yield running
     running.stop()
-
-
-def tolerance(server: RunningServer) -> float:
-    return 1e-6 if server.runtime.engine_kind == "transformers" else 1e-3
 
 
 def post(server: RunningServer, payload: dict) -> dict:

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.prompts import DEFAULT_RUBRIC, Prompts
-from tests.conftest import Reference, RunningServer
+from tests.conftest import Reference, RunningServer, tolerance
 
 pytestmark = pytest.mark.slow
 
@@ -56,11 +56,6 @@ def test_structured_request_returns_full_result(client) -> None:
         assert result["mode"] == max(probs, key=probs.get)
         assert 0 < result["label_mass"] <= 1
         assert result["prompt_tokens"] > 20
-
-
-def tolerance(server: RunningServer) -> float:
-    """Exactness: 1e-5 for the transformers engine; vLLM's own kernels agree to 1e-3."""
-    return 1e-5 if server.runtime.engine_kind == "transformers" else 1e-3
 
 
 def test_raw_logprobs_equal_direct_forward_pass(server: RunningServer, client, reference: Reference) -> None:
