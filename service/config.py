@@ -147,12 +147,20 @@ class Settings(BaseSettings):
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs each layer is split across.")
     max_num_seqs: int | None = Field(None, ge=1, description="vLLM: most sequences per engine step.")
     max_num_batched_tokens: int | None = Field(None, ge=1, description="vLLM: most tokens per engine step.")
+    vllm_block_size: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "vLLM: tokens per KV-cache block. Prefix caching reuses whole blocks only, so smaller blocks reuse "
+            "more of a shared prefix. Default: 32 on CPU (vLLM's own CPU default is 128), vLLM's own on GPU."
+        ),
+    )
     vllm_layers: bool = Field(
         True,
         description=(
             "vLLM: capture per-layer label logits for LAGER and return_layers in the same forward pass. "
-            "Runs the model eagerly (no torch.compile or CUDA graphs); false compiles it and answers "
-            "422 to the per-layer methods."
+            "Only the engine steps that hold such a request run eagerly (no torch.compile or CUDA graphs); "
+            "false answers 422 to the per-layer methods."
         ),
     )
     cpu_kvcache_space_gb: float = Field(

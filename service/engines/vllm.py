@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 # A prefix shared by tasks of one batch, at least this long, is computed once (see ``score``).
 PREFIX_FIRST_TOKENS = 64
+# KV-cache block size on CPU: the smallest the CPU attention kernel takes (multiples of 32).
+# vLLM's CPU default, 128, leaves up to 127 tokens of a shared prefix to every request.
+CPU_BLOCK_SIZE = 32
 
 
 def prefix_leaders(batch: Sequence[ScoringTask]) -> list[int | None]:
@@ -107,6 +110,9 @@ class VllmEngine:
             max_logprobs=64,
             disable_log_stats=False,
         )
+        block_size = s.vllm_block_size or (None if on_gpu else CPU_BLOCK_SIZE)
+        if block_size is not None:
+            options["block_size"] = block_size
         # The worker extension proves the head at start; with layers on, it also captures them.
         options["worker_extension_cls"] = "service.engines.vllm_layers.LayerCaptureExtension"
         return AsyncEngineArgs(**options)
