@@ -316,16 +316,13 @@ class BatchQueue:
         rows = [CritiqueRow(entry.deadline) for entry in batch]
         job = asyncio.current_task()
         finished = False
-        everyone_left = False
 
         def given_up(row: CritiqueRow, _: asyncio.Future[LabelScores]) -> None:
             # The item's row leaves a running generation before its next step (transformers).
             # When every item of the batch has been given up, stop waiting for it (vLLM aborts
             # the engine requests; a transformers pass runs out in its thread, unread).
-            nonlocal everyone_left
             row.drop()
             if not finished and job is not None and all(e.future.done() for e in batch):
-                everyone_left = True
                 job.cancel()
 
         for entry, row in zip(batch, rows, strict=True):
@@ -347,9 +344,11 @@ class BatchQueue:
             if not isinstance(exc, asyncio.CancelledError):
                 logger.error("a batch of %d items failed", len(batch), exc_info=exc)
                 self._metrics.batch_failures.inc()
-            elif everyone_left and lane is self._critiques:
+            if lane is self._critiques:
+                # Critiques given up during their generation, whatever then ended the batch.
                 for entry in batch:
-                    self._skip(entry)  # every critique given up during its generation
+                    if entry.future.done():
+                        self._skip(entry)
             self._fail(batch, error)
             if not isinstance(exc, Exception):
                 raise

@@ -234,6 +234,7 @@ def test_a_request_given_up_leaves_the_generation_it_shares(
                 assert late.value.kind is ErrorKind.DEADLINE_EXCEEDED
             else:
                 await asyncio.sleep(left_deadline - time.monotonic())
+            await asyncio.sleep(0)  # the futures' callbacks (they drop the row) run first
         (result,) = await kept.wait(far)
         while queue.depth or queue._batches:
             await asyncio.sleep(0.01)
@@ -278,8 +279,10 @@ def test_plain_items_overtake_a_running_critique(engine: TransformersEngine) -> 
 
 
 def test_a_given_up_critique_stops_its_generation(engine: TransformersEngine) -> None:
+    metrics = Metrics()
+
     async def run() -> None:
-        queue = BatchQueue(engine, Metrics(), max_queue=64, max_batch_size=8, max_wait_s=0.0)
+        queue = BatchQueue(engine, metrics, max_queue=64, max_batch_size=8, max_wait_s=0.0)
         queue.start()
         submission = queue.submit([task((4, 5, 6), spec(200, "never"))], time.monotonic() + 120)
         await asyncio.sleep(0.05)
@@ -291,3 +294,5 @@ def test_a_given_up_critique_stops_its_generation(engine: TransformersEngine) ->
         await queue.close(0)
 
     asyncio.run(run())
+    assert metrics.items_skipped.labels(reason="cancelled")._value.get() == 1
+    assert metrics.generated_tokens._value.get() < 200  # what it generated before it stopped
