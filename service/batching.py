@@ -62,7 +62,7 @@ class BatchEngine(Protocol):
     ) -> Sequence[LabelScores | None]: ...
 
 
-Run = Callable[[Sequence[ScoringTask], Sequence[CritiqueRow]], Awaitable[Sequence[LabelScores | None]]]
+_Run = Callable[[Sequence[ScoringTask], Sequence[CritiqueRow]], Awaitable[Sequence[LabelScores | None]]]
 
 
 @dataclass(slots=True, eq=False)
@@ -71,7 +71,7 @@ class _Lane:
     its own limit of batches at once."""
 
     name: str
-    run: Run
+    run: _Run
     slots: asyncio.Semaphore
     pending: list[_Entry] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
