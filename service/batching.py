@@ -11,7 +11,9 @@ once.
 Critique-mode items (a generation before the read) wait in a lane of their own, with
 their own limit of batches at once (``engine.max_inflight_critiques``): a running
 generation never holds the slot plain scores need, so a 1-token score never waits for a
-512-token critique.
+512-token critique. Each running item has a ``CritiqueRow``, dropped when its request
+gives it up: an engine that can leaves that row of its generation before the next step
+and returns None for it, and the item is counted as skipped.
 
 Every item has its own future, created before it is enqueued; the loop only resolves
 futures that are not done yet, and a failure fails exactly the futures of its batch. The
@@ -29,7 +31,7 @@ from functools import partial
 from typing import Protocol
 
 from service.admission import Throughput
-from service.engines.base import LabelScores, ScoringTask
+from service.engines.base import CritiqueRow, LabelScores, ScoringTask
 from service.errors import ErrorKind, JudgeError, error_for
 from service.metrics import Metrics
 from service.submission import ClientGone, Submission, _Entry
@@ -55,7 +57,12 @@ class BatchEngine(Protocol):
 
     async def score(self, batch: Sequence[ScoringTask]) -> Sequence[LabelScores]: ...
 
-    async def critique(self, batch: Sequence[ScoringTask]) -> Sequence[LabelScores]: ...
+    async def critique(
+        self, batch: Sequence[ScoringTask], rows: Sequence[CritiqueRow]
+    ) -> Sequence[LabelScores | None]: ...
+
+
+_Run = Callable[[Sequence[ScoringTask], Sequence[CritiqueRow]], Awaitable[Sequence[LabelScores | None]]]
 
 
 @dataclass(slots=True, eq=False)
@@ -64,7 +71,7 @@ class _Lane:
     its own limit of batches at once."""
 
     name: str
-    run: Callable[[Sequence[ScoringTask]], Awaitable[Sequence[LabelScores]]]
+    run: _Run
     slots: asyncio.Semaphore
     pending: list[_Entry] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -100,7 +107,9 @@ class BatchQueue:
         self.max_wait_s = max_wait_s
         self._on_stopped = on_stopped
         self._depth = 0
-        self._plain = _Lane("batch-queue", engine.score, asyncio.Semaphore(engine.max_inflight_batches))
+        self._plain = _Lane(
+            "batch-queue", lambda batch, _: engine.score(batch), asyncio.Semaphore(engine.max_inflight_batches)
+        )
         self._critiques = _Lane("critique-queue", engine.critique, asyncio.Semaphore(engine.max_inflight_critiques))
         self._lanes = (self._plain, self._critiques)
         # Plain scores' throughput: the rate exported, and what the runtime's calibration seeds.
@@ -257,14 +266,21 @@ class BatchQueue:
         now = time.monotonic()
         live = []
         for entry in lane.pending:
-            if entry.future.done():
-                self._metrics.items_skipped.labels(reason=entry.abandoned or "cancelled").inc()
-            elif entry.deadline <= now:
-                self._metrics.items_skipped.labels(reason="deadline").inc()
-                entry.future.set_exception(JudgeError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded"))
+            if entry.future.done() or entry.deadline <= now:
+                self._skip(entry)
             else:
                 live.append(entry)
         lane.pending = live
+
+    def _skip(self, entry: _Entry) -> None:
+        """Count an item given up before its result: by its request (counted under the
+        request's reason), else by its deadline (it fails with ``deadline_exceeded``)."""
+        if entry.future.done():
+            reason = entry.abandoned or "cancelled"
+        else:
+            reason = "deadline"
+            entry.future.set_exception(JudgeError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded"))
+        self._metrics.items_skipped.labels(reason=reason).inc()
 
     def _take_batch(self, lane: _Lane) -> list[_Entry]:
         """Pick the oldest item and its nearest neighbours by length, within budget.
@@ -297,43 +313,48 @@ class BatchQueue:
     async def _run_batch(self, batch: list[_Entry], lane: _Lane) -> None:
         started = time.monotonic()
         lane.throughput.batch_started(started)
-        # When every item of the batch has been given up, stop waiting for it (vLLM aborts
-        # the engine request; a transformers pass runs out in its thread, unread).
+        rows = [CritiqueRow(entry.deadline) for entry in batch]
         job = asyncio.current_task()
         finished = False
 
-        def abandon_if_unwanted(_: asyncio.Future[LabelScores]) -> None:
+        def given_up(row: CritiqueRow, _: asyncio.Future[LabelScores]) -> None:
+            # The item's row leaves a running generation before its next step (transformers).
+            # When every item of the batch has been given up, stop waiting for it (vLLM aborts
+            # the engine requests; a transformers pass runs out in its thread, unread).
+            row.drop()
             if not finished and job is not None and all(e.future.done() for e in batch):
                 job.cancel()
 
-        for entry in batch:
-            entry.future.add_done_callback(abandon_if_unwanted)
+        for entry, row in zip(batch, rows, strict=True):
+            entry.future.add_done_callback(partial(given_up, row))
         completed = 0
         try:
             for entry in batch:
                 self._metrics.queue_wait.observe(started - entry.enqueued)
             self._metrics.batch_size.observe(len(batch))
             self._metrics.batch_tokens.observe(_padded_tokens(batch))
-            results = await lane.run([e.task for e in batch])
+            results = await lane.run([e.task for e in batch], rows)
             if len(results) != len(batch):
                 raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} items")
         except BaseException as exc:
             finished = True
+            # The tokens its generation had produced (what a transformers engine reports).
+            self._metrics.generated_tokens.inc(sum(row.tokens for row in rows))
             error = error_for(exc)
             if not isinstance(exc, asyncio.CancelledError):
                 logger.error("a batch of %d items failed", len(batch), exc_info=exc)
                 self._metrics.batch_failures.inc()
+            if lane is self._critiques:
+                # Critiques given up during their generation, whatever then ended the batch.
+                for entry in batch:
+                    if entry.future.done():
+                        self._skip(entry)
             self._fail(batch, error)
             if not isinstance(exc, Exception):
                 raise
         else:
             finished = True
-            completed = sum(e.task.cost for e in batch)
-            for entry, result in zip(batch, results, strict=True):
-                if result.critique is not None:
-                    self._metrics.critiqued(result.critique.tokens)
-                if not entry.future.done():
-                    entry.future.set_result(result)
+            completed = self._resolve(batch, rows, results)
         finally:
             now = time.monotonic()
             self._metrics.inference_duration.observe(now - started)
@@ -341,6 +362,22 @@ class BatchQueue:
             rate = lane.throughput.tokens_per_s
             if rate is not None and lane is self._plain:
                 self._metrics.throughput.set(rate)
+
+    def _resolve(self, batch: list[_Entry], rows: list[CritiqueRow], results: Sequence[LabelScores | None]) -> int:
+        """Hand each item its result; an item whose row the engine dropped (None) is counted
+        as skipped, with the tokens generated for it. Returns the tokens completed."""
+        completed = 0
+        for entry, row, result in zip(batch, rows, results, strict=True):
+            if result is None:
+                self._metrics.generated_tokens.inc(row.tokens)
+                self._skip(entry)
+                continue
+            completed += entry.task.cost
+            if result.critique is not None:
+                self._metrics.critiqued(result.critique.tokens)
+            if not entry.future.done():
+                entry.future.set_result(result)
+        return completed
 
     @staticmethod
     def _fail(entries: Sequence[_Entry], error: JudgeError) -> None:

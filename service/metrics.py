@@ -117,7 +117,10 @@ class Metrics:
             "judge_prompt_tokens", "Tokens of the prompts counted in judge_prompts.", registry=r
         )
         self.items_skipped = Counter(
-            "judge_items_skipped", "Queued prompts dropped before inference.", ["reason"], registry=r
+            "judge_items_skipped",
+            "Prompts dropped before inference: queued ones, and critiques given up during their generation.",
+            ["reason"],
+            registry=r,
         )
         self.batch_failures = Counter("judge_batch_failures", "Engine batches that raised.", registry=r)
         self.queue_faults = Counter(
@@ -135,7 +138,9 @@ class Metrics:
             "judge_expected_score", "Expected scores returned.", buckets=SCORE_BUCKETS, registry=r
         )
         self.generated_tokens = Counter(
-            "judge_generated_tokens", "Tokens generated for critiques (end of sequence not counted).", registry=r
+            "judge_generated_tokens",
+            "Tokens generated for critiques, answered or not (end of sequence not counted).",
+            registry=r,
         )
         self.critique_tokens = Histogram(
             "judge_critique_tokens",

@@ -68,8 +68,8 @@ class Recording:
         self.seen.append([t.length for t in batch])
         return await self.engine.score(batch)
 
-    async def critique(self, batch):
-        return await self.engine.critique(batch)
+    async def critique(self, batch, rows):
+        return await self.engine.critique(batch, rows)
 
 
 def make_queue(engine, metrics: Metrics, **limits) -> BatchQueue:

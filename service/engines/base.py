@@ -5,6 +5,8 @@ Nothing here imports torch or vLLM, so the queue and routes stay framework-free.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -39,6 +41,32 @@ class CritiqueOutcome:
     text: str
     marker_found: bool
     tokens: int
+
+
+class CritiqueRow:
+    """One row of a critique batch, shared by the queue (on the event loop) and the engine
+    (in its generation thread): the queue drops the row when its request gives it up, the
+    engine stops generating for a row that is dropped or past its deadline before its
+    next step, and records how many tokens it generated for the row.
+
+    The one mutable object that crosses the queue, and thread-safe by construction: the
+    drop is a ``threading.Event``; ``tokens`` is written by the engine's thread only and
+    read by the queue once the engine call has ended.
+    """
+
+    __slots__ = ("_dropped", "deadline", "tokens")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline  # a ``time.monotonic()`` instant, as the queue's
+        self._dropped = threading.Event()
+        self.tokens = 0
+
+    def drop(self) -> None:
+        self._dropped.set()
+
+    def wanted(self) -> bool:
+        """Whether the row's result will still be read: not dropped, deadline not passed."""
+        return not self._dropped.is_set() and time.monotonic() < self.deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,9 +207,12 @@ class Engine(Protocol):
     async def score(self, batch: Sequence[ScoringTask]) -> Sequence[LabelScores]:
         """Score a batch; one result per task, in order."""
 
-    async def critique(self, batch: Sequence[ScoringTask]) -> Sequence[LabelScores]:
+    async def critique(self, batch: Sequence[ScoringTask], rows: Sequence[CritiqueRow]) -> Sequence[LabelScores | None]:
         """Generate each task's critique, then read its labels after it; one result per
-        task, in order. Cancelling the call stops the generation."""
+        task, in order. ``rows`` holds each task's drop signal: an engine that can drop
+        one row of a running batch returns None for a row that was dropped or whose
+        deadline passed (else it may ignore them). Cancelling the call stops the
+        generation."""
 
     async def reset_prefix_cache(self) -> None:
         """Forget every cached prompt prefix (after the start-up calibration)."""

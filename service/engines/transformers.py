@@ -11,24 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from transformers.utils import logging as hf_logging
 
 from service import critique
 from service.engines import probes
-from service.engines.base import EngineError, LabelScores, ScoringTask, common_prefix
-from service.engines.generation import FairLock, GreedyDecoder, greedy_decoder
+from service.engines.base import CritiqueRow, EngineError, LabelScores, ScoringTask, common_prefix
+from service.engines.generation import FairLock, GenerationStopped, GreedyDecoder, greedy_decoder
 from service.engines.heads import LabelHead, check_head, load_causal_lm
 from service.engines.layout import DecoderLayout, find_layout, layer_logits
 from service.engines.passes import PromptPasses, PromptRun
 from service.engines.prefix_cache import PrefixCache
 
 logger = logging.getLogger(__name__)
+
+_Results = TypeVar("_Results", list[LabelScores], list[LabelScores | None])
 
 
 def _pick_device(device: str) -> torch.device:
@@ -152,36 +153,37 @@ class TransformersEngine:
     async def score(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
         return await self._in_thread(lambda: self._forward(batch))
 
-    async def critique(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
-        stop = threading.Event()
-        return await self._in_thread(lambda: self._critique(batch, stop), stop)
+    async def critique(self, batch: Sequence[ScoringTask], rows: Sequence[CritiqueRow]) -> list[LabelScores | None]:
+        return await self._in_thread(lambda: self._critique(batch, rows), rows)
 
-    async def _in_thread(
-        self, work: Callable[[], list[LabelScores]], stop: threading.Event | None = None
-    ) -> list[LabelScores]:
+    async def _in_thread(self, work: Callable[[], _Results], rows: Sequence[CritiqueRow] = ()) -> _Results:
         running = asyncio.ensure_future(asyncio.to_thread(work))
         try:
             return await asyncio.shield(running)
         except asyncio.CancelledError:
-            # A pass in its thread cannot be stopped (a generation stops at its next step):
-            # hold the queue's slot until it ends, so no second pass queues up behind it.
-            if stop is not None:
-                stop.set()
+            # A pass in its thread cannot be stopped (a generation stops before its next step,
+            # once its rows are dropped): hold the queue's slot until it ends, so no second
+            # pass queues up behind it.
+            for row in rows:
+                row.drop()
             await asyncio.gather(running, return_exceptions=True)
             raise
 
-    def _critique(self, batch: Sequence[ScoringTask], stop: threading.Event) -> list[LabelScores]:
+    def _critique(self, batch: Sequence[ScoringTask], rows: Sequence[CritiqueRow]) -> list[LabelScores | None]:
         """Generate, then read the labels after each critique as a plain task (see
-        ``ScoringTask.after``) through the scoring path, with every family's fallbacks."""
+        ``ScoringTask.after``) through the scoring path, with every family's fallbacks. A
+        row given up during its generation, or once it ended, is not read: None."""
         if self.generator is None:
             raise EngineError("critique mode needs a loaded model with its tokenizer")
-        generated = self.generator.generate(batch, stop)
-        reads = [task.after(ids, found) for task, (ids, found) in zip(batch, generated, strict=True)]
-        scored = self._forward(reads)
-        return [
-            LabelScores(result.logprobs, critique=critique.outcome(ids, found, self.generator.decode))
-            for result, (ids, found) in zip(scored, generated, strict=True)
-        ]
+        generated = self.generator.generate(batch, rows)
+        kept = {row: result for row, result in enumerate(generated) if result is not None and rows[row].wanted()}
+        if not kept:
+            raise GenerationStopped("the critique was given up")
+        scored = self._forward([batch[row].after(ids, found) for row, (ids, found) in kept.items()])
+        results: list[LabelScores | None] = [None] * len(batch)
+        for (row, (ids, found)), result in zip(kept.items(), scored, strict=True):
+            results[row] = LabelScores(result.logprobs, critique=critique.outcome(ids, found, self.generator.decode))
+        return results
 
     def _forward(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
         if self.model is None:

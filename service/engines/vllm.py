@@ -29,7 +29,15 @@ from typing import Any
 from service import critique
 from service.config import Settings
 from service.engines import gpu_present
-from service.engines.base import EngineDead, EngineError, LabelScores, ScoringTask, UnsupportedModel, common_prefix
+from service.engines.base import (
+    CritiqueRow,
+    EngineDead,
+    EngineError,
+    LabelScores,
+    ScoringTask,
+    UnsupportedModel,
+    common_prefix,
+)
 from service.engines.vllm_families import check_architecture
 from service.engines.vllm_layers import EXTRA_ARGS_KEY, HIDDEN_ARGS_KEY
 
@@ -227,7 +235,9 @@ class VllmEngine:
             return LabelScores(logprobs=logprobs, hidden=hidden)
         return LabelScores(logprobs=logprobs, layer_logits=layers[0], layer_logits_normed=layers[1], hidden=hidden)
 
-    async def critique(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
+    async def critique(self, batch: Sequence[ScoringTask], rows: Sequence[CritiqueRow]) -> list[LabelScores | None]:
+        """Every task as its own engine request (``rows`` are not read: a batch is one item,
+        and the queue aborts its engine request when the item is given up)."""
         return list(await asyncio.gather(*(self._critique_one(task) for task in batch)))
 
     async def _critique_one(self, task: ScoringTask) -> LabelScores:

@@ -1,17 +1,19 @@
 """Critique mode on the real default model and both engines: the critique against greedy
 generation computed here, the distribution against direct forward passes over the prompt
-plus the generated tokens (plus the marker's when it never came)."""
+plus the generated tokens (plus the marker's when it never came); a request past its
+deadline leaves the generation it shares."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
 import torch
 
-from tests.conftest import Reference, RunningServer, metric_sum, tolerance, trie_rule_logprobs
+from tests.conftest import Reference, RunningServer, metric_sum, start_server, tolerance, trie_rule_logprobs
 
 pytestmark = pytest.mark.slow
 
@@ -192,3 +194,64 @@ def test_a_preset_writes_first_and_reads_its_labels_after_the_marker(
     plain = client.post("/v1/score", json={"items": [item], "template": template, "critique": None}).json()
     assert plain["results"][0]["critique"] is None
     assert plain["prompt_version"] == response.json()["prompt_version"]  # the same prompt text
+
+
+@pytest.fixture(scope="module")
+def waiting_server() -> Iterator[RunningServer]:
+    """A transformers server whose batches wait two seconds for more items, so two requests
+    sent together share one generation."""
+    running = start_server(engine="transformers", max_wait_ms=2000)
+    yield running
+    running.stop()
+
+
+def test_a_request_past_its_deadline_leaves_the_generation_it_shares(
+    waiting_server: RunningServer, reference: Reference
+) -> None:
+    url = waiting_server.url
+    names = ["judge_generated_tokens_total", "judge_batch_size_count", "judge_batch_size_sum"]
+    before = {name: metric_sum(url, name) for name in names}
+    skipped = metric_sum(url, "judge_items_skipped_total", reason="deadline")
+    bodies = {
+        # Counting goes on far past its deadline: 512 tokens would take many seconds.
+        "left": {
+            "items": [{"id": "left", "prompt": "Count from 1 to 1000: 1, 2, 3, 4,"}],
+            "labels": FIVE,
+            "critique": {"max_tokens": 512, "marker": "[RESULT]"},
+            "timeout_s": 5,
+        },
+        "kept": {
+            "items": [{"id": "kept", "prompt": FEEDBACK}],
+            "labels": SCALE,
+            "return_logprobs": True,
+            "critique": {"max_tokens": 12, "marker": "."},
+        },
+    }
+    responses: dict[str, httpx.Response] = {}
+
+    def send(name: str) -> None:
+        with waiting_server.client() as client:
+            responses[name] = client.post("/v1/score", json=bodies[name])
+
+    threads = [threading.Thread(target=send, args=(name,)) for name in bodies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    after = {name: metric_sum(url, name) - before[name] for name in names}
+    assert after["judge_batch_size_count"] == 1 and after["judge_batch_size_sum"] == 2  # one batch of both
+    assert responses["left"].status_code == 504, responses["left"].text
+    assert responses["left"].json()["error"]["type"] == "deadline_exceeded"
+    assert metric_sum(url, "judge_items_skipped_total", reason="deadline") - skipped == 1
+    assert responses["kept"].status_code == 200, responses["kept"].text
+    (result,) = responses["kept"].json()["results"]
+    generated, found = greedy(reference, FEEDBACK, ".", 12)
+    assert result["critique"] == reference.tokenizer.decode(generated, skip_special_tokens=False)
+    assert result["marker_found"] is found and result["critique_tokens"] == len(generated)
+    tok = reference.tokenizer
+    marker_ids = [] if found else tok.encode(".", add_special_tokens=False)
+    want = read_after(reference, tok.encode(FEEDBACK, add_special_tokens=False) + generated + marker_ids, SCALE)
+    assert [result["logprobs"][label] for label in SCALE] == pytest.approx(want, abs=1e-5)
+    # The given-up request generated until its deadline, then stopped far short of its 512.
+    left_tokens = after["judge_generated_tokens_total"] - len(generated)
+    assert 0 < left_tokens < 512
