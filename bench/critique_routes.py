@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ from bench.overhead import load_items  # noqa: E402
 from service import critique, intervals  # noqa: E402
 from service.cli.judge import open_runtime  # noqa: E402
 from service.config import Settings  # noqa: E402
-from service.engines.base import ScoringTask  # noqa: E402
+from service.engines.base import CritiqueRow, ScoringTask  # noqa: E402
 from service.serving import ScoreService  # noqa: E402
 
 
@@ -98,7 +99,7 @@ async def one_request(engine: Any, task: ScoringTask, request_id: str) -> tuple[
 async def run_round(engine: Any, batch: list[ScoringTask], route: str, round_no: int) -> tuple[float, list]:
     started = time.perf_counter()
     if route == "stop-and-read":
-        results = await engine.critique(batch)
+        results = await engine.critique(batch, [CritiqueRow(math.inf) for _ in batch])
         reads = [(r.logprobs, bool(r.critique and r.critique.marker_found)) for r in results]
     else:
         reads = await asyncio.gather(*(one_request(engine, t, f"route-{round_no}-{i}") for i, t in enumerate(batch)))
@@ -111,7 +112,8 @@ async def measure(args: argparse.Namespace) -> dict:
     rows: list[dict] = []
     async with open_runtime(settings) as runtime:
         engine, service = runtime.engine, ScoreService(runtime)
-        await engine.critique(tasks(service, items, "warm", args.max_tokens, args.marker))
+        warm = tasks(service, items, "warm", args.max_tokens, args.marker)
+        await engine.critique(warm, [CritiqueRow(math.inf) for _ in warm])
         worst = 0.0
         for round_no in range(args.rounds):
             timed: dict[str, tuple[float, list]] = {}
