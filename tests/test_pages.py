@@ -169,7 +169,7 @@ def test_playground_shows_the_api_distribution(browser: Any, open_server: Runnin
     fill(browser, "response", "4")
     fill(browser, "reference", "4")
     Select(browser.find_element("id", "method")).select_by_value(method)
-    assert submit(browser) == "done"
+    assert submit(browser) == "done", browser.find_element("id", "output").text
 
     request = {
         "items": [
@@ -202,7 +202,7 @@ def test_playground_raw_prompt_with_own_labels_and_rubric_order(browser: Any, op
     fill(browser, "prompt", "Is the sky green? Answer yes or no:")
     fill(browser, "labels", '[" yes", " no", " maybe"]')
     fill(browser, "label-values", '{" yes": 1, " no": 0, " maybe": 0.5}')
-    assert submit(browser) == "done"
+    assert submit(browser) == "done", browser.find_element("id", "output").text
     _, _, body = shown_curl(browser)
     assert body["labels"] == [" yes", " no", " maybe"]
     assert_score_shown(browser, replay_curl(browser))
@@ -215,7 +215,7 @@ def test_playground_raw_prompt_with_own_labels_and_rubric_order(browser: Any, op
         type_into(row.find_element("css selector", ".rubric-label"), label)
         type_into(row.find_element("css selector", ".rubric-description"), description)
     rows[-1].find_element("css selector", "button").click()
-    assert submit(browser) == "done"
+    assert submit(browser) == "done", browser.find_element("id", "output").text
     _, _, body = shown_curl(browser)
     assert list(body["rubric"]["score_descriptions"]) == ["5", "4", "3", "2"]
     assert list(shown_bars(browser, "distribution")) == ["5", "4", "3", "2"]
@@ -229,7 +229,7 @@ def test_playground_compares_a_pair(browser: Any, open_server: RunningServer) ->
     fill(browser, "pair-instruction", "What is 2+2?")
     fill(browser, "response-a", "4")
     fill(browser, "response-b", "It is 5.")
-    assert submit(browser) == "done"
+    assert submit(browser) == "done", browser.find_element("id", "output").text
 
     request = {
         "pairs": [{"id": "playground", "instruction": "What is 2+2?", "response_a": "4", "response_b": "It is 5."}],
@@ -272,8 +272,8 @@ def test_playground_sends_a_presets_critique_and_shows_it(browser: Any, open_ser
     assert browser.find_element("id", "critique-max-tokens").get_attribute("value") == str(PROMETHEUS.max_tokens)
     fill(browser, "instruction", "Name a prime number.")
     fill(browser, "response", "Nine.")
-    fill(browser, "critique-max-tokens", "24")
-    assert submit(browser) == "done"
+    fill(browser, "critique-max-tokens", "8")
+    assert submit(browser) == "done", browser.find_element("id", "output").text
 
     rubric = {"criteria": DEFAULT_CRITERIA, "score_descriptions": DEFAULT_SCORE_DESCRIPTIONS}
     item = {"id": "playground", "instruction": "Name a prime number.", "response": "Nine."}
@@ -282,7 +282,7 @@ def test_playground_sends_a_presets_critique_and_shows_it(browser: Any, open_ser
         "rubric": rubric,
         "method": "final",
         "template": "prometheus",
-        "critique": {"max_tokens": 24, "marker": "[RESULT]"},
+        "critique": {"max_tokens": 8, "marker": "[RESULT]"},
     }
     assert shown_curl(browser)[2] == request
     with open_server.client() as client:
@@ -295,7 +295,7 @@ def test_playground_sends_a_presets_critique_and_shows_it(browser: Any, open_ser
 
     # Unticked, a preset is told not to write: the request says critique null, and no critique is shown.
     browser.find_element("id", "critique-on").click()
-    assert submit(browser) == "done"
+    assert submit(browser) == "done", browser.find_element("id", "output").text
     assert shown_curl(browser)[2] == {**request, "critique": None}
     plain = replay_curl(browser)
     assert plain["results"][0]["critique"] is None and shown_critique(browser) is None
@@ -323,7 +323,7 @@ def test_playground_shows_a_critique_as_text_never_as_html(browser: Any, open_se
     browser.find_element("id", "critique-on").click()
     fill(browser, "critique-max-tokens", "16")
     fill(browser, "critique-marker", "</i>")
-    assert submit(browser) == "done"
+    assert submit(browser) == "done", browser.find_element("id", "output").text
     _, _, body = shown_curl(browser)
     assert body["critique"] == {"max_tokens": 16, "marker": "</i>"} and "template" not in body
     with open_server.client() as client:
@@ -370,7 +370,7 @@ def test_playground_asks_for_a_key_and_keeps_it_in_memory(browser: Any, keyed_se
 
     key_field.clear()
     key_field.send_keys(KEY)
-    assert submit(browser) == "done"
+    assert submit(browser) == "done", browser.find_element("id", "output").text
     assert_score_shown(browser, replay_curl(browser, KEY))
     # The key lives in the page's memory only: not in the URL, storage, cookies, the DOM or the curl text.
     assert KEY not in browser.current_url and "$JUDGE_API_KEY" in browser.find_element("id", "curl").text
