@@ -1,6 +1,6 @@
 // The playground: builds a /v1/score or /v1/compare request from the form (a template, a critique
-// or none), sends it through the normal API (and its auth), and draws the answer. No build step, no dependencies, nothing fetched
-// from anywhere but this server.
+// or none), sends it through the normal API (and its auth), and draws the answer. No build step,
+// no dependencies, nothing fetched from anywhere but this server.
 "use strict";
 
 (() => {
@@ -210,9 +210,8 @@
     const list = element("dl", "stats");
     for (const [key, name, value, digits, text] of entries) {
       const term = element("dt", "", name);
-      const shown =
-        text !== undefined ? text : typeof value === "number" ? fixed(value, digits) : value === null ? "—" : String(value);
-      const detail = element("dd", "", shown);
+      const shown = text !== undefined ? text : typeof value === "number" ? fixed(value, digits) : value;
+      const detail = element("dd", "", shown === null ? "—" : String(shown));
       detail.dataset.stat = key;
       detail.dataset.value = value === null ? "null" : String(value);
       list.append(term, detail);
