@@ -1,6 +1,6 @@
 """Every scoring method on the pairwise human preferences of pandalm_pairs.jsonl.
 
-    .venv/bin/python bench/lager_pairwise.py [--limit N] [--url URL]
+    .venv/bin/python bench/lager_pairwise.py [--limit N] [--url URL [--api-key KEY]]
 
 The pairwise set has preferences, not scores, so each response is scored alone (the
 default 1-5 rubric, one ``return_layers`` pass per layer-norm variant) and a method's
@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from service import evaluation  # noqa: E402
+from service.cli.judge import add_judge_arguments  # noqa: E402
 from service.cli.layers import fit_scored, open_scorer  # noqa: E402
 from service.prompts import DEFAULT_RUBRIC  # noqa: E402
 
@@ -63,9 +64,7 @@ def agreement(scores: list[float], human: list[float]) -> dict[str, float]:
 
 async def collect(args: argparse.Namespace, rows: list[dict]) -> tuple[str, list, list]:
     fit_items, _ = evaluation.split(evaluation.read_dataset(args.fit_data), 0.5, args.seed)
-    async with open_scorer(
-        argparse.Namespace(url=args.url, model=args.model, api_key=None, retries=5, concurrency=4)
-    ) as (scorer, model):
+    async with open_scorer(args) as (scorer, model):
         fitted = await evaluation.collect_scores(fit_items, scorer)
         scored = await evaluation.collect_scores(pair_items(rows), scorer)
     return model, fitted, scored
@@ -77,8 +76,7 @@ def main() -> None:
     parser.add_argument("--fit-data", type=Path, default=DATA / "topical_chat_usr.jsonl")
     parser.add_argument("--limit", type=int, help="only the first N pairs")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--url", help="score through a running service instead of in-process")
-    parser.add_argument("--model", help="JUDGE_MODEL for in-process scoring")
+    add_judge_arguments(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lager_pandalm.json")
     args = parser.parse_args()
     rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]

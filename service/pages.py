@@ -10,10 +10,11 @@ from typing import Any, get_args
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
-from judge_client.protocol import Method
+from judge_client.protocol import Method, Template
 
 from service.errors import ErrorKind, JudgeError
-from service.prompts import DEFAULT_PAIR_CRITERIA, DEFAULT_RUBRIC
+from service.presets import PRESETS
+from service.prompts import DEFAULT_PAIR_CRITERIA, DEFAULT_RUBRIC, Rubric
 
 # Swagger UI and ReDoc bundles as shipped (and pinned) by the fastapi-offline package.
 DOCS_ASSETS = Path(str(importlib.resources.files("fastapi_offline") / "static"))
@@ -21,6 +22,9 @@ PLAYGROUND_ASSETS = Path(__file__).parent / "static" / "playground"
 
 _DOCS_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
 _PLAYGROUND_FILES = ("playground.js", "playground.css")
+# What the playground's critique fields hold for a template without a critique of its own.
+PLAYGROUND_CRITIQUE_TOKENS = 64
+PLAYGROUND_MARKER = "Score:"
 
 # Our own page loads only its own files and talks only to this server; the browser enforces it.
 PLAYGROUND_CSP = (
@@ -46,6 +50,25 @@ def _asset(directory: Path, allowed: tuple[str, ...], name: str) -> FileResponse
     if name not in allowed:
         raise JudgeError(ErrorKind.NOT_FOUND, "not found")
     return FileResponse(directory / name, headers={"Cache-Control": "no-cache"})
+
+
+def _rubric(rubric: Rubric) -> dict[str, Any]:
+    # Label-description pairs, not an object: a browser would put integer-like keys first.
+    return {"criteria": rubric.criteria, "score_descriptions": [list(pair) for pair in rubric.score_descriptions]}
+
+
+def playground_templates(max_critique_tokens: int) -> list[dict[str, Any]]:
+    """Each template the API accepts, with the rubric and critique it uses when a request
+    gives none (a preset's critique within the server's longest)."""
+    templates = []
+    for name in get_args(Template):
+        preset = PRESETS.get(name)
+        critique = None
+        if preset is not None:
+            critique = {"max_tokens": min(preset.max_tokens, max_critique_tokens), "marker": preset.marker}
+        rubric = preset.rubric if preset is not None else DEFAULT_RUBRIC
+        templates.append({"name": name, "rubric": _rubric(rubric), "critique": critique})
+    return templates
 
 
 def pages_router(playground: bool) -> APIRouter:
@@ -97,12 +120,15 @@ def pages_router(playground: bool) -> APIRouter:
     @router.get("/playground/config.json")
     async def playground_config(request: Request) -> dict[str, Any]:
         # Open like the page: it tells whether to ask for a key, which a 401 would tell anyway.
+        max_critique_tokens = request.app.state.settings.max_critique_tokens
         return {
             "auth_required": request.app.state.api_keys.enabled,
             "methods": list(get_args(Method)),
-            "rubric": {
-                "criteria": DEFAULT_RUBRIC.criteria,
-                "score_descriptions": dict(DEFAULT_RUBRIC.score_descriptions),
+            "templates": playground_templates(max_critique_tokens),
+            "critique": {
+                "max_tokens": min(PLAYGROUND_CRITIQUE_TOKENS, max_critique_tokens),
+                "marker": PLAYGROUND_MARKER,
+                "max_tokens_limit": max_critique_tokens,
             },
             "pair_criteria": DEFAULT_PAIR_CRITERIA,
         }

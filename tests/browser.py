@@ -142,13 +142,29 @@ def shown_bars(driver: Any, chart: str) -> dict[str, float]:
     return bars
 
 
+TEXT_STATS = ("mode", "verdict", "prompt_version")
+
+
 def shown_stats(driver: Any) -> dict[str, Any]:
+    """The numbers under the chart (and the critique's), as the API's values: from each
+    entry's data-value, JSON but for the ones that are text."""
     return {
         dd.get_attribute("data-stat"): json.loads(dd.get_attribute("data-value"))
-        if dd.get_attribute("data-stat") not in ("mode", "verdict")
+        if dd.get_attribute("data-stat") not in TEXT_STATS
         else dd.get_attribute("data-value")
         for dd in driver.find_elements("css selector", "dd[data-stat]")
     }
+
+
+def shown_critique(driver: Any) -> str | None:
+    """The critique text the page shows, exactly (None when it shows none); it must be plain
+    text, whatever markup the judge wrote."""
+    shown = driver.find_elements("id", "critique-text")
+    if not shown:
+        return None
+    (text,) = shown
+    assert text.find_elements("xpath", "./*") == [], "the critique was rendered as HTML"
+    return str(text.get_property("textContent"))
 
 
 def shown_curl(driver: Any, key: str | None = None) -> tuple[str, dict[str, str], dict[str, Any]]:
@@ -183,6 +199,13 @@ def assert_score_shown(driver: Any, answer: dict[str, Any]) -> None:
     for key in ["expected_score", "std", "confidence", "label_mass"]:
         assert_same(stats[key], result[key])
     assert stats["mode"] == result["mode"] and stats["prompt_tokens"] == result["prompt_tokens"]
+    assert stats["prompt_version"] == answer["prompt_version"]
+    assert shown_critique(driver) == result["critique"]
+    if result["critique"] is None:
+        assert "marker_found" not in stats and "critique_tokens" not in stats
+    else:
+        assert stats["marker_found"] is result["marker_found"]
+        assert stats["critique_tokens"] == result["critique_tokens"]
 
 
 def replay_curl(driver: Any, key: str | None = None) -> dict[str, Any]:

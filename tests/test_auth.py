@@ -11,6 +11,16 @@ from service.errors import JudgeError
 from tests.conftest import RunningServer, start_server
 
 ITEM = {"items": [{"id": "a", "prompt": "Score:"}]}
+# A valid request for each scoring endpoint: each needs the key.
+REQUESTS = {
+    "/v1/score": ITEM,
+    "/v1/compare": {"pairs": [{"id": "p", "instruction": "What is 2+2?", "response_a": "4", "response_b": "5"}]},
+    "/v1/rank": {
+        "instruction": "What is 2+2?",
+        "candidates": [{"id": "a", "response": "4"}, {"id": "b", "response": "5"}],
+        "strategy": "pointwise",
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -22,18 +32,22 @@ def keyed_server(tmp_path_factory: pytest.TempPathFactory):
     running.stop()
 
 
-def test_missing_key_is_401_with_challenge(keyed_server: RunningServer) -> None:
+@pytest.mark.parametrize("path", list(REQUESTS))
+def test_missing_key_is_401_with_challenge(keyed_server: RunningServer, path: str) -> None:
     with keyed_server.client() as client:
-        response = client.post("/v1/score", json=ITEM)
-    assert response.status_code == 401
-    assert response.headers["WWW-Authenticate"].startswith("Bearer")
-    assert response.json()["error"]["type"] == "unauthorized"
+        response = client.post(path, json=REQUESTS[path])
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert response.json()["error"]["type"] == "unauthorized"
+        # The same request with a key is answered: the 401 was the key's doing.
+        assert client.post(path, json=REQUESTS[path], headers={"Authorization": "Bearer key-one"}).status_code == 200
 
 
+@pytest.mark.parametrize("path", list(REQUESTS))
 @pytest.mark.parametrize("header", ["Bearer wrong", "Bearer key-one2", "Basic key-one", "key-one", "Bearer"])
-def test_wrong_key_is_401(keyed_server: RunningServer, header: str) -> None:
+def test_wrong_key_is_401(keyed_server: RunningServer, header: str, path: str) -> None:
     with keyed_server.client() as client:
-        response = client.post("/v1/score", json=ITEM, headers={"Authorization": header})
+        response = client.post(path, json=REQUESTS[path], headers={"Authorization": header})
     assert response.status_code == 401
     assert "key-one" not in response.text
 

@@ -10,14 +10,16 @@ import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from judge_client.protocol import Template
 
 from service.app import create_app
 from service.config import Settings
+from service.presets import MT_BENCH_CRITERIA, PROMETHEUS
 from service.prompts import DEFAULT_CRITERIA, DEFAULT_SCORE_DESCRIPTIONS
 from tests.browser import (
     assert_only_local,
@@ -29,6 +31,7 @@ from tests.browser import (
     replay_curl,
     save_screenshot,
     shown_bars,
+    shown_critique,
     shown_curl,
     shown_stats,
     start_chromium,
@@ -75,13 +78,31 @@ def test_playground_assets_name_no_outside_host() -> None:
     assert "connect-src 'self'" in policy and "script-src 'self'" in policy
 
 
-def test_playground_config_gives_the_default_rubric_and_auth() -> None:
-    assert app_client().get("/playground/config.json").json() == {
+def test_playground_config_gives_templates_critique_defaults_and_auth() -> None:
+    default_rubric = {
+        "criteria": DEFAULT_CRITERIA,
+        "score_descriptions": [list(p) for p in DEFAULT_SCORE_DESCRIPTIONS.items()],
+    }
+    mt_bench_rubric = {"criteria": MT_BENCH_CRITERIA, "score_descriptions": [[str(n), ""] for n in range(1, 11)]}
+    assert app_client(max_critique_tokens=200).get("/playground/config.json").json() == {
         "auth_required": False,
         "methods": ["final", "lager", "lager_weighted", "probe"],
-        "rubric": {"criteria": DEFAULT_CRITERIA, "score_descriptions": DEFAULT_SCORE_DESCRIPTIONS},
+        # Every template the API accepts, with the rubric and critique a request without them gets.
+        "templates": [
+            {"name": "default", "rubric": default_rubric, "critique": None},
+            {"name": "rubric_last", "rubric": default_rubric, "critique": None},
+            {"name": "prometheus", "rubric": default_rubric, "critique": {"max_tokens": 200, "marker": "[RESULT]"}},
+            {"name": "mt-bench", "rubric": mt_bench_rubric, "critique": {"max_tokens": 200, "marker": "[["}},
+        ],
+        "critique": {"max_tokens": 64, "marker": "Score:", "max_tokens_limit": 200},
         "pair_criteria": "Which response is more helpful, correct, relevant and clear?",
     }
+    assert [t["name"] for t in app_client().get("/playground/config.json").json()["templates"]] == list(
+        get_args(Template)
+    )
+    # A preset's critique is its own, within the server's longest.
+    prometheus = app_client().get("/playground/config.json").json()["templates"][2]
+    assert prometheus["critique"] == {"max_tokens": PROMETHEUS.max_tokens, "marker": PROMETHEUS.marker}
     # The page is open like /docs, even when the API needs a key.
     keyed = app_client(api_keys=KEY)
     assert keyed.get("/playground").status_code == 200
@@ -148,7 +169,7 @@ def test_playground_shows_the_api_distribution(browser: Any, open_server: Runnin
     fill(browser, "response", "4")
     fill(browser, "reference", "4")
     Select(browser.find_element("id", "method")).select_by_value(method)
-    assert submit(browser) == "done"
+    assert submit(browser) == "done", browser.find_element("id", "output").text
 
     request = {
         "items": [
@@ -181,7 +202,7 @@ def test_playground_raw_prompt_with_own_labels_and_rubric_order(browser: Any, op
     fill(browser, "prompt", "Is the sky green? Answer yes or no:")
     fill(browser, "labels", '[" yes", " no", " maybe"]')
     fill(browser, "label-values", '{" yes": 1, " no": 0, " maybe": 0.5}')
-    assert submit(browser) == "done"
+    assert submit(browser) == "done", browser.find_element("id", "output").text
     _, _, body = shown_curl(browser)
     assert body["labels"] == [" yes", " no", " maybe"]
     assert_score_shown(browser, replay_curl(browser))
@@ -194,7 +215,7 @@ def test_playground_raw_prompt_with_own_labels_and_rubric_order(browser: Any, op
         type_into(row.find_element("css selector", ".rubric-label"), label)
         type_into(row.find_element("css selector", ".rubric-description"), description)
     rows[-1].find_element("css selector", "button").click()
-    assert submit(browser) == "done"
+    assert submit(browser) == "done", browser.find_element("id", "output").text
     _, _, body = shown_curl(browser)
     assert list(body["rubric"]["score_descriptions"]) == ["5", "4", "3", "2"]
     assert list(shown_bars(browser, "distribution")) == ["5", "4", "3", "2"]
@@ -208,7 +229,7 @@ def test_playground_compares_a_pair(browser: Any, open_server: RunningServer) ->
     fill(browser, "pair-instruction", "What is 2+2?")
     fill(browser, "response-a", "4")
     fill(browser, "response-b", "It is 5.")
-    assert submit(browser) == "done"
+    assert submit(browser) == "done", browser.find_element("id", "output").text
 
     request = {
         "pairs": [{"id": "playground", "instruction": "What is 2+2?", "response_a": "4", "response_b": "It is 5."}],
@@ -217,7 +238,8 @@ def test_playground_compares_a_pair(browser: Any, open_server: RunningServer) ->
     }
     assert shown_curl(browser)[2] == request
     with open_server.client() as client:
-        (result,) = client.post("/v1/compare", json=request).json()["results"]
+        answer = client.post("/v1/compare", json=request).json()
+    (result,) = answer["results"]
     for chart, distribution in [
         ("distribution", result["distribution"]),
         ("order-ab", result["orders"]["ab"]),
@@ -231,8 +253,87 @@ def test_playground_compares_a_pair(browser: Any, open_server: RunningServer) ->
     assert stats["verdict"] == result["verdict"]
     for key in ["p_a_wins", "p_tie", "p_b_wins", "position_consistency"]:
         assert_same(stats[key], result[key])
+    assert stats["prompt_version"] == answer["prompt_version"]
     assert_only_local(browser, open_server)
     save_screenshot(browser, "playground-compare.png")
+
+
+@pytest.mark.slow
+def test_playground_sends_a_presets_critique_and_shows_it(browser: Any, open_server: RunningServer) -> None:
+    """A preset brings its critique: the page sends it, and shows the judge's text, whether
+    it wrote the marker, its length and the prompt version exactly as the API answers them."""
+    from selenium.webdriver.support.ui import Select
+
+    open_playground(browser, open_server)
+    assert not browser.find_element("id", "critique-on").is_selected()
+    Select(browser.find_element("id", "template")).select_by_value("prometheus")
+    assert browser.find_element("id", "critique-on").is_selected()
+    assert browser.find_element("id", "critique-marker").get_attribute("value") == "[RESULT]"
+    assert browser.find_element("id", "critique-max-tokens").get_attribute("value") == str(PROMETHEUS.max_tokens)
+    fill(browser, "instruction", "Name a prime number.")
+    fill(browser, "response", "Nine.")
+    fill(browser, "critique-max-tokens", "8")
+    assert submit(browser) == "done", browser.find_element("id", "output").text
+
+    rubric = {"criteria": DEFAULT_CRITERIA, "score_descriptions": DEFAULT_SCORE_DESCRIPTIONS}
+    item = {"id": "playground", "instruction": "Name a prime number.", "response": "Nine."}
+    request = {
+        "items": [item],
+        "rubric": rubric,
+        "method": "final",
+        "template": "prometheus",
+        "critique": {"max_tokens": 8, "marker": "[RESULT]"},
+    }
+    assert shown_curl(browser)[2] == request
+    with open_server.client() as client:
+        answer = client.post("/v1/score", json=request).json()
+    (result,) = answer["results"]
+    assert result["critique"] and result["critique_tokens"] >= 1 and isinstance(result["marker_found"], bool)
+    assert shown_critique(browser) == result["critique"]
+    assert_score_shown(browser, answer)  # marker_found, critique_tokens and prompt_version too
+    save_screenshot(browser, "playground-critique.png")
+
+    # Unticked, a preset is told not to write: the request says critique null, and no critique is shown.
+    browser.find_element("id", "critique-on").click()
+    assert submit(browser) == "done", browser.find_element("id", "output").text
+    assert shown_curl(browser)[2] == {**request, "critique": None}
+    plain = replay_curl(browser)
+    assert plain["results"][0]["critique"] is None and shown_critique(browser) is None
+    assert_score_shown(browser, plain)
+
+    # An unedited rubric follows the template: mt-bench's is 1-10 with its own criteria and marker.
+    Select(browser.find_element("id", "template")).select_by_value("mt-bench")
+    labels = [row.get_attribute("value") for row in browser.find_elements("css selector", ".rubric-label")]
+    assert labels == [str(n) for n in range(1, 11)]
+    assert browser.find_element("id", "criteria").get_attribute("value") == MT_BENCH_CRITERIA
+    assert browser.find_element("id", "critique-on").is_selected()
+    assert browser.find_element("id", "critique-marker").get_attribute("value") == "[["
+    assert_only_local(browser, open_server)
+    assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+@pytest.mark.slow
+def test_playground_shows_a_critique_as_text_never_as_html(browser: Any, open_server: RunningServer) -> None:
+    # The default model copies the pattern: its critique is markup, which the page must show as text.
+    markup = "<b>bold</b> & <i>x</i>"
+    prompt = f"Copy the HTML exactly.\nInput: {markup}\nOutput: {markup}\nInput: {markup}\nOutput:"
+    open_playground(browser, open_server)
+    browser.find_element("id", "kind-raw").click()
+    fill(browser, "prompt", prompt)
+    browser.find_element("id", "critique-on").click()
+    fill(browser, "critique-max-tokens", "16")
+    fill(browser, "critique-marker", "</i>")
+    assert submit(browser) == "done", browser.find_element("id", "output").text
+    _, _, body = shown_curl(browser)
+    assert body["critique"] == {"max_tokens": 16, "marker": "</i>"} and "template" not in body
+    with open_server.client() as client:
+        answer = client.post("/v1/score", json=body).json()
+    (result,) = answer["results"]
+    assert result["marker_found"] is True and "<b>" in result["critique"]
+    assert shown_critique(browser) == result["critique"]  # and no element inside it
+    assert browser.find_elements("css selector", "#result b, #result i") == []
+    assert_score_shown(browser, answer)
+    assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
 
 
 @pytest.mark.slow
@@ -269,7 +370,7 @@ def test_playground_asks_for_a_key_and_keeps_it_in_memory(browser: Any, keyed_se
 
     key_field.clear()
     key_field.send_keys(KEY)
-    assert submit(browser) == "done"
+    assert submit(browser) == "done", browser.find_element("id", "output").text
     assert_score_shown(browser, replay_curl(browser, KEY))
     # The key lives in the page's memory only: not in the URL, storage, cookies, the DOM or the curl text.
     assert KEY not in browser.current_url and "$JUDGE_API_KEY" in browser.find_element("id", "curl").text

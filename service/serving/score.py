@@ -186,6 +186,11 @@ class ScoreService:
         limit is checked before anything is queued."""
         prompts, limits = self.runtime.require_ready()
         criteria = criteria if criteria is not None else self.criteria(request)
+        spec = critique_spec(request, limits.max_critique_tokens)
+        # Checked first, from the request alone: a critique with a per-layer readout is refused
+        # as such, whether or not this server has layer weights or a probe.
+        per_layer = request.method != "final" or request.return_layers or bool(request.hidden_layers)
+        critique = limits.critique(*spec, per_layer) if spec is not None else None
         want_layers = limits.wants_layers(request.method, request.return_layers)
         hidden = limits.hidden_layers(request.method, request.hidden_layers)
         if request.method == "probe":
@@ -196,8 +201,6 @@ class ScoreService:
         trie = limits.label_trie(read_labels(request), want_layers)
         tasks = []
         items: Sequence[RawItem | StructuredItem] = request.items
-        spec = critique_spec(request, limits.max_critique_tokens)
-        critique = limits.critique(*spec, want_layers or bool(hidden)) if spec is not None else None
         chat_kwargs = {}
         if isinstance(request, StructuredScoreRequest):
             chat_kwargs = limits.chat_template_kwargs(request.chat_template_kwargs)

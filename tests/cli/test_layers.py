@@ -13,7 +13,7 @@ import pytest
 
 from service.cli.layers import labels_and_values
 from service.evaluation import read_dataset
-from tests.conftest import RunningServer, start_server
+from tests.conftest import ROOT, RunningServer, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -62,3 +62,23 @@ def test_eval_and_fit_layers_send_the_api_key(keyed_server: RunningServer, lette
     data = json.loads(report.read_text())
     assert data["eval_items"] == 4 and data["fit_items"] == 4
     assert "lager_weighted" in data["methods"]
+
+
+def test_the_pairwise_lager_benchmark_sends_the_api_key(keyed_server: RunningServer, tmp_path: Path) -> None:
+    """bench/lager_pairwise.py takes --api-key with --url, like the commands."""
+    fit = tmp_path / "fit.jsonl"
+    rows = [
+        {"id": str(n), "instruction": f"What is {n}+{n}?", "response": str(2 * n + n % 2), "human_score": 1 + n % 5}
+        for n in range(8)
+    ]
+    fit.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "pairwise.json"
+    command = [sys.executable, str(ROOT / "bench" / "lager_pairwise.py"), "--url", keyed_server.url]
+    command += ["--limit", "4", "--fit-data", str(fit), "--out", str(out)]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "401" in refused.stderr
+    done = subprocess.run([*command, "--api-key", "eval-key"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["pairs"] == 4 and report["weights_fitted_on"] == "fit.jsonl, 4 items"
+    assert "lager_weighted" in report["methods"]

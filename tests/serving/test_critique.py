@@ -13,6 +13,7 @@ import httpx
 import pytest
 import torch
 
+from service.metrics import CRITIQUE_BUCKETS
 from tests.conftest import Reference, RunningServer, metric_sum, start_server, tolerance, trie_rule_logprobs
 
 pytestmark = pytest.mark.slow
@@ -111,8 +112,6 @@ def test_batched_critiques_equal_one_by_one(client: httpx.Client) -> None:
         ({"critique": {"max_tokens": 0, "marker": "."}}, "critique.max_tokens"),
         ({"critique": {"max_tokens": 4, "marker": ""}}, "critique.marker"),
         ({"critique": {"max_tokens": 4, "marker": "x" * 65}}, "critique.marker"),
-        ({"critique": {"max_tokens": 4, "marker": "."}, "return_layers": True}, "lager"),
-        ({"critique": {"max_tokens": 4, "marker": "."}, "method": "lager"}, "lager"),
     ],
 )
 def test_critique_errors(client: httpx.Client, options: dict, field: str) -> None:
@@ -123,6 +122,63 @@ def test_critique_errors(client: httpx.Client, options: dict, field: str) -> Non
     assert field in error["message"] + str(error["details"])
     if field == "max_critique_tokens":
         assert error["details"] == {"max_tokens": 513, "max_critique_tokens": 512}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"method": "lager"},
+        {"method": "lager_weighted"},
+        {"method": "probe"},
+        {"return_layers": True},
+        {"hidden_layers": [1, 30]},
+        {"method": "lager", "template": "prometheus"},  # a preset's own critique too
+    ],
+    ids=["lager", "lager_weighted", "probe", "return_layers", "hidden_layers", "preset-lager"],
+)
+def test_critique_refuses_every_per_layer_readout(client: httpx.Client, options: dict) -> None:
+    """Refused as such, though this server has neither layer weights nor a probe: the
+    critique moves the position the per-layer rows are read at."""
+    if "template" in options:
+        body = {"items": [{"id": "a", "instruction": "What is 2+2?", "response": "4"}], **options}
+    else:
+        body = {"items": [{"id": "a", "prompt": FEEDBACK}], "critique": {"max_tokens": 4, "marker": "."}, **options}
+    response = client.post("/v1/score", json=body)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request" and error["details"] == {"field": "critique"}
+    assert error["message"] == (
+        "critique mode reads the final distribution only; the per-layer methods (lager, lager_weighted, "
+        "return_layers), the probe and hidden_layers cannot be combined with it"
+    )
+    # Without the critique each is a request of its own kind (answered, or refused for another reason).
+    plain = client.post("/v1/score", json=body | {"critique": None})
+    assert plain.status_code == 200 or "critique" not in plain.json()["error"]["message"]
+
+
+def test_critique_counts_its_tokens_in_the_metrics(
+    server: RunningServer, client: httpx.Client, reference: Reference
+) -> None:
+    """judge_generated_tokens_total and the judge_critique_tokens histogram grow by each
+    critique's length, the tokens greedy generation writes here."""
+    lengths = [len(greedy(reference, prompt, ".", 12)[0]) for prompt in (FEEDBACK, CHAT)]
+
+    def read() -> tuple[float, float, float, dict[float, float]]:
+        return (
+            metric_sum(server.url, "judge_generated_tokens_total"),
+            metric_sum(server.url, "judge_critique_tokens_count"),
+            metric_sum(server.url, "judge_critique_tokens_sum"),
+            {le: metric_sum(server.url, "judge_critique_tokens_bucket", le=str(float(le))) for le in CRITIQUE_BUCKETS},
+        )
+
+    generated, count, total, buckets = read()
+    results = critique_score(client, [FEEDBACK, CHAT], FIVE, ".", 12)
+    assert [r["critique_tokens"] for r in results] == lengths
+    generated_after, count_after, total_after, buckets_after = read()
+    assert generated_after - generated == sum(lengths)
+    assert (count_after - count, total_after - total) == (2, sum(lengths))
+    for le, value in buckets_after.items():
+        assert value - buckets[le] == sum(n <= le for n in lengths), le
 
 
 def test_a_prompt_must_leave_room_for_its_critique(server: RunningServer, client: httpx.Client) -> None:

@@ -1,6 +1,6 @@
-// The playground: builds a /v1/score or /v1/compare request from the form, sends it through the
-// normal API (and its auth), and draws the answer. No build step, no dependencies, nothing fetched
-// from anywhere but this server.
+// The playground: builds a /v1/score or /v1/compare request from the form (a template, a critique
+// or none), sends it through the normal API (and its auth), and draws the answer. No build step,
+// no dependencies, nothing fetched from anywhere but this server.
 "use strict";
 
 (() => {
@@ -51,12 +51,50 @@
     $("rubric-rows").append(row);
   }
 
+  // --- Templates and critique ---------------------------------------------------------------
+  // Each template comes with the rubric and the critique it uses when a request gives none.
+  const template = (name) => config.templates.find((t) => t.name === name);
+  let shownTemplate = "default";
+
+  function rubricRows() {
+    return [...document.querySelectorAll(".rubric-row")].map((row) => [
+      row.querySelector(".rubric-label").value,
+      row.querySelector(".rubric-description").value,
+    ]);
+  }
+
+  function isRubricOf(name) {
+    const { rubric } = template(name);
+    return $("criteria").value === rubric.criteria && toJson(rubricRows()) === toJson(rubric.score_descriptions);
+  }
+
   function resetRubric() {
-    $("criteria").value = config.rubric.criteria;
+    const { rubric } = template($("template").value);
+    $("criteria").value = rubric.criteria;
     $("rubric-rows").replaceChildren();
-    for (const [label, description] of Object.entries(config.rubric.score_descriptions)) {
-      addRubricRow(label, description);
-    }
+    for (const [label, description] of rubric.score_descriptions) addRubricRow(label, description);
+  }
+
+  function showCritique() {
+    const on = $("critique-on").checked;
+    $("critique-max-tokens").disabled = !on;
+    $("critique-marker").disabled = !on;
+  }
+
+  function setCritique(critique) {
+    // A preset writes its critique by default; the other templates start without one.
+    $("critique-on").checked = critique !== null;
+    const settings = critique || config.critique;
+    $("critique-max-tokens").value = String(settings.max_tokens);
+    $("critique-marker").value = settings.marker;
+    showCritique();
+  }
+
+  function changeTemplate() {
+    // A rubric the user has not edited follows the template (mt-bench's is 1-10); an edited one stays.
+    if (isRubricOf(shownTemplate)) resetRubric();
+    shownTemplate = $("template").value;
+    setCritique(template(shownTemplate).critique);
   }
 
   function showFields() {
@@ -76,6 +114,12 @@
     }
   }
 
+  function critiqueField() {
+    const maxTokens = $("critique-max-tokens").value.trim();
+    if (!/^[0-9]+$/.test(maxTokens)) throw new Error("Critique max tokens must be a whole number");
+    return { max_tokens: Number(maxTokens), marker: $("critique-marker").value };
+  }
+
   // Returns {path, body, labels}: the JSON text to send and the label order to draw.
   function buildRequest() {
     if ($("mode-compare").checked) {
@@ -90,21 +134,25 @@
       return { path: "v1/compare", body: toJson(body), labels: VERDICTS };
     }
     const method = $("method").value;
+    const critique = $("critique-on").checked ? critiqueField() : undefined;
     if ($("kind-raw").checked) {
       const labels = parseJsonField("labels", "Labels");
       if (!Array.isArray(labels)) throw new Error("Labels must be a JSON list of strings");
       const body = { items: [{ id: "playground", prompt: $("prompt").value }], labels, method };
       if ($("label-values").value.trim() !== "") body.label_values = parseJsonField("label-values", "Label values");
+      body.critique = critique;
       return { path: "v1/score", body: toJson(body), labels };
     }
     const item = { id: "playground", instruction: $("instruction").value, response: $("response").value };
     if ($("reference").value !== "") item.reference_answer = $("reference").value;
-    const rows = [...document.querySelectorAll(".rubric-row")].map((row) => [
-      row.querySelector(".rubric-label").value,
-      row.querySelector(".rubric-description").value,
-    ]);
+    const rows = rubricRows();
     const rubric = { criteria: $("criteria").value, score_descriptions: new OrderedMap(rows) };
-    return { path: "v1/score", body: toJson({ items: [item], rubric, method }), labels: rows.map(([l]) => l) };
+    const body = { items: [item], rubric, method };
+    const name = $("template").value;
+    if (name !== "default") body.template = name;
+    // A preset writes a critique unless told not to: unticked, the page says so.
+    body.critique = critique === undefined && template(name).critique !== null ? null : critique;
+    return { path: "v1/score", body: toJson(body), labels: rows.map(([l]) => l) };
   }
 
   // --- curl -----------------------------------------------------------------------------------
@@ -156,17 +204,35 @@
     return figure;
   }
 
+  // Entries are [key, name, value, digits, text]: the value is kept exactly in data-value; what
+  // is shown is the text, when given, else the value (numbers to their digits).
   function stats(entries) {
     const list = element("dl", "stats");
-    for (const [key, name, value, digits] of entries) {
+    for (const [key, name, value, digits, text] of entries) {
       const term = element("dt", "", name);
-      const shown = typeof value === "number" ? fixed(value, digits) : value === null ? "—" : String(value);
-      const detail = element("dd", "", shown);
+      const shown = text !== undefined ? text : typeof value === "number" ? fixed(value, digits) : value;
+      const detail = element("dd", "", shown === null ? "—" : String(shown));
       detail.dataset.stat = key;
       detail.dataset.value = value === null ? "null" : String(value);
       list.append(term, detail);
     }
     return list;
+  }
+
+  // The judge's own words: always set as text, so markup it writes is shown, never run.
+  function critiqueBlock(result) {
+    const block = element("div", "critique");
+    block.append(element("h2", "", "Critique (the judge wrote this first)"));
+    const text = element("pre", "critique-text", result.critique);
+    text.id = "critique-text";
+    block.append(text);
+    block.append(
+      stats([
+        ["marker_found", "marker found", result.marker_found, 0, result.marker_found ? "yes" : "no (appended)"],
+        ["critique_tokens", "critique tokens", result.critique_tokens, 0],
+      ]),
+    );
+    return block;
   }
 
   function drawScore(answer, labels) {
@@ -182,8 +248,10 @@
         ["label_mass", "label mass", result.label_mass, 3],
         ["mode", "most probable label", result.mode],
         ["prompt_tokens", "prompt tokens", result.prompt_tokens, 0],
+        ["prompt_version", "prompt version", answer.prompt_version],
       ]),
     );
+    if (result.critique !== null && result.critique !== undefined) block.append(critiqueBlock(result));
     return block;
   }
 
@@ -201,6 +269,7 @@
         ["p_b_wins", "P(B wins)", result.p_b_wins, 3],
         ["position_consistency", "position consistency", result.position_consistency, 3],
         ["prompt_tokens", "prompt tokens", result.prompt_tokens, 0],
+        ["prompt_version", "prompt version", answer.prompt_version],
       ]),
     );
     const orders = element("div", "orders");
@@ -281,7 +350,10 @@
       return;
     }
     for (const method of config.methods) $("method").append(new Option(method, method));
+    for (const { name } of config.templates) $("template").append(new Option(name, name));
+    $("critique-max-tokens").max = String(config.critique.max_tokens_limit);
     resetRubric();
+    setCritique(null);
     $("pair-criteria").value = config.pair_criteria;
     $("auth").hidden = !config.auth_required;
     for (const id of ["mode-score", "mode-compare", "kind-structured", "kind-raw"]) {
@@ -289,6 +361,8 @@
     }
     $("add-label").addEventListener("click", () => addRubricRow("", ""));
     $("reset-rubric").addEventListener("click", resetRubric);
+    $("template").addEventListener("change", changeTemplate);
+    $("critique-on").addEventListener("change", showCritique);
     $("judge-form").addEventListener("submit", submit);
     showFields();
     document.body.dataset.ready = "true";
