@@ -18,6 +18,8 @@ from service.config import Settings
 
 # Wire models whose list of entries is bounded by JUDGE_MAX_ITEMS.
 _BOUNDED_LISTS = {"RawScoreRequest": "items", "StructuredScoreRequest": "items", "CompareRequest": "pairs"}
+# Wire models that pass chat-template arguments, whose keys are a setting.
+_CHAT_TEMPLATE_MODELS = ("StructuredScoreRequest", "CompareRequest")
 
 
 def _bound(schema: dict[str, Any], keyword: str, limit: Any) -> None:
@@ -51,12 +53,13 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
             )
             _bound(components["RankRequest"]["properties"]["candidates"], "maxItems", settings.max_rank_candidates)
             components["CritiqueSpec"]["properties"]["max_tokens"]["maximum"] = settings.max_critique_tokens
-            kwargs = components["StructuredScoreRequest"]["properties"]["chat_template_kwargs"]
             keys = settings.chat_template_keys
-            if keys:
-                _bound(kwargs, "propertyNames", {"enum": keys})
-            else:
-                _bound(kwargs, "maxProperties", 0)
+            for model in _CHAT_TEMPLATE_MODELS:
+                kwargs = components[model]["properties"]["chat_template_kwargs"]
+                if keys:
+                    _bound(kwargs, "propertyNames", {"enum": keys})
+                else:
+                    _bound(kwargs, "maxProperties", 0)
             _headers_are_never_null(schema)
             app.openapi_schema = schema
         return app.openapi_schema

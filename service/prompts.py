@@ -26,6 +26,11 @@ PAIR_SYSTEM_PROMPT = (
     "You are an impartial judge. Compare two responses to the same task and decide which "
     "is better. Answer with the verdict number only."
 )
+# Critique mode: the judge explains first, then writes the marker and its verdict.
+PAIR_CRITIQUE_SYSTEM_PROMPT = (
+    "You are an impartial judge. Compare two responses to the same task and decide which "
+    "is better. Explain your reasoning briefly first, then give the verdict number."
+)
 DEFAULT_PAIR_CRITERIA = "Which response is more helpful, correct, relevant and clear?"
 # The pairwise judge's labels: Response 1 much better, slightly better, tie, Response 2
 # slightly better, much better.
@@ -48,6 +53,11 @@ REASONING_OPEN, REASONING_CLOSE = "<think>", "</think>"
 def system_text(template: str) -> str:
     """The system turn of ``template``."""
     return PRESETS[template].system if template in PRESETS else SYSTEM_PROMPT
+
+
+def pair_system_text(marker: str | None = None) -> str:
+    """The pairwise judge's system turn: with a critique ``marker``, the judge explains first."""
+    return PAIR_SYSTEM_PROMPT if marker is None else PAIR_CRITIQUE_SYSTEM_PROMPT
 
 
 def reasoning_left_open(prompt: str) -> bool:
@@ -81,8 +91,20 @@ def render_user_message(
     return "\n\n".join([task, rubric_part, *graded, reply])
 
 
-def render_pair_message(instruction: str, first: str, second: str, criteria: str) -> str:
-    """The pairwise judge's user turn for one order. Plain concatenation: user text stays literal."""
+def render_pair_message(instruction: str, first: str, second: str, criteria: str, marker: str | None = None) -> str:
+    """The pairwise judge's user turn for one order. Plain concatenation: user text stays literal.
+
+    With a critique ``marker`` the judge is asked to explain first, then to write the marker
+    with the verdict number right after it: the verdict is read right after the marker."""
+    reply = "Reply with one verdict number: 1, 2, 3, 4 or 5."
+    if marker is not None:
+        reply = (
+            "First explain briefly which response is better and why. Then write "
+            + marker
+            + " followed at once by one verdict number: 1, 2, 3, 4 or 5 (for example "
+            + marker
+            + "3)."
+        )
     return "\n\n".join(
         [
             "### Task\n" + instruction,
@@ -91,7 +113,7 @@ def render_pair_message(instruction: str, first: str, second: str, criteria: str
             "### Criteria\n" + criteria,
             "Verdicts:\n1: Response 1 is much better.\n2: Response 1 is slightly better.\n"
             "3: They are about equally good.\n4: Response 2 is slightly better.\n5: Response 2 is much better.",
-            "Reply with one verdict number: 1, 2, 3, 4 or 5.",
+            reply,
         ]
     )
 
@@ -134,55 +156,78 @@ class Prompts:
         user = render_user_message(instruction, response, reference, rubric, template)
         return self.chat(system_text(template), user, chat_kwargs, writes_first)
 
-    def pair(self, instruction: str, first: str, second: str, criteria: str | None) -> str:
-        """The full prompt of one order of a pair."""
-        return self.chat(
-            PAIR_SYSTEM_PROMPT, render_pair_message(instruction, first, second, criteria or DEFAULT_PAIR_CRITERIA)
-        )
+    def pair(
+        self,
+        instruction: str,
+        first: str,
+        second: str,
+        criteria: str | None,
+        chat_kwargs: Mapping[str, Any] | None = None,
+        marker: str | None = None,
+    ) -> str:
+        """The full prompt of one order of a pair; with a critique ``marker`` the judge
+        writes first (an open reasoning block stays open)."""
+        user = render_pair_message(instruction, first, second, criteria or DEFAULT_PAIR_CRITERIA, marker)
+        return self.chat(pair_system_text(marker), user, chat_kwargs, writes_first=marker is not None)
 
     # -- prompt versions -----------------------------------------------------------------
-    # A prompt version names everything that shapes a prompt apart from the item's own
-    # text: the template, the system text, the rubric (or criteria) as rendered, and the
-    # model's chat template. Calibrations and probes record the version they were fitted
-    # for and are applied to that version only. It is the one definition; every response
-    # carries it.
+    # A prompt version names everything that shapes a read apart from the item's own text:
+    # the template, the system text, the rubric (or criteria) as rendered, the chat-template
+    # arguments, the model's chat template, and where the labels are read: right after the
+    # prompt, or after a critique the judge writes first, and its marker. Calibrations and
+    # probes record the version they were fitted for and are applied to that version only.
+    # It is the one definition; every response carries it. A critique's max_tokens is not
+    # part of it.
 
     def score_version(
         self,
         rubric: Rubric,
         template: str = "default",
         chat_kwargs: Mapping[str, Any] | None = None,
-        writes_first: bool = False,
+        marker: str | None = None,
     ) -> str:
-        """The version of structured prompts under ``rubric``, ``template``, the chat
-        template's ``chat_kwargs`` and whether the judge ``writes_first``."""
+        """The version of structured prompts under ``rubric``, ``template`` and the chat
+        template's ``chat_kwargs``, read after a critique ending at ``marker`` if given."""
         kwargs = json.dumps(dict(chat_kwargs or {}), sort_keys=True)
-        key = ("score", rubric, template, kwargs, writes_first)
+        key = ("score", rubric, template, kwargs, marker)
         if key not in self._versions:
             instruction, response, reference = _SLOTS
+            writes_first = marker is not None
             self._versions[key] = self._digest(
                 "score",
                 template,
                 system_text(template),
                 kwargs,
+                *_read_after(marker),
                 self.score(instruction, response, reference, rubric, template, chat_kwargs, writes_first),
                 self.score(instruction, response, None, rubric, template, chat_kwargs, writes_first),
             )
         return self._versions[key]
 
-    def pair_version(self, criteria: str | None) -> str:
-        """The version of pairwise prompts under ``criteria``."""
-        key = ("pair", criteria)
+    def pair_version(
+        self, criteria: str | None, chat_kwargs: Mapping[str, Any] | None = None, marker: str | None = None
+    ) -> str:
+        """The version of pairwise prompts under ``criteria`` and ``chat_kwargs``, read
+        after a critique ending at ``marker`` if given."""
+        kwargs = json.dumps(dict(chat_kwargs or {}), sort_keys=True)
+        key = ("pair", criteria, kwargs, marker)
         if key not in self._versions:
             instruction, first, second = _SLOTS
             self._versions[key] = self._digest(
-                "pair", "default", PAIR_SYSTEM_PROMPT, self.pair(instruction, first, second, criteria)
+                "pair",
+                "default",
+                pair_system_text(marker),
+                # The arguments, like the marker, are hashed only when given.
+                *((kwargs,) if chat_kwargs else ()),
+                *_read_after(marker),
+                self.pair(instruction, first, second, criteria, chat_kwargs, marker),
             )
         return self._versions[key]
 
-    def raw_version(self) -> str:
-        """Raw prompts are used verbatim: one version for all."""
-        return self._digest(RAW_TEMPLATE)
+    def raw_version(self, marker: str | None = None) -> str:
+        """Raw prompts are used verbatim: one version for all (read right after the prompt,
+        or after a critique ending at ``marker``)."""
+        return self._digest(RAW_TEMPLATE, *_read_after(marker))
 
     def _digest(self, *parts: str) -> str:
         digest = hashlib.sha256()
@@ -190,6 +235,13 @@ class Prompts:
             digest.update(part.encode("utf-8", "surrogatepass"))
             digest.update(b"\x1f")
         return digest.hexdigest()[:12]
+
+
+def _read_after(marker: str | None) -> tuple[str, ...]:
+    """A version's part for where the labels are read: nothing for a read right after the
+    prompt, else that the judge writes first and the marker it writes (a read after a
+    critique is not comparable with one right after the prompt)."""
+    return () if marker is None else ("writes first", marker)
 
 
 def combined_version(versions: dict[str, str]) -> str:

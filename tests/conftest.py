@@ -274,3 +274,34 @@ class Reference:
 @pytest.fixture(scope="session")
 def reference() -> Reference:
     return Reference()
+
+
+@torch.inference_mode()
+def greedy(reference: Reference, prompt: str, marker: str, max_tokens: int) -> tuple[list[int], bool]:
+    """The rule written out: argmax of a full forward pass per step; stop at the first token
+    whose decoded text holds the marker, after max_tokens, or at end of sequence (dropped)."""
+    tok, model = reference.tokenizer, reference.model
+    ids = tok.encode(prompt, add_special_tokens=False)
+    stop = {tok.eos_token_id, model.generation_config.eos_token_id}
+    generated: list[int] = []
+    while len(generated) < max_tokens:
+        token = int(model(input_ids=torch.tensor([ids + generated])).logits[0, -1].argmax())
+        if token in stop:
+            return generated, False
+        generated.append(token)
+        if marker in tok.decode(generated, skip_special_tokens=False):
+            return generated, True
+    return generated, False
+
+
+@torch.inference_mode()
+def read_after(reference: Reference, token_ids: list[int], labels: list[str]) -> list[float]:
+    """log P(label) after ``token_ids`` by the label-trie rule, from direct forward passes."""
+    head = reference.model.lm_head.weight.double()
+
+    def next_logprobs(prefix: tuple[int, ...]) -> torch.Tensor:
+        out = reference.model(input_ids=torch.tensor([token_ids + list(prefix)]), output_hidden_states=True)
+        return torch.log_softmax(out.hidden_states[-1][0, -1].double() @ head.T, dim=-1)
+
+    sequences = [tuple(reference.tokenizer.encode(label, add_special_tokens=False)) for label in labels]
+    return trie_rule_logprobs(sequences, next_logprobs)

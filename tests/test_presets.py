@@ -112,3 +112,8 @@ def test_an_open_reasoning_block_is_closed_unless_the_judge_writes_first(tokeniz
     # The default model's template opens no block: nothing changes.
     plain = Prompts(tokenizer).score("q", "r", None, DEFAULT_RUBRIC)
     assert plain.endswith("<|im_start|>assistant\n")
+    # The pairwise judge alike: closed for a plain read, open when it explains first.
+    assert prompts.pair("q", "a", "b", None).endswith("assistant\n<think>\n" + REASONING_CLOSE + "\n\n")
+    assert prompts.pair("q", "a", "b", None, marker="Verdict:").endswith("assistant\n<think>\n")
+    off = prompts.pair("q", "a", "b", None, {"enable_thinking": False}, "Verdict:")
+    assert off.endswith("assistant\n<think>\n\n</think>\n\n")

@@ -69,6 +69,37 @@ def test_versions_change_with_what_shapes_the_prompt(tokenizer, monkeypatch) -> 
     assert Prompts(tokenizer).score_version(DEFAULT_RUBRIC) == base
 
 
+def test_a_read_after_a_critique_has_a_version_of_its_own(tokenizer) -> None:
+    """The judge writing first and its marker are part of the version: for structured,
+    raw and pairwise prompts; a read right after the prompt keeps its version."""
+    here, fresh = Prompts(tokenizer), Prompts(tokenizer)
+    # The default model's chat template opens no reasoning block: the score prompt's text
+    # is the same either way, yet the reads are not comparable.
+    assert here.score("q", "r", None, DEFAULT_RUBRIC) == here.score("q", "r", None, DEFAULT_RUBRIC, writes_first=True)
+    for version in (
+        lambda marker: here.score_version(DEFAULT_RUBRIC, marker=marker),
+        lambda marker: here.score_version(DEFAULT_RUBRIC, "rubric_last", marker=marker),
+        lambda marker: here.raw_version(marker),
+        lambda marker: here.pair_version(None, marker=marker),
+        lambda marker: here.pair_version("Which is shorter?", {"enable_thinking": False}, marker),
+    ):
+        plain, critique, other = version(None), version("[RESULT]"), version("Verdict:")
+        assert len({plain, critique, other}) == 3
+    assert here.score_version(DEFAULT_RUBRIC, marker="[[") == fresh.score_version(DEFAULT_RUBRIC, marker="[[")
+    assert here.pair_version(None, marker="[[") == fresh.pair_version(None, marker="[[")
+    assert here.pair_version(None, {"enable_thinking": False}) != here.pair_version(None)
+
+
+def test_a_pair_critique_asks_for_the_marker_then_the_verdict() -> None:
+    plain = prompts.render_pair_message("Task text", "One", "Two", "Which is right?")
+    critique = prompts.render_pair_message("Task text", "One", "Two", "Which is right?", "Verdict:")
+    assert plain.endswith("Reply with one verdict number: 1, 2, 3, 4 or 5.")
+    assert critique.index("explain briefly") < critique.index("Then write Verdict: followed at once by")
+    assert critique.endswith("(for example Verdict:3).")
+    assert plain.rsplit("\n\n", 1)[0] == critique.rsplit("\n\n", 1)[0]
+    assert prompts.pair_system_text("Verdict:") != prompts.pair_system_text() == prompts.PAIR_SYSTEM_PROMPT
+
+
 def test_rubric_last_shares_the_item_and_puts_the_rubric_last() -> None:
     text = render_user_message("Task text", "Answer text", None, DEFAULT_RUBRIC, "rubric_last")
     assert text.index("Answer text") < text.index("### Rubric") < text.index("Reply with one score")

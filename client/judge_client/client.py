@@ -41,10 +41,15 @@ def _payload(request: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
     return dict(request)
 
 
+def _options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A request's other fields; a model among them (``critique=CritiqueSpec(...)``) as its JSON."""
+    return {name: _payload(value) if isinstance(value, BaseModel) else value for name, value in options.items()}
+
+
 def _request(entries: Sequence[Mapping[str, Any]] | BaseModel, key: str, options: dict[str, Any]) -> dict[str, Any]:
     if isinstance(entries, BaseModel):
         return _payload(entries)
-    return {key: [_payload(entry) for entry in entries], **options}
+    return {key: [_payload(entry) for entry in entries], **_options(options)}
 
 
 def _rank_payload(
@@ -55,7 +60,7 @@ def _rank_payload(
         return _payload(candidates)
     if instruction is None:
         raise TypeError("rank() needs the instruction the candidates respond to")
-    return {"instruction": instruction, "candidates": [_payload(c) for c in candidates], **options}
+    return {"instruction": instruction, "candidates": [_payload(c) for c in candidates], **_options(options)}
 
 
 def _chunks(payload: dict[str, Any], key: str, size: int) -> Iterator[dict[str, Any]]:
@@ -167,6 +172,8 @@ class JudgeClient(_Base):
         return self._scores(parts)
 
     def compare(self, pairs: Sequence[Mapping[str, Any]] | CompareRequest, **options: Any) -> CompareResponse:
+        """Judge pairs (dicts or pair models, or a whole request model); ``options`` are the
+        request's other fields (``swap``, ``critique``...)."""
         payload = _request(pairs, "pairs", options)
         parts = [self._send("POST", "/v1/compare", part) for part in _chunks(payload, "pairs", self.max_items())]
         return self._verdicts(parts)

@@ -41,6 +41,12 @@ CriterionName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 ChatValue = (
     bool | int | Annotated[float, Field(allow_inf_nan=False)] | Annotated[str, StringConstraints(max_length=1000)]
 )
+# Arguments to the model's chat template; the keys a server allows are its setting.
+ChatTemplateKwargs = dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], ChatValue]
+CHAT_TEMPLATE_KWARGS_DESCRIPTION = (
+    "Passed to the model's chat template, e.g. {'enable_thinking': false}; the keys the server allows "
+    "are a setting (JUDGE_CHAT_TEMPLATE_KWARGS)."
+)
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Timeout = Annotated[
     float,
@@ -189,15 +195,8 @@ class StructuredScoreRequest(_ScoreOptions):
         max_length=MAX_CRITERIA,
         description="Several criteria, each a rubric with a weight, instead of `rubric`; all share one label set.",
     )
-    chat_template_kwargs: dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], ChatValue] | None = (
-        Field(
-            None,
-            max_length=16,
-            description=(
-                "Passed to the model's chat template, e.g. {'enable_thinking': false}; the keys the server allows "
-                "are a setting (JUDGE_CHAT_TEMPLATE_KWARGS)."
-            ),
-        )
+    chat_template_kwargs: ChatTemplateKwargs | None = Field(
+        None, max_length=16, description=CHAT_TEMPLATE_KWARGS_DESCRIPTION
     )
     template: Template = Field(
         "default",
@@ -349,6 +348,24 @@ class CompareRequest(_Request):
     swap: bool = Field(True, description="Also score with B shown first and average the two orders.")
     length_control: LengthControl | None = None
     timeout_s: Timeout | None = None
+    critique: CritiqueSpec | None = Field(
+        None,
+        description=(
+            "The judge explains first, then writes the marker and its verdict; the verdict is read after the "
+            "marker, in each order."
+        ),
+    )
+    chat_template_kwargs: ChatTemplateKwargs | None = Field(
+        None, max_length=16, description=CHAT_TEMPLATE_KWARGS_DESCRIPTION
+    )
+
+
+class OrderCritique(_Response):
+    """What the judge wrote before its verdict in one order (critique mode)."""
+
+    critique: str = Field(description="The generated text, marker included.")
+    marker_found: bool = Field(description="Whether the judge wrote the marker (else it was appended).")
+    critique_tokens: int = Field(description="Tokens generated.")
 
 
 class PairVerdict(_Response):
@@ -363,6 +380,9 @@ class PairVerdict(_Response):
     )
     orders: dict[str, dict[str, float]] = Field(description="Each order's own distribution, keyed 'ab' and 'ba'.")
     prompt_tokens: int
+    critiques: dict[str, OrderCritique] | None = Field(
+        default=None, description="Critique mode: each order's critique, keyed as orders; null otherwise."
+    )
 
 
 class CompareResponse(_Response):

@@ -1,10 +1,17 @@
-"""``/v1/compare``: pairs of responses -> order-averaged five-way verdicts."""
+"""``/v1/compare``: pairs of responses -> order-averaged five-way verdicts.
+
+In critique mode each order is a critique task of its own: the judge explains first, in
+that order, and that order's verdict is read after its marker; the orders are then
+averaged as without a critique.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from typing import Any
 
-from judge_client.protocol import ComparePair, CompareRequest, CompareResponse, PairVerdict
+from judge_client.protocol import ComparePair, CompareRequest, CompareResponse, OrderCritique, PairVerdict
 
 from service import pairwise, scoring
 from service.engines import LabelScores, ScoringTask
@@ -13,6 +20,8 @@ from service.pairwise import VERDICTS
 from service.prompts import VERDICT_LABELS, Prompts
 from service.runtime import Runtime
 from service.serving.score import Disconnected
+
+ORDERS = ("ab", "ba")
 
 
 class CompareService:
@@ -28,7 +37,8 @@ class CompareService:
     ) -> CompareResponse:
         prompts, limits = self.runtime.require_ready()
         deadline = limits.deadline(timeout_s, arrived)
-        tasks = await asyncio.to_thread(self._tasks, request, prompts, limits)
+        chat_kwargs = limits.chat_template_kwargs(request.chat_template_kwargs)
+        tasks = await asyncio.to_thread(self._tasks, request, prompts, limits, chat_kwargs)
         results = await self.runtime.run(tasks, deadline, disconnected)
         per_pair = 2 if request.swap else 1
         verdicts = [
@@ -39,22 +49,31 @@ class CompareService:
         ]
         tokens = sum(t.length for t in tasks)
         self.runtime.metrics.answered("compare", "final", len(verdicts), len(tasks), tokens)
-        version = prompts.pair_version(request.criteria)
+        marker = request.critique.marker if request.critique is not None else None
+        version = prompts.pair_version(request.criteria, chat_kwargs, marker)
         return CompareResponse(model=self.runtime.model_name, prompt_version=version, results=verdicts)
 
     @staticmethod
-    def _tasks(request: CompareRequest, prompts: Prompts, limits: Limits) -> list[ScoringTask]:
-        """Two tasks per pair (A first, then B first), or one without swapping."""
+    def _tasks(
+        request: CompareRequest, prompts: Prompts, limits: Limits, chat_kwargs: Mapping[str, Any]
+    ) -> list[ScoringTask]:
+        """Two tasks per pair (A first, then B first), or one without swapping; in critique
+        mode each is a critique task, with its own critique in its own order."""
         limits.check_count(len(request.pairs), "pairs")
+        limits.check_prompts(len(request.pairs) * (2 if request.swap else 1))
         trie = limits.label_trie(VERDICT_LABELS)
+        spec = request.critique
+        critique = limits.critique(spec.max_tokens, spec.marker, False) if spec is not None else None
+        marker = spec.marker if spec is not None else None
         tasks = []
         for index, pair in enumerate(request.pairs):
             orders = [(pair.response_a, pair.response_b)]
             if request.swap:
                 orders.append((pair.response_b, pair.response_a))
             for first, second in orders:
-                text = prompts.pair(pair.instruction, first, second, request.criteria)
-                tasks.append(ScoringTask.reading(limits.encode(text, index, pair.id), trie))
+                text = prompts.pair(pair.instruction, first, second, request.criteria, chat_kwargs, marker)
+                token_ids = limits.encode(text, index, pair.id, critique)
+                tasks.append(ScoringTask.reading(token_ids, trie, critique=critique))
         return tasks
 
     @staticmethod
@@ -63,7 +82,7 @@ class CompareService:
     ) -> PairVerdict:
         orders = {
             order: pairwise.in_ab_terms(scoring.softmax(result.logprobs), order)
-            for order, result in zip(("ab", "ba"), results, strict=False)
+            for order, result in zip(ORDERS, results, strict=False)
         }
         mean = tuple(sum(column) / len(orders) for column in zip(*orders.values(), strict=True))
         if request.length_control is not None:
@@ -81,4 +100,15 @@ class CompareService:
             position_consistency=pairwise.consistency(orders["ab"], orders["ba"]) if request.swap else None,
             orders={order: dict(zip(VERDICTS, probs, strict=True)) for order, probs in orders.items()},
             prompt_tokens=sum(t.length for t in tasks),
+            critiques=_critiques(results) if request.critique is not None else None,
         )
+
+
+def _critiques(results: list[LabelScores]) -> dict[str, OrderCritique]:
+    """Each order's critique, keyed as ``orders``."""
+    out = {}
+    for order, result in zip(ORDERS, results, strict=False):
+        c = result.critique
+        assert c is not None  # a critique task's result carries its critique
+        out[order] = OrderCritique(critique=c.text, marker_found=c.marker_found, critique_tokens=c.tokens)
+    return out

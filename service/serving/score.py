@@ -49,6 +49,12 @@ def critique_spec(request: ScoreRequest, max_tokens: int | None = None) -> tuple
     return None
 
 
+def _marker(request: ScoreRequest) -> str | None:
+    """The marker after which the labels are read in critique mode; None outside it."""
+    spec = critique_spec(request)
+    return spec[1] if spec is not None else None
+
+
 def read_labels(request: ScoreRequest) -> list[str]:
     """The text each label is read as: the label itself, after the preset's label prefix
     (a Prometheus judge writes "[RESULT] 4", so "4" is read as " 4")."""
@@ -162,7 +168,7 @@ class ScoreService:
         """The prompts each item gets: one per criterion, or one for a rubric or raw prompt."""
         prompts, limits = self.runtime.require_ready()
         if isinstance(request, RawScoreRequest):
-            return [Criterion(None, None, 1.0, prompts.raw_version())]
+            return [Criterion(None, None, 1.0, prompts.raw_version(_marker(request)))]
         if request.rubrics is not None:
             limits.check_criteria(len(request.rubrics))
             out = []
@@ -179,7 +185,7 @@ class ScoreService:
     def _version(self, prompts: Prompts, rubric: Rubric, request: StructuredScoreRequest) -> str:
         limits = self.runtime.require_ready()[1]
         kwargs = limits.chat_template_kwargs(request.chat_template_kwargs)
-        return prompts.score_version(rubric, request.template, kwargs, critique_spec(request) is not None)
+        return prompts.score_version(rubric, request.template, kwargs, _marker(request))
 
     def tasks(self, request: ScoreRequest, criteria: Sequence[Criterion] | None = None) -> list[ScoringTask]:
         """Render and tokenise every prompt, item-major (item 0's criteria first); every

@@ -7,7 +7,15 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from judge_client import AsyncJudgeClient, CompareResponse, ItemScore, JudgeClient, JudgeError, ScoreResponse
+from judge_client import (
+    AsyncJudgeClient,
+    CompareResponse,
+    CritiqueSpec,
+    ItemScore,
+    JudgeClient,
+    JudgeError,
+    ScoreResponse,
+)
 
 from tests.conftest import RunningServer, start_server
 
@@ -62,3 +70,24 @@ def test_async_client(busy_server: RunningServer) -> None:
 
     response = asyncio.run(run())
     assert [r.id for r in response.results] == [item["id"] for item in ITEMS]
+
+
+def test_both_clients_compare_with_a_critique(busy_server: RunningServer) -> None:
+    pair = {"id": "p", "instruction": "2+2?", "response_a": "4", "response_b": "5"}
+    with JudgeClient(busy_server.url, api_key="secret", retries=30) as judge:
+        plain = judge.compare([pair])
+        written = judge.compare([pair], critique={"max_tokens": 4, "marker": "Verdict:"})
+
+    async def run() -> CompareResponse:
+        async with AsyncJudgeClient(busy_server.url, api_key="secret", retries=30) as judge:
+            return await judge.compare([pair], critique=CritiqueSpec(max_tokens=4, marker="Verdict:"))
+
+    from_async = asyncio.run(run())
+    for response in (written, from_async):
+        (result,) = response.results
+        assert result.critiques is not None and list(result.critiques) == ["ab", "ba"]
+        assert all(0 < c.critique_tokens <= 4 and c.critique for c in result.critiques.values())
+        assert response.prompt_version != plain.prompt_version
+    assert plain.results[0].critiques is None
+    # Greedy: the same critiques from either client.
+    assert written.results[0].critiques == from_async.results[0].critiques

@@ -1,4 +1,5 @@
-"""POST /v1/compare on the real default model, and the pairwise maths."""
+"""POST /v1/compare on the real default model, and the pairwise maths; critique mode against
+greedy generation and direct forward passes computed here."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import math
 
 import pytest
 
-from service import pairwise
-from service.prompts import Prompts
-from tests.conftest import RunningServer, tolerance
+from service import pairwise, scoring
+from service.prompts import VERDICT_LABELS, Prompts
+from tests.conftest import Reference, RunningServer, greedy, read_after, tolerance
 
 pytestmark = pytest.mark.slow
 
@@ -61,3 +62,103 @@ def test_compare_errors_use_the_table(client) -> None:
     assert too_short.status_code == 422 and "timeout_s" in too_short.text
     late = client.post("/v1/compare", json={"pairs": [PAIR], "timeout_s": 0.01})
     assert late.status_code == 504
+
+
+# Critique mode: (swap, marker, max_tokens, whether the judge writes the marker in each
+# order). The default model writes a sentence ending in "." within 24 tokens in both
+# orders, and never "Verdict:" within 6.
+CRITIQUES = {
+    "both orders, marker found": (True, ".", 24, True),
+    "A first only, marker never written": (False, "Verdict:", 6, False),
+}
+
+
+@pytest.mark.parametrize("case", list(CRITIQUES))
+def test_compare_critique_per_order_is_greedy_and_read_after_it(
+    server: RunningServer, client, reference: Reference, case: str
+) -> None:
+    """Each order: its own critique, greedy from its own prompt; its verdict read after
+    it as direct forward passes give it; the verdict the mean of the orders."""
+    swap, marker, max_tokens, found = CRITIQUES[case]
+    body = {"pairs": [PAIR], "swap": swap, "critique": {"max_tokens": max_tokens, "marker": marker}}
+    response = client.post("/v1/compare", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    result = answer["results"][0]
+    tok, builder = reference.tokenizer, Prompts(reference.tokenizer)
+    orders = {"ab": (PAIR["response_a"], PAIR["response_b"])}
+    if swap:
+        orders["ba"] = (PAIR["response_b"], PAIR["response_a"])
+    assert list(result["critiques"]) == list(result["orders"]) == list(orders)
+    want, prompt_tokens = {}, 0
+    for order, (first, second) in orders.items():
+        prompt = builder.pair(PAIR["instruction"], first, second, None, marker=marker)
+        generated, marker_found = greedy(reference, prompt, marker, max_tokens)
+        assert marker_found is found  # the case is what its name says
+        assert result["critiques"][order] == {
+            "critique": tok.decode(generated, skip_special_tokens=False),
+            "marker_found": found,
+            "critique_tokens": len(generated),
+        }
+        ids = tok.encode(prompt, add_special_tokens=False)
+        prompt_tokens += len(ids)
+        marker_ids = [] if found else tok.encode(marker, add_special_tokens=False)
+        logprobs = read_after(reference, ids + generated + marker_ids, list(VERDICT_LABELS))
+        want[order] = pairwise.in_ab_terms(scoring.softmax(logprobs), order)
+        assert list(result["orders"][order].values()) == pytest.approx(want[order], abs=tolerance(server))
+    mean = [sum(column) / len(want) for column in zip(*want.values(), strict=True)]
+    assert list(result["distribution"].values()) == pytest.approx(mean, abs=tolerance(server))
+    returned = [list(probs.values()) for probs in result["orders"].values()]
+    exact_mean = [sum(column) / len(returned) for column in zip(*returned, strict=True)]
+    assert list(result["distribution"].values()) == pytest.approx(exact_mean, abs=1e-12)
+    if swap:
+        assert result["position_consistency"] == pytest.approx(pairwise.consistency(*returned))
+    else:
+        assert result["position_consistency"] is None
+    assert result["prompt_tokens"] == prompt_tokens
+    assert answer["prompt_version"] == builder.pair_version(None, marker=marker)
+
+
+def test_compare_prompt_version_tells_critique_reads_apart(client) -> None:
+    def version(**options) -> str:
+        response = client.post("/v1/compare", json={"pairs": [PAIR], "swap": False, **options})
+        assert response.status_code == 200, response.text
+        return response.json()["prompt_version"]
+
+    plain = version()
+    critique = version(critique={"max_tokens": 2, "marker": "Verdict:"})
+    assert len({plain, critique, version(critique={"max_tokens": 2, "marker": "[["})}) == 3
+    # The critique's length is not part of it.
+    assert version(critique={"max_tokens": 3, "marker": "Verdict:"}) == critique
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"critique": {"max_tokens": 513, "marker": "."}}, "max_critique_tokens"),
+        ({"critique": {"max_tokens": 0, "marker": "."}}, "critique.max_tokens"),
+        ({"critique": {"max_tokens": 4, "marker": ""}}, "critique.marker"),
+        ({"critique": {"max_tokens": 4, "marker": "x" * 65}}, "critique.marker"),
+        ({"chat_template_kwargs": {"tools": "x"}}, "refused"),
+    ],
+)
+def test_compare_critique_errors(client, options: dict, field: str) -> None:
+    response = client.post("/v1/compare", json={"pairs": [PAIR], **options})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request"
+    assert field in error["message"] + str(error["details"])
+    if field == "max_critique_tokens":
+        assert error["details"] == {"max_tokens": 513, "max_critique_tokens": 512}
+
+
+def test_compare_prompts_must_leave_room_for_their_critiques(server: RunningServer, client) -> None:
+    limit = server.runtime.limits.max_model_len
+    long_pair = {**PAIR, "response_a": "x " * (limit - 300)}
+    body = {"pairs": [long_pair], "critique": {"max_tokens": 500, "marker": "."}}
+    response = client.post("/v1/compare", json=body)
+    assert response.status_code == 422, response.text
+    details = response.json()["error"]["details"]
+    assert details["max_model_len"] == limit and details["critique_tokens"] == 500 + 1
+    # The prompt alone fits: it is the critique's room that does not.
+    assert details["prompt_tokens"] <= limit < details["prompt_tokens"] + details["critique_tokens"]

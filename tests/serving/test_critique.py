@@ -11,10 +11,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-import torch
 
 from service.metrics import CRITIQUE_BUCKETS
-from tests.conftest import Reference, RunningServer, metric_sum, start_server, tolerance, trie_rule_logprobs
+from tests.conftest import Reference, RunningServer, greedy, metric_sum, read_after, start_server, tolerance
 
 pytestmark = pytest.mark.slow
 
@@ -29,37 +28,6 @@ CASES = {
     "marker never written": (FEEDBACK, "[RESULT]", 6, False),
     "end of sequence": (CHAT, "[RESULT]", 24, False),
 }
-
-
-@torch.inference_mode()
-def greedy(reference: Reference, prompt: str, marker: str, max_tokens: int) -> tuple[list[int], bool]:
-    """The rule written out: argmax of a full forward pass per step; stop at the first token
-    whose decoded text holds the marker, after max_tokens, or at end of sequence (dropped)."""
-    tok, model = reference.tokenizer, reference.model
-    ids = tok.encode(prompt, add_special_tokens=False)
-    stop = {tok.eos_token_id, model.generation_config.eos_token_id}
-    generated: list[int] = []
-    while len(generated) < max_tokens:
-        token = int(model(input_ids=torch.tensor([ids + generated])).logits[0, -1].argmax())
-        if token in stop:
-            return generated, False
-        generated.append(token)
-        if marker in tok.decode(generated, skip_special_tokens=False):
-            return generated, True
-    return generated, False
-
-
-@torch.inference_mode()
-def read_after(reference: Reference, token_ids: list[int], labels: list[str]) -> list[float]:
-    """log P(label) after ``token_ids`` by the label-trie rule, from direct forward passes."""
-    head = reference.model.lm_head.weight.double()
-
-    def next_logprobs(prefix: tuple[int, ...]) -> torch.Tensor:
-        out = reference.model(input_ids=torch.tensor([token_ids + list(prefix)]), output_hidden_states=True)
-        return torch.log_softmax(out.hidden_states[-1][0, -1].double() @ head.T, dim=-1)
-
-    sequences = [tuple(reference.tokenizer.encode(label, add_special_tokens=False)) for label in labels]
-    return trie_rule_logprobs(sequences, next_logprobs)
 
 
 def critique_score(client: httpx.Client, prompts: list[str], labels: list[str], marker: str, max_tokens: int) -> list:
@@ -249,7 +217,13 @@ def test_a_preset_writes_first_and_reads_its_labels_after_the_marker(
     # Without a critique field the preset writes its default critique; null turns it off.
     plain = client.post("/v1/score", json={"items": [item], "template": template, "critique": None}).json()
     assert plain["results"][0]["critique"] is None
-    assert plain["prompt_version"] == response.json()["prompt_version"]  # the same prompt text
+    # The same prompt text, but a read after a critique is not comparable with one right
+    # after the prompt: their versions differ (and so a calibration of one is not applied
+    # to the other).
+    versions = Prompts(reference.tokenizer)
+    assert plain["prompt_version"] == versions.score_version(preset.rubric, template)
+    assert response.json()["prompt_version"] == versions.score_version(preset.rubric, template, marker=preset.marker)
+    assert plain["prompt_version"] != response.json()["prompt_version"]
 
 
 @pytest.fixture(scope="module")

@@ -114,19 +114,37 @@ def test_calibrated_scores_and_review_flags(readout_server: RunningServer, files
         assert result["review_reasons"] == reasons and result["needs_review"] == bool(reasons)
 
 
-def test_a_calibration_is_never_applied_to_another_setup(readout_server: RunningServer) -> None:
+def test_a_calibration_is_never_applied_to_another_setup(
+    readout_server: RunningServer, versions: Prompts, files: tuple[Path, Path]
+) -> None:
     rubric = {"criteria": "Is it right?", "score_descriptions": {str(k): f"level {k}" for k in range(1, 6)}}
     other = post(readout_server, {"items": ITEMS[:1], "rubric": rubric})["results"][0]
     assert other["calibrated"] is None and "prompt version" in other["calibration_note"]
     reordered = post(readout_server, {"items": ITEMS[:1], "template": "rubric_last"})["results"][0]
     assert reordered["calibrated"] is None and "prompt version" in reordered["calibration_note"]
+    # The same prompt, read after a critique: not what the calibration was fitted on.
+    critique = {"max_tokens": 2, "marker": "[RESULT]"}
+    written = post(readout_server, {"items": ITEMS[:1], "critique": critique})
+    assert written["prompt_version"] != versions.score_version(DEFAULT_RUBRIC)
+    (result,) = written["results"]
+    assert result["critique_tokens"] is not None
+    assert result["calibrated"] is None and "prompt version" in result["calibration_note"]
     raw = post(readout_server, {"items": [{"id": "r", "prompt": "Score:"}]})["results"][0]
     assert raw["calibrated"] is None and raw["calibration_note"]
     lager = post(readout_server, {"items": ITEMS[:1], "method": "lager"})["results"][0]
     assert lager["calibrated"] is None and "method" in lager["calibration_note"]
     with readout_server.client() as client:
         refused = client.post("/v1/score", json={"items": ITEMS[:1], "rubric": rubric, "method": "probe"})
+        probed_after_critique = client.post(
+            "/v1/score", json={"items": ITEMS[:1], "method": "probe", "critique": critique}
+        )
     assert refused.status_code == 422 and "prompt version" in refused.json()["error"]["message"]
+    # Nor is the probe fitted on plain reads applied after a critique: the request is refused
+    # as a critique with a per-layer readout, and the probe would not match its version.
+    assert probed_after_critique.status_code == 422
+    assert probed_after_critique.json()["error"]["details"] == {"field": "critique"}
+    reason = Probe.load(files[1]).mismatch(MODEL, LABELS, written["prompt_version"])
+    assert reason is not None and "prompt version" in reason
 
 
 def test_probe_equals_its_weights_on_the_hidden_rows(
