@@ -65,10 +65,10 @@ def test_compare_errors_use_the_table(client) -> None:
 
 
 # Critique mode: (swap, marker, max_tokens, whether the judge writes the marker in each
-# order). The default model writes a sentence ending in "." within 24 tokens in both
+# order). The default model writes a sentence ending in "." within 20 tokens in both
 # orders, and never "Verdict:" within 6.
 CRITIQUES = {
-    "both orders, marker found": (True, ".", 24, True),
+    "both orders, marker found": (True, ".", 20, True),
     "A first only, marker never written": (False, "Verdict:", 6, False),
 }
 
@@ -80,7 +80,9 @@ def test_compare_critique_per_order_is_greedy_and_read_after_it(
     """Each order: its own critique, greedy from its own prompt; its verdict read after
     it as direct forward passes give it; the verdict the mean of the orders."""
     swap, marker, max_tokens, found = CRITIQUES[case]
-    body = {"pairs": [PAIR], "swap": swap, "critique": {"max_tokens": max_tokens, "marker": marker}}
+    critique = {"max_tokens": max_tokens, "marker": marker}
+    # A generous deadline: generation on a busy CPU is slow.
+    body = {"pairs": [PAIR], "swap": swap, "critique": critique, "timeout_s": 300}
     response = client.post("/v1/compare", json=body)
     assert response.status_code == 200, response.text
     answer = response.json()
