@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-fast lint install browser
+.PHONY: serve test test-fast lint install browser bench
 
 $(STAMP): pyproject.toml client/pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -49,3 +49,8 @@ test: lint browser
 # The fast unit tests only: no real servers (about a minute).
 test-fast: lint
 	$(BIN)/python -m pytest -m 'not slow'
+
+# Every benchmark, each with its README arguments: regenerates bench/results (hours on a
+# CPU; run it on an otherwise idle machine). Runs that need vLLM skip without it.
+bench: $(STAMP)
+	$(BIN)/python bench/all.py

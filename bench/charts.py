@@ -3,20 +3,30 @@
 Each benchmark calls its chart function after writing its JSON; this script redraws every
 chart from the JSON reports present:
 
-    .venv/bin/python bench/charts.py
+    .venv/bin/python bench/charts.py [REPORT.json ...]
+
+A figure that has a 95% interval in its report (``<figure>_ci``) is drawn with it as an
+error bar; reports written before the intervals were kept are drawn without.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from service.intervals import fmt  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -28,18 +38,60 @@ def _save(fig: plt.Figure, out: Path) -> None:
     print(f"wrote {out}")
 
 
+def _errors(values: Sequence[float], bounds: Sequence[Sequence[float] | None]) -> list[list[float]] | None:
+    """Error-bar lengths (below, above) for ``values`` from their intervals; nan (no bar)
+    where an interval is missing or undefined; None when none has one."""
+    below, above = [], []
+    for value, bound in zip(values, bounds, strict=True):
+        ok = bound is not None and all(isinstance(b, int | float) and math.isfinite(b) for b in bound)
+        below.append(value - bound[0] if ok and bound else math.nan)
+        above.append(bound[1] - value if ok and bound else math.nan)
+    return None if all(math.isnan(b) for b in below) else [below, above]
+
+
+def _ci(row: Mapping[str, Any], key: str, scale: float = 1.0) -> list[float] | None:
+    """``row[key + "_ci"]`` times ``scale``, or None where the report has none."""
+    bound = row.get(f"{key}_ci")
+    return None if bound is None else [scale * b for b in bound]
+
+
+def _tail(row: Mapping[str, Any]) -> str:
+    """``p99_ms``, or ``max_ms`` where there were too few requests for a p99."""
+    return "p99_ms" if "p99_ms" in row else "max_ms"
+
+
 def overhead(report: dict, out: Path) -> None:
     rows = report["rows"]
     names = [row["path"] for row in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    left.barh(names, [row["items_per_s"] for row in rows], color=["#4c72b0", "#55a868", "#c44e52"])
+    rates = [row["items_per_s"] for row in rows]
+    xerr = _errors(rates, [_ci(row, "items_per_s") for row in rows])
+    left.barh(names, rates, xerr=xerr, capsize=4, color=["#4c72b0", "#55a868", "#c44e52"])
     left.invert_yaxis()
     left.set_xlabel("items/s")
-    left.set_title(f"{report['engine']}: {report['items']} items, b/a = {report['ratio_b_over_a']:.3f}")
+    ratio = fmt(report["ratio_b_over_a"], report.get("ratio_b_over_a_ci"))
+    left.set_title(f"{report['engine']}: {report['items']} items, b/a = {ratio}", fontsize=10)
     width = 0.38
     positions = range(len(rows))
-    right.bar([p - width / 2 for p in positions], [row["p50_ms"] for row in rows], width, label="p50")
-    right.bar([p + width / 2 for p in positions], [row["p99_ms"] for row in rows], width, label="p99")
+    p50 = [row["p50_ms"] for row in rows]
+    tail = [row[_tail(row)] for row in rows]
+    right.bar(
+        [p - width / 2 for p in positions],
+        p50,
+        width,
+        yerr=_errors(p50, [_ci(row, "p50_ms") for row in rows]),
+        capsize=3,
+        label="p50",
+    )
+    label = "p99" if all(_tail(row) == "p99_ms" for row in rows) else "p99 (max below 100 requests)"
+    right.bar(
+        [p + width / 2 for p in positions],
+        tail,
+        width,
+        yerr=_errors(tail, [_ci(row, _tail(row)) for row in rows]),
+        capsize=3,
+        label=label,
+    )
     right.set_xticks(list(positions), [name.split(":")[0] for name in names])
     right.set_ylabel("latency (ms)")
     right.set_title(f"latency per request (a: {report.get('a_latency', 'per batch')})", fontsize=9)
@@ -54,8 +106,10 @@ def peer(report: dict, out: Path) -> None:
         "ours_compiled_items_per_s": "ours, compiled\n(JUDGE_VLLM_LAYERS=false)",
         "peer_items_per_s": "vLLM OpenAI server\n(logprobs=20)",
     }
-    bars = {label: report[key] for key, label in names.items() if key in report}
-    left.bar(list(bars), list(bars.values()), color="#4c72b0")
+    keys = [key for key in names if key in report]
+    values = [report[key] for key in keys]
+    yerr = _errors(values, [_ci(report, key) for key in keys])
+    left.bar([names[key] for key in keys], values, yerr=yerr, capsize=4, color="#4c72b0")
     left.set_ylabel("items/s")
     left.set_title(f"{report['items']} items, {report['concurrency']} concurrent")
     left.tick_params(axis="x", labelsize=8)
@@ -63,8 +117,8 @@ def peer(report: dict, out: Path) -> None:
     right.hist(errors, bins=20, color="#c44e52")
     right.set_xlabel("|expected score from top-20 - exact|")
     right.set_ylabel("items")
-    missing = 100 * report["peer_top20_missing_a_label"]
-    right.set_title(f"peer's top-20 missed a label on {missing:.0f}% of items")
+    missing = fmt(100 * report["peer_top20_missing_a_label"], _ci(report, "peer_top20_missing_a_label", 100), 0)
+    right.set_title(f"peer's top-20 missed a label on {missing}% of items", fontsize=10)
     _save(fig, out)
 
 
@@ -73,13 +127,15 @@ def prefix(report: dict, out: Path) -> None:
     for reuse in (True, False):
         rows = sorted((r for r in report["rows"] if r["prefix_reuse"] is reuse), key=lambda r: r["n"])
         label = "prefix reuse on" if reuse else "prefix reuse off"
-        ax.plot([r["n"] for r in rows], [1000 * r["seconds_per_item"] for r in rows], marker="o", label=label)
+        ms = [1000 * r["seconds_per_item"] for r in rows]
+        yerr = _errors(ms, [_ci(r, "seconds_per_item", 1000) for r in rows])
+        ax.errorbar([r["n"] for r in rows], ms, yerr=yerr, marker="o", capsize=3, label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("N responses sharing one rubric and instruction")
     ax.set_ylabel("ms per item")
     ratio = report.get("ratio_16_over_1")
-    title = f"{report.get('engine', 'transformers')}: N=16 / N=1 = {ratio:.2f}" if ratio else report.get("engine", "")
-    ax.set_title(title)
+    engine = report.get("engine", "transformers")
+    ax.set_title(f"{engine}: N=16 / N=1 = {fmt(ratio, _ci(report, 'ratio_16_over_1'), 2)}" if ratio else engine)
     ax.set_ylim(bottom=0)
     ax.legend()
     _save(fig, out)
@@ -87,10 +143,13 @@ def prefix(report: dict, out: Path) -> None:
 
 def roofline(report: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    values = [report["achieved_gflops"], report["matmul_gflops"]]
-    ax.barh(["model forward", "dense fp32 matmul"], values, color=["#4c72b0", "#8c8c8c"])
+    keys = ["achieved_gflops", "matmul_gflops"]
+    values = [report[key] for key in keys]
+    xerr = _errors(values, [_ci(report, key) for key in keys])
+    ax.barh(["model forward", "dense fp32 matmul"], values, xerr=xerr, capsize=4, color=["#4c72b0", "#8c8c8c"])
     ax.set_xlabel("GFLOP/s")
-    ax.set_title(f"batch {report['batch']} x {report['tokens_per_item']} tokens: ratio {report['ratio']:.2f}")
+    ratio = fmt(report["ratio"], _ci(report, "ratio"), 2)
+    ax.set_title(f"batch {report['batch']} x {report['tokens_per_item']} tokens: ratio {ratio}", fontsize=10)
     _save(fig, out)
 
 
@@ -98,18 +157,25 @@ def scaling(report: dict, out: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     rows = report["concurrency"]
     levels = [r["concurrency"] for r in rows]
-    left.plot(levels, [r["items_per_s"] for r in rows], marker="o", color="#4c72b0")
+    rates = [r["items_per_s"] for r in rows]
+    yerr = _errors(rates, [_ci(r, "items_per_s") for r in rows])
+    left.errorbar(levels, rates, yerr=yerr, marker="o", capsize=3, color="#4c72b0")
     left.set_xscale("log", base=2)
     left.set_xlabel("concurrent clients")
     left.set_ylabel("items/s", color="#4c72b0")
     twin = left.twinx()
-    twin.plot(levels, [r["p99_ms"] / 1000 for r in rows], marker="s", color="#c44e52")
-    twin.set_ylabel("p99 latency (s)", color="#c44e52")
-    left.set_title(f"{report['engine']}: throughput and p99")
+    tail = [r[_tail(r)] / 1000 for r in rows]
+    yerr = _errors(tail, [_ci(r, _tail(r), 1 / 1000) for r in rows])
+    twin.errorbar(levels, tail, yerr=yerr, marker="s", capsize=3, color="#c44e52")
+    label = "p99" if all(_tail(r) == "p99_ms" for r in rows) else "max (fewer than 100 requests)"
+    twin.set_ylabel(f"{label} latency (s)", color="#c44e52")
+    left.set_title(f"{report['engine']}: throughput and {label.split()[0]} latency")
     left.set_ylim(bottom=0)
     twin.set_ylim(bottom=0)
     memory = report["memory"]
-    right.plot([m["batch_tokens"] for m in memory], [m["peak_rss_mib"] for m in memory], marker="o")
+    peaks = [m["peak_rss_mib"] for m in memory]
+    yerr = _errors(peaks, [_ci(m, "peak_rss_mib") for m in memory])
+    right.errorbar([m["batch_tokens"] for m in memory], peaks, yerr=yerr, marker="o", capsize=3)
     right.set_xscale("log", base=2)
     right.set_xlabel("tokens in one batch")
     right.set_ylabel("peak RSS (MiB)")
@@ -122,7 +188,10 @@ def criteria(report: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for template, entry in report["templates"].items():
         ks = sorted(int(k) for k in entry["seconds_per_item"])
-        ax.plot(ks, [1000 * entry["seconds_per_item"][str(k)] for k in ks], marker="o", label=template)
+        ms = [1000 * entry["seconds_per_item"][str(k)] for k in ks]
+        bounds = entry.get("seconds_per_item_ci", {})
+        yerr = _errors(ms, [[1000 * b for b in bounds[str(k)]] if str(k) in bounds else None for k in ks])
+        ax.errorbar(ks, ms, yerr=yerr, marker="o", capsize=3, label=template)
     ax.set_xlabel("criteria per item (K)")
     ax.set_ylabel("ms per item")
     ax.set_title(f"{report['engine']}: {report['items']} Topical-Chat items, one request each")
@@ -136,11 +205,8 @@ def rank(report: dict, out: Path) -> None:
     rows = report["rows"]
     names = [f"N={row['n']}" for row in rows]
     taus = [row["kendall_tau"] for row in rows]
-    errors = [
-        [t - row["kendall_tau_ci"][0] for t, row in zip(taus, rows, strict=True)],
-        [row["kendall_tau_ci"][1] - t for t, row in zip(taus, rows, strict=True)],
-    ]
-    ax.bar(names, taus, yerr=errors, capsize=4, color="#4c72b0")
+    yerr = _errors(taus, [_ci(row, "kendall_tau") for row in rows])
+    ax.bar(names, taus, yerr=yerr, capsize=4, color="#4c72b0")
     ax.set_ylim(0, 1)
     ax.set_ylabel("Kendall tau with the all-pairs ranking")
     ax.set_title("O(N log N) design against all pairs (95% bootstrap interval)")
@@ -150,24 +216,31 @@ def rank(report: dict, out: Path) -> None:
 def labels(report: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     rates = report["items_per_s"]
-    ax.bar(list(rates), list(rates.values()), color=["#4c72b0", "#55a868"])
+    bounds = report.get("items_per_s_ci", {})
+    yerr = _errors(list(rates.values()), [bounds.get(name) for name in rates])
+    ax.bar(list(rates), list(rates.values()), yerr=yerr, capsize=4, color=["#4c72b0", "#55a868"])
     ax.set_ylabel("items/s")
-    ax.set_title(
-        f"{report['engine']}: {report['items']} items, 1-10 / 1-5 = {report['ratio_10_over_5']:.3f}", fontsize=10
-    )
+    ratio = fmt(report["ratio_10_over_5"], _ci(report, "ratio_10_over_5"))
+    ax.set_title(f"{report['engine']}: {report['items']} items, 1-10 / 1-5 = {ratio}", fontsize=9)
     _save(fig, out)
 
 
 def critique(report: dict, out: Path) -> None:
     runs = report["critique"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    left.bar([str(run["max_tokens"]) for run in runs], [run["items_per_s"] for run in runs], color="#4c72b0")
+    rates = [run["items_per_s"] for run in runs]
+    yerr = _errors(rates, [_ci(run, "items_per_s") for run in runs])
+    left.bar([str(run["max_tokens"]) for run in runs], rates, yerr=yerr, capsize=4, color="#4c72b0")
     left.set_xlabel("critique tokens")
     left.set_ylabel("items/s")
     left.set_title(f"{report['engine']}: critique items/s, {runs[0]['items']} at once")
-    right.bar(["idle", "under critique load"], [report["plain_idle_p50_ms"], report["plain_loaded_p50_ms"]])
+    keys = ["plain_idle_p50_ms", "plain_loaded_p50_ms"]
+    p50 = [report[key] for key in keys]
+    yerr = _errors(p50, [_ci(report, key) for key in keys])
+    right.bar(["idle", "under critique load"], p50, yerr=yerr, capsize=4)
     right.set_ylabel("plain-score p50 (ms)")
-    right.set_title(f"plain score p50: loaded / idle = {report['ratio_loaded_over_idle']:.2f}")
+    ratio = fmt(report["ratio_loaded_over_idle"], _ci(report, "ratio_loaded_over_idle"), 2)
+    right.set_title(f"plain score p50: loaded / idle = {ratio}", fontsize=10)
     _save(fig, out)
 
 
@@ -175,10 +248,16 @@ def engines(report: dict, out: Path) -> None:
     rows = report["rows"]
     names = [row["setup"].replace("-no-", "\nno ").replace("-", "\n") for row in rows]
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(12, 3.8))
-    left.bar(names, [row["items_per_s"] for row in rows], color="#4c72b0")
-    left.set_ylabel("items/s")
+    panels = ((left, "items_per_s", "items/s", "#4c72b0"), (middle, "startup_s", "start-up (s)", "#55a868"))
+    panels += ((right, "peak_rss_gib", "peak memory (GiB)", "#c44e52"),)
+    for ax, key, ylabel, color in panels:
+        values = [row[key] for row in rows]
+        yerr = _errors(values, [_ci(row, key) for row in rows])
+        ax.bar(names, values, yerr=yerr, capsize=4, color=color)
+        ax.set_ylabel(ylabel)
+        ax.tick_params(axis="x", labelsize=8)
     ratios = [
-        f"/ {name} = {report[key]:.2f}"
+        f"/ {name} = {fmt(report[key], _ci(report, key), 2)}"
         for name, key in (
             ("vLLM", "ratio_transformers_over_vllm"),
             ("compiled", "ratio_transformers_over_vllm_compiled"),
@@ -186,13 +265,7 @@ def engines(report: dict, out: Path) -> None:
         if key in report
     ]
     suffix = (", transformers " + ", ".join(ratios)) if ratios else ""
-    left.set_title(f"{report['items']} items, {report['concurrency']} clients{suffix}", fontsize=9)
-    middle.bar(names, [row["startup_s"] for row in rows], color="#55a868")
-    middle.set_ylabel("start-up (s)")
-    right.bar(names, [row["peak_rss_gib"] for row in rows], color="#c44e52")
-    right.set_ylabel("peak memory (GiB)")
-    for ax in (left, middle, right):
-        ax.tick_params(axis="x", labelsize=8)
+    left.set_title(f"{report['items']} items, {report['concurrency']} clients{suffix}", fontsize=8)
     _save(fig, out)
 
 

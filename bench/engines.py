@@ -1,7 +1,7 @@
 """The two engines side by side on Topical-Chat items, single-item requests from 8 clients:
 items/s, latency, start-up time and peak memory of each server, in one run.
 
-    .venv/bin/python bench/engines.py [--items 120] [--concurrency 8]
+    .venv/bin/python bench/engines.py [--items 120] [--concurrency 8] [--repeats 5]
 
 Each setup is a fresh server process (`python -m service`): the transformers engine with its
 prefix cache (the default), the transformers engine with the cache off
@@ -11,15 +11,23 @@ the model runs eagerly) and compiled (JUDGE_VLLM_LAYERS=false). Items are the fi
 order: several responses to each dialogue context, sent one per request, the 8 clients
 taking them in order. Start-up is the time from launch to /ready answering 200 (model load,
 load-time proofs, warm-up); memory is the peak resident set of the server and its child
-processes. Prints each row and the ratios transformers / vLLM in items/s (goal >= 0.9), and
-writes bench/results/engines.json and a PNG.
+processes. Every setup is launched ``--repeats`` times, the setups taking turns (so a
+slow spell of the machine falls on all of them), each launch a fresh server running the
+whole load.
+
+Every figure has a bootstrap 95% interval (``bench/figures.py``): start-up and peak memory
+are the mean over launches, with an interval over launches; items/s pools every launch's
+items, each item's share of the wall time (the time between successive completions), with
+an interval over items; latency percentiles pool the requests of every launch; the ratio
+transformers / vLLM resamples items paired: the same (launch, item) under both. Prints
+each launch, each setup and the ratios transformers / vLLM in items/s (goal >= 0.9), and
+writes bench/results/engines.json (with every launch's samples) and a PNG.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import threading
 import time
@@ -30,8 +38,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import charts  # noqa: E402
-from bench.overhead import DATA_DIR, http_load, load_items, start_server  # noqa: E402
+from bench import charts, figures  # noqa: E402
+from bench.overhead import DATA_DIR, describe, http_load, load_items, start_server  # noqa: E402
+from service import intervals  # noqa: E402
 
 SETUPS = {
     "transformers": ("transformers", {}),
@@ -68,7 +77,9 @@ class PeakMemory:
         self._thread.join()
 
 
-def measure(name: str, items: list[dict], concurrency: int, port: int) -> dict:
+def launch(name: str, items: list[dict], concurrency: int, port: int) -> dict:
+    """One fresh server of a setup: its start-up time, the load's figures and samples, its
+    peak memory."""
     engine, env = SETUPS[name]
     started = time.perf_counter()
     server = start_server(port, engine, env)
@@ -79,13 +90,35 @@ def measure(name: str, items: list[dict], concurrency: int, port: int) -> dict:
     finally:
         server.terminate()
         server.wait(timeout=90)
-    row.update(setup=name, startup_s=startup, peak_rss_gib=memory.peak / 2**30)
-    print(
-        f"{name:<32} {row['items_per_s']:6.2f} items/s  p50 {row['p50_ms'] / 1000:6.2f} s  "
-        f"p99 {row['p99_ms'] / 1000:6.2f} s  start-up {startup:5.1f} s  peak {row['peak_rss_gib']:.2f} GiB",
-        flush=True,
-    )
+    row = {"startup_s": startup, "peak_rss_gib": memory.peak / 2**30} | row
+    print(f"{name:<24} {describe(row)}  start-up {startup:5.1f} s  peak {row['peak_rss_gib']:.2f} GiB", flush=True)
     return row
+
+
+def pooled_shares(launches: list[dict]) -> dict:
+    """Every item's share of its launch's wall time, keyed by (launch, item id)."""
+    return {
+        key: share for number, run in enumerate(launches) for key, share in figures.item_shares(run, number).items()
+    }
+
+
+def setup_row(name: str, launches: list[dict]) -> dict:
+    """A setup's figures over all its launches."""
+    rate, rate_ci = figures.rate(list(pooled_shares(launches).values()))
+    startup, startup_ci = figures.mean([run["startup_s"] for run in launches])
+    peak, peak_ci = figures.mean([run["peak_rss_gib"] for run in launches])
+    latencies = [ms / 1000 for run in launches for ms in run["latencies_ms"]]
+    return {
+        "setup": name,
+        "items_per_s": rate,
+        "items_per_s_ci": rate_ci,
+        **figures.latency(latencies),
+        "startup_s": startup,
+        "startup_s_ci": startup_ci,
+        "peak_rss_gib": peak,
+        "peak_rss_gib_ci": peak_ci,
+        "launches": launches,
+    }
 
 
 def main() -> None:
@@ -93,21 +126,31 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--items", type=int, default=120)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5, help="launches of every setup, taking turns")
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--setups", default=",".join(SETUPS), help="comma-separated, of: " + ", ".join(SETUPS))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "engines.json")
     args = parser.parse_args()
     items = load_items(args.items, args.data_dir)[::-1]  # the clients pop from the end: file order
-    rows = [measure(name, items, args.concurrency, args.port) for name in args.setups.split(",")]
-    rate = {row["setup"]: row["items_per_s"] for row in rows}
-    report = {"items": len(items), "concurrency": args.concurrency, "rows": rows}
+    names = args.setups.split(",")
+    launches: dict[str, list[dict]] = {name: [] for name in names}
+    for _ in range(args.repeats):
+        for name in names:
+            launches[name].append(launch(name, items, args.concurrency, args.port))
+    rows = [setup_row(name, runs) for name, runs in launches.items()]
+    for row in rows:
+        print(
+            f"{row['setup']:<24} {describe(row)}  start-up {intervals.fmt(row['startup_s'], row['startup_s_ci'], 1)} s"
+            f"  peak {intervals.fmt(row['peak_rss_gib'], row['peak_rss_gib_ci'], 2)} GiB"
+        )
+    report: dict = {"items": len(items), "concurrency": args.concurrency, "repeats": args.repeats}
     for other in ("vllm", "vllm-compiled"):
-        if "transformers" in rate and other in rate:
+        if "transformers" in launches and other in launches:
             key = f"ratio_transformers_over_{other.replace('-', '_')}"
-            report[key] = rate["transformers"] / rate[other]
-            print(f"ratio transformers / {other} (items/s): {report[key]:.2f}  (goal >= 0.9)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+            ratio, bounds = figures.rate_ratio(pooled_shares(launches["transformers"]), pooled_shares(launches[other]))
+            report |= {key: ratio, f"{key}_ci": bounds}
+            print(f"ratio transformers / {other} (items/s): {intervals.fmt(ratio, bounds, 2)}  (goal >= 0.9)")
+    figures.write(args.out, report | {"rows": rows})
     charts.draw(args.out)
 
 

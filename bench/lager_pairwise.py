@@ -9,7 +9,10 @@ majority, coded a = +1, tie = 0, b = -1: Spearman and Kendall of that difference
 accuracy of its sign on the pairs the humans did not call a tie. ``lager_weighted`` uses
 layer weights fitted in the same run on the fit split of topical_chat_usr.jsonl (seed 0,
 half the items, as ``judge-service eval`` does): pointwise human scores, disjoint data.
-Writes bench/results/lager_pandalm.json and a PNG of Spearman by layer beside it.
+Every method's figures come with bootstrap 95% intervals over pairs (``service.intervals``,
+as ``eval`` gives them). Writes bench/results/lager_pandalm.json, with every pair's
+scores under every method, and a PNG of Spearman by layer beside it (the methods'
+Spearman as lines, their intervals as bands).
 """
 
 from __future__ import annotations
@@ -20,11 +23,15 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service import evaluation  # noqa: E402
+from bench import figures  # noqa: E402
+from service import evaluation, intervals  # noqa: E402
 from service.cli.judge import add_judge_arguments  # noqa: E402
 from service.cli.layers import fit_scored, open_scorer  # noqa: E402
 from service.prompts import DEFAULT_RUBRIC  # noqa: E402
@@ -57,9 +64,26 @@ def agreement(scores: list[float], human: list[float]) -> dict[str, float]:
     return {
         "spearman": row["spearman"],
         "kendall": row["kendall"],
-        "accuracy": sum((d > 0) == (h > 0) and d != 0 for d, h in decisive) / len(decisive),
+        "accuracy": sum((d > 0) == (h > 0) and d != 0 for d, h in decisive) / len(decisive)
+        if decisive
+        else float("nan"),
         "undecided": sum(d == 0 for d in diff) / len(diff),
     }
+
+
+def agreement_figures(scores: list[float], human: list[float]) -> dict[str, Any]:
+    """``agreement`` with every figure's bootstrap 95% interval over pairs (``<figure>_ci``)."""
+    pairs = np.asarray(scores, dtype=float).reshape(-1, 2)
+    coded = np.asarray(human, dtype=float)
+
+    def on(idx: np.ndarray) -> dict[str, float]:
+        return agreement(pairs[idx].ravel().tolist(), coded[idx].tolist())
+
+    bounds = intervals.bootstrap_many(on, len(coded))
+    out: dict[str, Any] = {}
+    for name, value in on(np.arange(len(coded))).items():
+        out[name], out[f"{name}_ci"] = value, list(bounds[name])
+    return out
 
 
 async def collect(args: argparse.Namespace, rows: list[dict]) -> tuple[str, list, list]:
@@ -88,9 +112,8 @@ def main() -> None:
     values = [float(label) for label in labels]
     human = [PREFERENCE[row["human_preference"]] for row in rows]
     dists = evaluation.method_distributions(scored, labels, values, weights)
-    methods = {
-        name: agreement(scores, human) for name, scores in evaluation.method_scores(dists, labels, values).items()
-    }
+    per_method = evaluation.method_scores(dists, labels, values)
+    methods = {name: agreement_figures(scores, human) for name, scores in per_method.items()}
     curves = {
         name: [agreement(layer, human)["spearman"] for layer in evaluation.layer_scores(scored, labels, values, normed)]
         for name, normed in (("layer (no final norm)", False), ("layer (final norm, logit lens)", True))
@@ -104,23 +127,27 @@ def main() -> None:
         "methods": methods,
         "per_layer_spearman": curves,
         "seconds": time.perf_counter() - started,
+        "per_pair": {
+            "id": [row["id"] for row in rows],
+            "human": human,
+            "scores_a_b": {name: np.asarray(s).reshape(-1, 2).tolist() for name, s in per_method.items()},
+        },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    figures.write(args.out, report)
+    shown = ("final (expected)", "lager")
     evaluation.plot_layers(
         curves,
-        {name: methods[name]["spearman"] for name in ("final (expected)", "lager")},
+        {name: methods[name]["spearman"] for name in shown},
         args.out.with_suffix(".png"),
         f"{model} on {args.data.name}, score(a) - score(b)",
         ylabel="Spearman with human preference",
+        reference_ci={name: methods[name]["spearman_ci"] for name in shown},
     )
     print(f"{len(rows)} pairs; human majority {report['human_majority']}")
-    print(f"{'method':<24} {'spearman':>9} {'kendall':>9} {'accuracy':>9} {'undecided':>10}")
+    names = ("spearman", "kendall", "accuracy", "undecided")
+    print(f"{'method':<24} " + " ".join(f"{n:>22}" for n in names))
     for name, row in methods.items():
-        print(
-            f"{name:<24} {row['spearman']:>9.3f} {row['kendall']:>9.3f} {row['accuracy']:>9.3f}"
-            f" {row['undecided']:>10.3f}"
-        )
+        print(f"{name:<24} " + " ".join(f"{intervals.fmt(row[n], row[n + '_ci']):>22}" for n in names))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 

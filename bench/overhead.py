@@ -7,6 +7,12 @@ Path (a) is the engine's best case: for transformers, length-sorted batches with
 service's batch limits (JUDGE_MAX_BATCH_SIZE, JUDGE_MAX_BATCH_TOKENS); for vLLM, every
 item submitted at once (vLLM batches continuously). Prints items/s and p50/p99 latency
 for each path and the ratio b/a, and writes bench/results/overhead-<engine>.json and a PNG.
+
+Every figure has a bootstrap 95% interval (``bench/figures.py``): items/s over the items'
+shares of the wall time (the time between successive completions, split among the items
+completing together), latency percentiles over requests, and the ratio b/a over the items
+resampled once for both paths (paired: the same items run through both). The report keeps
+each path's samples: item ids, completion times, per-request latencies.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -28,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from judge_client.protocol import score_request  # noqa: E402
 
-from bench import charts  # noqa: E402
+from bench import charts, figures  # noqa: E402
+from service import intervals  # noqa: E402
 from service.cli.judge import open_runtime  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.engines.base import ScoringTask  # noqa: E402
@@ -54,14 +60,10 @@ def load_items(count: int, data_dir: Path = DATA_DIR) -> list[dict]:
     return [{"id": str(i), "instruction": q, "response": a} for i, (q, a) in enumerate(pool[:count])]
 
 
-def summary(name: str, latencies: list[float], wall: float, items: int) -> dict:
-    ordered = sorted(latencies)
-    return {
-        "path": name,
-        "items_per_s": items / wall,
-        "p50_ms": 1000 * statistics.median(ordered),
-        "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
-    }
+def summary(name: str, done: dict[str, float], latencies: list[float]) -> dict:
+    """A path's figures from when each item was done (seconds from the start) and the
+    latency of every request."""
+    return {"path": name, **figures.run(done, latencies)}
 
 
 async def engine_direct(items: list[dict], batch_size: int, engine_kind: str) -> dict:
@@ -73,34 +75,40 @@ async def engine_direct(items: list[dict], batch_size: int, engine_kind: str) ->
 async def _engine_direct(runtime, items: list[dict], batch_size: int) -> dict:
     engine = runtime.engine
     tasks = ScoreService(runtime).tasks(score_request({"items": items}))
-    latencies = []
+    named = [(item["id"], task) for item, task in zip(items, tasks, strict=True)]
+    latencies: list[float] = []
+    done: dict[str, float] = {}
     started = time.perf_counter()
     if engine.max_inflight_batches > 1:
 
-        async def one(task: ScoringTask) -> None:
+        async def one(name: str, task: ScoringTask) -> None:
             t0 = time.perf_counter()
             await engine.score([task])
-            latencies.append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            latencies.append(t1 - t0)
+            done[name] = t1 - started
 
-        await asyncio.gather(*(one(task) for task in tasks))
+        await asyncio.gather(*(one(name, task) for name, task in named))
     else:
         # Length-sorted batches under the service's own limits: the engine's best case.
         budget = engine.batch_budget
-        batches: list[list[ScoringTask]] = [[]]
-        for task in sorted(tasks, key=lambda t: t.length):
+        batches: list[list[tuple[str, ScoringTask]]] = [[]]
+        for name, task in sorted(named, key=lambda pair: pair[1].length):
             if batches[-1] and (len(batches[-1]) >= batch_size or (len(batches[-1]) + 1) * task.length > budget):
                 batches.append([])
-            batches[-1].append(task)
+            batches[-1].append((name, task))
         for batch in batches:
             t0 = time.perf_counter()
-            await engine.score(batch)
-            latencies.append(time.perf_counter() - t0)
-    wall = time.perf_counter() - started
-    return summary("a: engine in-process", latencies, wall, len(items))
+            await engine.score([task for _, task in batch])
+            t1 = time.perf_counter()
+            latencies.append(t1 - t0)
+            done.update((name, t1 - started) for name, _ in batch)
+    return summary("a: engine in-process", done, latencies)
 
 
 async def http_load(url: str, items: list[dict], concurrency: int) -> dict:
     latencies: list[float] = []
+    done: dict[str, float] = {}
     pending = list(items)
 
     async def worker(client: httpx.AsyncClient) -> None:
@@ -109,15 +117,16 @@ async def http_load(url: str, items: list[dict], concurrency: int) -> dict:
             t0 = time.perf_counter()
             response = await client.post("/v1/score", json={"items": [item]})
             response.raise_for_status()
-            latencies.append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            latencies.append(t1 - t0)
+            done[item["id"]] = t1 - started
 
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        wall = time.perf_counter() - started
     name = f"b: HTTP, {concurrency} concurrent" if concurrency > 1 else "c: HTTP, one at a time"
-    return summary(name, latencies, wall, len(items))
+    return summary(name, done, latencies)
 
 
 def start_server(port: int, engine: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -171,23 +180,31 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=60)
-    loaded = rows[1]
-    ratio = loaded["items_per_s"] / direct["items_per_s"]
+    ratio, bounds = figures.rate_ratio(figures.item_shares(rows[1]), figures.item_shares(direct))
     for row in rows:
-        rate, p50, p99 = row["items_per_s"], row["p50_ms"], row["p99_ms"]
-        print(f"{row['path']:<28} {rate:8.1f} items/s  p50 {p50:8.1f} ms  p99 {p99:8.1f} ms")
-    print(f"ratio b/a (HTTP under load / engine in-process): {ratio:.3f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+        print(f"{row['path']:<28} {describe(row)}")
+    print(f"ratio b/a (HTTP under load / engine in-process): {intervals.fmt(ratio, bounds)}")
     report = {
         "engine": args.engine,
         "items": len(items),
         "concurrency": args.concurrency,
-        "rows": rows,
         "ratio_b_over_a": ratio,
+        "ratio_b_over_a_ci": bounds,
         "a_latency": "per item, all items submitted at once" if args.engine == "vllm" else "per batch",
+        "rows": rows,
     }
-    args.out.write_text(json.dumps(report, indent=2))
+    figures.write(args.out, report)
     charts.draw(args.out)
+
+
+def describe(row: dict) -> str:
+    """items/s and latency of a row, each with its interval."""
+    tail = figures.tail_key(row)
+    return (
+        f"{intervals.fmt(row['items_per_s'], row['items_per_s_ci'], 2)} items/s  "
+        f"p50 {intervals.fmt(row['p50_ms'], row['p50_ms_ci'], 0)} ms  "
+        f"{tail.removesuffix('_ms')} {intervals.fmt(row[tail], row[tail + '_ci'], 0)} ms"
+    )
 
 
 if __name__ == "__main__":

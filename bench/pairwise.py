@@ -4,7 +4,9 @@
 
 Scores every pair in both orders in-process (the same code path as POST /v1/compare) and
 reports accuracy against the human majority ("a", "b" or "tie") with and without position
-swapping, and the mean position consistency. Writes bench/results/pairwise_pandalm.json.
+swapping, and the mean position consistency, each with a bootstrap 95% interval over
+pairs (``service.intervals``). Writes bench/results/pairwise_pandalm.json with every pair's
+verdicts.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from judge_client.protocol import CompareRequest  # noqa: E402
 
+from bench import figures  # noqa: E402
+from service import intervals  # noqa: E402
 from service.cli.judge import in_process_settings, open_judge  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "pandalm_pairs.jsonl"
@@ -70,21 +74,25 @@ def main() -> None:
     rows = rows[: args.limit] if args.limit else rows
     started = time.perf_counter()
     scored = asyncio.run(run(rows, chunk=16))
-    n = len(scored)
-    report = {
-        "pairs": n,
-        "accuracy_without_swap": sum(s["ab_only"] == s["human"] for s in scored) / n,
-        "accuracy_with_swap": sum(s["swapped"] == s["human"] for s in scored) / n,
-        "mean_position_consistency": sum(s["consistency"] for s in scored) / n,
+    report: dict = {"pairs": len(scored)}
+    samples = {
+        "accuracy_without_swap": [float(s["ab_only"] == s["human"]) for s in scored],
+        "accuracy_with_swap": [float(s["swapped"] == s["human"]) for s in scored],
+        "mean_position_consistency": [s["consistency"] for s in scored],
+    }
+    for name, values in samples.items():
+        report[name], report[f"{name}_ci"] = figures.mean(values)
+    report |= {
         "human_majority": {k: sum(s["human"] == k for s in scored) for k in ("a", "b", "tie")},
         "predicted_with_swap": {k: sum(s["swapped"] == k for s in scored) for k in ("a", "b", "tie")},
         "predicted_without_swap": {k: sum(s["ab_only"] == k for s in scored) for k in ("a", "b", "tie")},
         "seconds": time.perf_counter() - started,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    figures.write(args.out, report | {"per_pair": scored})
     for key, value in report.items():
-        print(f"{key}: {value}")
+        bounds = report.get(f"{key}_ci")
+        if not key.endswith("_ci"):
+            print(f"{key}: {intervals.fmt(value, bounds) if bounds else value}")
 
 
 if __name__ == "__main__":

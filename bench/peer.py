@@ -8,14 +8,20 @@ Ours runs twice: as served by default (JUDGE_VLLM_LAYERS=true: per-layer capture
 installed, model run eagerly) and compiled like the peer (JUDGE_VLLM_LAYERS=false).
 Reports the throughput ratios (ours / theirs), how often the peer's top-20 misses at
 least one label, and the expected-score error of its top-20 estimate against our exact
-distribution. Writes bench/results/peer.json and a PNG.
+distribution.
+
+Every figure has a 95% interval: items/s over the items' shares of the wall time (the
+time between successive completions, ``bench/figures.py``), each ratio over the items
+resampled once for both servers (paired: the same items through both), the error's mean
+and maximum over items (bootstrap), and the share of items whose top-20 missed a label an
+exact Clopper-Pearson interval (a bootstrap of 256 out of 256 would be [1, 1]). Writes
+bench/results/peer.json (with every item's completion times and error) and a PNG.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import subprocess
@@ -24,12 +30,14 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import charts  # noqa: E402
+from bench import charts, figures  # noqa: E402
 from bench.overhead import load_items, start_server, wait_until_up  # noqa: E402
+from service import intervals  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.model_store import resolve_model  # noqa: E402
 from service.prompts import DEFAULT_RUBRIC, Prompts  # noqa: E402
@@ -37,18 +45,22 @@ from service.prompts import DEFAULT_RUBRIC, Prompts  # noqa: E402
 LABELS = ["1", "2", "3", "4", "5"]
 
 
-async def run_load(send, payloads: list, concurrency: int) -> tuple[list, float]:
+async def run_load(send, payloads: list, concurrency: int) -> tuple[list, list[float]]:
+    """Every payload through ``send`` from ``concurrency`` clients: the answers and when each
+    arrived (seconds from the start), in payload order."""
     results: list = [None] * len(payloads)
+    done = [0.0] * len(payloads)
     queue = list(enumerate(payloads))
 
     async def worker() -> None:
         while queue:
             index, payload = queue.pop()
             results[index] = await send(payload)
+            done[index] = time.perf_counter() - started
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return results, time.perf_counter() - started
+    return results, done
 
 
 def start_peer(model_dir: Path, port: int) -> subprocess.Popen:
@@ -67,6 +79,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=256)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--port", type=int, default=8767)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "peer.json")
     args = parser.parse_args()
     items = load_items(args.items)
     settings = Settings()
@@ -87,11 +100,11 @@ def main() -> None:
             response.raise_for_status()
             return response.json()["results"][0]
 
-    walls = {}
+    done = {}
     for name, layers in (("ours", "true"), ("ours_compiled", "false")):
         ours_proc = start_server(args.port, "vllm", {"JUDGE_VLLM_LAYERS": layers})
         try:
-            ours, walls[name] = asyncio.run(run_load(ours_send, items, args.concurrency))
+            ours, done[name] = asyncio.run(run_load(ours_send, items, args.concurrency))
         finally:
             ours_proc.terminate()
             ours_proc.wait(timeout=120)
@@ -106,38 +119,57 @@ def main() -> None:
                 response.raise_for_status()
                 return response.json()["choices"][0]["logprobs"]["top_logprobs"][0]
 
-        peer, peer_wall = asyncio.run(run_load(peer_send, token_ids, args.concurrency))
+        peer, done["peer"] = asyncio.run(run_load(peer_send, token_ids, args.concurrency))
     finally:
         peer_proc.terminate()
         peer_proc.wait(timeout=120)
 
-    misses, errors = 0, []
+    report = {"items": len(items), "concurrency": args.concurrency}
+    report |= throughput(done) | top20_figures(ours, peer)
+    figures.write(args.out, report | {"done_s": done})
+    charts.draw(args.out)
+    for key, value in report.items():
+        if not key.endswith("_ci") and not isinstance(value, list):
+            bounds = report.get(f"{key}_ci")
+            print(f"{key}: {intervals.fmt(value, bounds)}" if isinstance(value, float) else f"{key}: {value}")
+
+
+def throughput(done: dict[str, list[float]]) -> dict:
+    """items/s of every server and ours / the peer's, paired by item."""
+    shares = {name: dict(enumerate(figures.shares(times).tolist())) for name, times in done.items()}
+    out: dict = {}
+    for name, share in shares.items():
+        out[f"{name}_items_per_s"], out[f"{name}_items_per_s_ci"] = figures.rate(list(share.values()))
+    for name in ("ours", "ours_compiled"):
+        key = f"throughput_ratio_{name}_over_peer"
+        out[key], out[f"{key}_ci"] = figures.rate_ratio(shares[name], shares["peer"])
+    return out
+
+
+def top20_figures(ours: list[dict], peer: list[dict]) -> dict:
+    """How often the peer's top-20 misses a label (exact interval) and the error of its
+    expected score against ours (bootstrap intervals of the mean and the maximum)."""
+    missing, errors = [], []
     for exact, top in zip(ours, peer, strict=True):
         present = {label: math.exp(top[label]) for label in LABELS if label in top}
-        misses += len(present) < len(LABELS)
+        missing.append(len(LABELS) - len(present))
         if present:
             mass = sum(present.values())
             estimate = sum(float(label) * p / mass for label, p in present.items())
             errors.append(abs(estimate - exact["expected_score"]))
-    report = {
-        "items": len(items),
-        "concurrency": args.concurrency,
-        "ours_items_per_s": len(items) / walls["ours"],
-        "ours_compiled_items_per_s": len(items) / walls["ours_compiled"],
-        "peer_items_per_s": len(items) / peer_wall,
-        "throughput_ratio_ours_over_peer": peer_wall / walls["ours"],
-        "throughput_ratio_ours_compiled_over_peer": peer_wall / walls["ours_compiled"],
-        "peer_top20_missing_a_label": misses / len(items),
-        "peer_expected_score_mae": sum(errors) / len(errors) if errors else None,
-        "peer_expected_score_max_error": max(errors) if errors else None,
-        "peer_expected_score_errors": errors,
+    misses = sum(count > 0 for count in missing)
+    out: dict = {
+        "peer_top20_missing_a_label": misses / len(missing),
+        "peer_top20_missing_a_label_ci": list(intervals.proportion_interval(misses, len(missing))),
+        "peer_top20_missing_labels": missing,
     }
-    out = ROOT / "bench" / "results" / "peer.json"
-    out.write_text(json.dumps(report, indent=2))
-    charts.draw(out)
-    for key, value in report.items():
-        if key != "peer_expected_score_errors":
-            print(f"{key}: {value}")
+    if errors:
+        array = np.asarray(errors)
+        out["peer_expected_score_mae"], out["peer_expected_score_mae_ci"] = figures.mean(errors)
+        out["peer_expected_score_max_error"] = float(array.max())
+        bounds = intervals.bootstrap(lambda idx: float(array[idx].max()), len(array))
+        out["peer_expected_score_max_error_ci"] = list(bounds)
+    return out | {"peer_expected_score_errors": errors}
 
 
 if __name__ == "__main__":

@@ -2,16 +2,20 @@
 server process, and the memory peak as batch tokens grow (in-process engine; the resident
 memory of this process and its children, so vLLM's engine-core and worker processes count).
 
-    .venv/bin/python bench/scaling.py [--engine transformers|vllm] [--requests 64]
+    .venv/bin/python bench/scaling.py [--engine transformers|vllm] [--requests 64] [--memory-repeats 5]
 
-Writes bench/results/scaling-<engine>.json and a PNG.
+Every figure has a bootstrap 95% interval (``bench/figures.py``): items/s over the items'
+shares of the wall time (the time between successive completions), latency percentiles
+over requests (with fewer than 100 requests the nearest-rank p99 is the largest latency,
+reported as ``max_ms``), and the memory peak of each batch size, the mean of
+``--memory-repeats`` runs of that batch, over those runs. Writes
+bench/results/scaling-<engine>.json (with every level's samples) and a PNG.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import threading
 from pathlib import Path
@@ -21,11 +25,12 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import charts  # noqa: E402
-from bench.overhead import http_load, load_items, start_server  # noqa: E402
+from bench import charts, figures  # noqa: E402
+from bench.overhead import describe, http_load, load_items, start_server  # noqa: E402
 from service.cli.judge import open_runtime  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.engines.base import ScoringTask  # noqa: E402
+from service.intervals import fmt  # noqa: E402
 
 
 async def level(url: str, items: list[dict], concurrency: int) -> dict:
@@ -63,7 +68,7 @@ class PeakRss:
         self._thread.join()
 
 
-async def memory_curve(engine: str, sizes: list[int]) -> list[dict]:
+async def memory_curve(engine: str, sizes: list[int], repeats: int) -> list[dict]:
     settings = Settings(engine=engine, max_batch_tokens=max(sizes), max_num_batched_tokens=max(sizes))
     rows = []
     async with open_runtime(settings) as runtime:
@@ -73,9 +78,13 @@ async def memory_curve(engine: str, sizes: list[int]) -> list[dict]:
                 ScoringTask(tuple((i * 31 + j) % 5000 + 100 for j in range(tokens // batch)), (33,))
                 for i in range(batch)
             ]
-            with PeakRss() as sampler:
-                await runtime.engine.score(tasks)
-            rows.append({"batch_tokens": tokens, "peak_rss_mib": sampler.peak / 2**20})
+            peaks = []
+            for _ in range(repeats):
+                with PeakRss() as sampler:
+                    await runtime.engine.score(tasks)
+                peaks.append(sampler.peak / 2**20)
+            mean, bounds = figures.mean(peaks)
+            rows.append({"batch_tokens": tokens, "peak_rss_mib": mean, "peak_rss_mib_ci": bounds, "samples_mib": peaks})
     return rows
 
 
@@ -85,6 +94,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--levels", default="1,2,4,8,16,32,64")
     parser.add_argument("--port", type=int, default=8766)
+    parser.add_argument("--memory-tokens", default="512,2048,8192,16384", help="batch sizes of the memory curve")
+    parser.add_argument("--memory-repeats", type=int, default=5, help="runs of each batch size")
+    parser.add_argument("--out", type=Path, help="default: bench/results/scaling-<engine>.json")
     args = parser.parse_args()
     items = load_items(args.requests)
     for item in items:  # short items keep a full sweep within minutes on a CPU
@@ -95,18 +107,18 @@ def main() -> None:
         rows = []
         for concurrency in (int(x) for x in args.levels.split(",")):
             rows.append(asyncio.run(level(url, items, concurrency)))
-            r = rows[-1]
-            print(
-                f"concurrency {concurrency:>3}: {r['items_per_s']:7.2f} items/s  p99 {r['p99_ms']:8.0f} ms", flush=True
-            )
+            print(f"concurrency {concurrency:>3}: {describe(rows[-1])}", flush=True)
     finally:
         server.terminate()
         server.wait(timeout=60)
-    memory = asyncio.run(memory_curve(args.engine, [512, 2048, 8192, 16384]))
+    sizes = [int(x) for x in args.memory_tokens.split(",")]
+    memory = asyncio.run(memory_curve(args.engine, sizes, args.memory_repeats))
     for row in memory:
-        print(f"batch tokens {row['batch_tokens']:>6}: peak RSS {row['peak_rss_mib']:8.0f} MiB")
-    out = ROOT / "bench" / "results" / f"scaling-{args.engine}.json"
-    out.write_text(json.dumps({"engine": args.engine, "concurrency": rows, "memory": memory}, indent=2))
+        print(
+            f"batch tokens {row['batch_tokens']:>6}: peak RSS {fmt(row['peak_rss_mib'], row['peak_rss_mib_ci'], 0)} MiB"
+        )
+    out = args.out or ROOT / "bench" / "results" / f"scaling-{args.engine}.json"
+    figures.write(out, {"engine": args.engine, "concurrency": rows, "memory": memory})
     charts.draw(out)
 
 

@@ -293,7 +293,10 @@ def plot_layers(
     path: Path,
     title: str,
     ylabel: str = "Spearman with human scores",
+    reference_ci: dict[str, Sequence[float]] | None = None,
 ) -> None:
+    """Curves by layer, and each ``reference`` figure as a line, with its 95% interval from
+    ``reference_ci`` as a band."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -305,6 +308,9 @@ def plot_layers(
     styles = iter(["--", ":", "-."])
     for name, value in reference.items():
         ax.axhline(value, linestyle=next(styles, "--"), linewidth=1, color="grey", label=name)
+        low, high = (reference_ci or {}).get(name, (math.nan, math.nan))
+        if math.isfinite(low) and math.isfinite(high):
+            ax.axhspan(low, high, color="grey", alpha=0.12, linewidth=0)
     ax.set_xlabel("layer (0 = embeddings)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

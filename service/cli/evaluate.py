@@ -145,9 +145,13 @@ def eval_command(args: argparse.Namespace) -> None:
     report_path = args.report or args.data.with_suffix(".report.json").name
     Path(report_path).write_text(json.dumps(result, indent=2))
     plot_path = args.plot or Path(report_path).with_suffix(".png")
-    reference = {name: result["methods"][name]["spearman"] for name in ("final (expected)", "lager", "probe")}
+    shown = ("final (expected)", "lager", "probe")
     evaluation.plot_layers(
-        result["per_layer_spearman"], reference, Path(plot_path), f"{result['model']} on {result['data']}"
+        result["per_layer_spearman"],
+        {name: result["methods"][name]["spearman"] for name in shown},
+        Path(plot_path),
+        f"{result['model']} on {result['data']}",
+        reference_ci={name: result["methods"][name]["spearman_ci"] for name in shown},
     )
     print(
         f"{result['eval_items']} evaluation items (fitting used {result['fit_items']} others); 95% bootstrap intervals"

@@ -1,0 +1,150 @@
+"""Benchmark figures with their bootstrap 95% intervals, from the raw samples each report keeps.
+
+Throughput. A timed run records when each item's answer arrived (``done_s``, seconds from
+the start of the run). An item's share of the wall time is the time since the previous
+completion, split equally among the items that complete together (one batch); the shares
+sum to the wall time, so items/s = 1 / mean(share) is exactly the items over the wall
+time, whether they came from C closed-loop clients, from batches run one after another or
+were all submitted at once. Its interval resamples the items' shares. (Under closed-loop
+clients completions come in bursts, so taking the shares as independent leans towards
+wider intervals.) The items/s ratio of two setups run on the same items resamples one
+index array for both: paired by item.
+
+Latency: the median and the 99th percentile (nearest rank) of the per-request latencies,
+each with an interval over requests. Below 100 requests the nearest-rank 99th percentile
+is the largest latency, so it is reported as what it is: ``max_ms``.
+
+Figures from a few repeats (start-up time, peak memory, seconds per call) are the mean of
+the repeats, with an interval over repeats.
+
+Every figure ``x`` comes with ``x_ci: [low, high]``; the reports keep the samples, so any
+interval can be recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service import intervals
+
+# Fewer requests than this: the nearest-rank 99th percentile is the maximum.
+TAIL_REQUESTS = 100
+
+
+def shares(done_s: Sequence[float]) -> np.ndarray:
+    """Each item's share of the wall time: the time since the previous completion, split
+    equally among the items completing at that moment. The shares sum to the last ``done_s``."""
+    done = np.asarray(done_s, dtype=float)
+    times, inverse, counts = np.unique(done, return_inverse=True, return_counts=True)
+    gaps = np.diff(times, prepend=0.0)
+    return gaps[inverse] / counts[inverse]
+
+
+def rate(share: Sequence[float], work: Sequence[float] | None = None) -> tuple[float, list[float]]:
+    """Items (or ``work``, e.g. generated tokens, per item) per second of the items' shares,
+    and its interval over items."""
+    seconds = np.asarray(share, dtype=float)
+    amount = np.ones(len(seconds)) if work is None else np.asarray(work, dtype=float)
+
+    def per_second(idx: np.ndarray) -> float:
+        total = seconds[idx].sum()
+        return float(amount[idx].sum() / total) if total > 0 else math.nan
+
+    return per_second(np.arange(len(seconds))), list(intervals.bootstrap(per_second, len(seconds)))
+
+
+def latency(latencies_s: Sequence[float]) -> dict[str, Any]:
+    """p50 and p99 (``max_ms`` below 100 requests) in ms, with intervals over requests."""
+    ms = 1000 * np.asarray(latencies_s, dtype=float)
+    count = len(ms)
+    tail = "p99_ms" if count >= TAIL_REQUESTS else "max_ms"
+
+    # Nearest rank: the ceil(0.99 n)-th smallest, which is the largest when n < 100.
+    rank = math.ceil(round(0.99 * count, 9)) - 1
+
+    def both(idx: np.ndarray) -> dict[str, float]:
+        ordered = np.sort(ms[idx])
+        return {"p50_ms": float(np.median(ordered)), tail: float(ordered[rank])}
+
+    point, bounds = both(np.arange(count)), intervals.bootstrap_many(both, count)
+    out: dict[str, Any] = {"requests": count}
+    for name, value in point.items():
+        out[name], out[name + "_ci"] = value, list(bounds[name])
+    return out
+
+
+def tail_key(row: Mapping[str, Any]) -> str:
+    """``p99_ms`` or ``max_ms``, whichever the row has (older reports: ``p99_ms``)."""
+    return "p99_ms" if "p99_ms" in row else "max_ms"
+
+
+def run(done_s: Mapping[str, float], latencies_s: Sequence[float]) -> dict[str, Any]:
+    """The figures of one timed run, items/s and latency, and the samples they come from."""
+    ids = list(done_s)
+    value, bounds = rate(shares([done_s[i] for i in ids]))
+    return {
+        "items_per_s": value,
+        "items_per_s_ci": bounds,
+        **latency(latencies_s),
+        "item_ids": ids,
+        "done_s": [done_s[i] for i in ids],
+        "latencies_ms": [1000 * x for x in latencies_s],
+    }
+
+
+def item_shares(row: Mapping[str, Any], tag: Hashable = None) -> dict[Hashable, float]:
+    """The share of every item of a ``run`` row, keyed by item id (or by (tag, id))."""
+    keys = row["item_ids"] if tag is None else [(tag, i) for i in row["item_ids"]]
+    return dict(zip(keys, shares(row["done_s"]).tolist(), strict=True))
+
+
+def rate_ratio(numerator: Mapping[Hashable, float], denominator: Mapping[Hashable, float]) -> tuple[float, list[float]]:
+    """items/s of one setup over another's, from their items' shares, paired by item: the
+    same resampled items for both."""
+    keys = [key for key in denominator if key in numerator]
+    top, bottom = np.array([numerator[k] for k in keys]), np.array([denominator[k] for k in keys])
+
+    def ratio(idx: np.ndarray) -> float:
+        spent = top[idx].sum()
+        return float(bottom[idx].sum() / spent) if spent > 0 else math.nan
+
+    return ratio(np.arange(len(keys))), list(intervals.bootstrap(ratio, len(keys)))
+
+
+def mean(values: Sequence[float]) -> tuple[float, list[float]]:
+    """The mean of some repeats and its interval over repeats."""
+    return float(np.mean(values)), list(intervals.mean_interval(values))
+
+
+def ratio_of_means(top: Sequence[float], bottom: Sequence[float]) -> tuple[float, list[float]]:
+    """mean(top) / mean(bottom) of two unpaired samples, each resampled on its own."""
+    a, b = np.asarray(top, dtype=float), np.asarray(bottom, dtype=float)
+
+    def ratio(i: np.ndarray, j: np.ndarray) -> float:
+        return float(a[i].mean() / b[j].mean())
+
+    bounds = intervals.bootstrap_independent(ratio, [len(a), len(b)])
+    return ratio(np.arange(len(a)), np.arange(len(b))), list(bounds)
+
+
+def write(path: Path, report: Mapping[str, Any]) -> None:
+    """The report as indented JSON, each list of plain values (a sample) on one line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_dumps(report, 0) + "\n")
+
+
+def _dumps(value: Any, depth: int) -> str:
+    pad, inner = "  " * depth, "  " * (depth + 1)
+    if isinstance(value, Mapping) and value:
+        body = ",\n".join(f"{inner}{json.dumps(str(k))}: {_dumps(v, depth + 1)}" for k, v in value.items())
+        return "{\n" + body + "\n" + pad + "}"
+    if isinstance(value, list | tuple) and any(isinstance(v, Mapping | list | tuple) for v in value):
+        body = ",\n".join(inner + _dumps(v, depth + 1) for v in value)
+        return "[\n" + body + "\n" + pad + "]"
+    return json.dumps(value)

@@ -1,0 +1,32 @@
+"""Every chart renders from the reports already in bench/results, intervals or not."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench import charts, figures
+
+REPORTS = sorted(charts.RESULTS.glob("*.json"))
+
+
+@pytest.mark.parametrize("report", [p for p in REPORTS if p.stem.split("-")[0] in charts.CHARTS], ids=lambda p: p.stem)
+def test_existing_report_renders(report: Path, tmp_path: Path) -> None:
+    copy = tmp_path / report.name
+    shutil.copy(report, copy)
+    charts.draw(copy)
+    assert copy.with_suffix(".png").stat().st_size > 0
+
+
+def test_report_with_intervals_renders(tmp_path: Path) -> None:
+    a = figures.run({str(i): 0.5 * (i // 4 + 1) for i in range(12)}, [0.5, 0.5, 0.5])
+    b = figures.run({str(i): 0.2 * (i + 1) for i in range(12)}, [0.9 + 0.1 * i for i in range(12)])
+    ratio, bounds = figures.rate_ratio(figures.item_shares(b), figures.item_shares(a))
+    report = {"engine": "transformers", "items": 12, "concurrency": 4, "ratio_b_over_a": ratio}
+    report |= {"ratio_b_over_a_ci": bounds, "rows": [{"path": "a", **a}, {"path": "b", **b}]}
+    path = tmp_path / "overhead-transformers.json"
+    figures.write(path, report)
+    charts.draw(path)
+    assert path.with_suffix(".png").stat().st_size > 0
