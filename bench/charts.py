@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.figures import tail_key  # noqa: E402
 from service.intervals import fmt  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -55,11 +56,6 @@ def _ci(row: Mapping[str, Any], key: str, scale: float = 1.0) -> list[float] | N
     return None if bound is None else [scale * b for b in bound]
 
 
-def _tail(row: Mapping[str, Any]) -> str:
-    """``p99_ms``, or ``max_ms`` where there were too few requests for a p99."""
-    return "p99_ms" if "p99_ms" in row else "max_ms"
-
-
 def overhead(report: dict, out: Path) -> None:
     rows = report["rows"]
     names = [row["path"] for row in rows]
@@ -74,7 +70,7 @@ def overhead(report: dict, out: Path) -> None:
     width = 0.38
     positions = range(len(rows))
     p50 = [row["p50_ms"] for row in rows]
-    tail = [row[_tail(row)] for row in rows]
+    tail = [row[tail_key(row)] for row in rows]
     right.bar(
         [p - width / 2 for p in positions],
         p50,
@@ -83,12 +79,12 @@ def overhead(report: dict, out: Path) -> None:
         capsize=3,
         label="p50",
     )
-    label = "p99" if all(_tail(row) == "p99_ms" for row in rows) else "p99 (max below 100 requests)"
+    label = "p99" if all(tail_key(row) == "p99_ms" for row in rows) else "p99 (max below 100 requests)"
     right.bar(
         [p + width / 2 for p in positions],
         tail,
         width,
-        yerr=_errors(tail, [_ci(row, _tail(row)) for row in rows]),
+        yerr=_errors(tail, [_ci(row, tail_key(row)) for row in rows]),
         capsize=3,
         label=label,
     )
@@ -164,10 +160,10 @@ def scaling(report: dict, out: Path) -> None:
     left.set_xlabel("concurrent clients")
     left.set_ylabel("items/s", color="#4c72b0")
     twin = left.twinx()
-    tail = [r[_tail(r)] / 1000 for r in rows]
-    yerr = _errors(tail, [_ci(r, _tail(r), 1 / 1000) for r in rows])
+    tail = [r[tail_key(r)] / 1000 for r in rows]
+    yerr = _errors(tail, [_ci(r, tail_key(r), 1 / 1000) for r in rows])
     twin.errorbar(levels, tail, yerr=yerr, marker="s", capsize=3, color="#c44e52")
-    label = "p99" if all(_tail(r) == "p99_ms" for r in rows) else "max (fewer than 100 requests)"
+    label = "p99" if all(tail_key(r) == "p99_ms" for r in rows) else "max (fewer than 100 requests)"
     twin.set_ylabel(f"{label} latency (s)", color="#c44e52")
     left.set_title(f"{report['engine']}: throughput and {label.split()[0]} latency")
     left.set_ylim(bottom=0)

@@ -10,7 +10,8 @@ share the response too). Every (template, K) run tags its instructions, so no ru
 another's cached prefix (vLLM). Reports seconds per item for each K, and the marginal
 cost of a criterion, ``(t(K) - t(1)) / (K - 1) / t(1)``: the share of a one-criterion
 request that each further criterion adds (1 would be no sharing at all), with a
-bootstrap 95% interval over items. Writes bench/results/criteria-<engine>.json and a PNG.
+bootstrap 95% interval over items. Writes bench/results/criteria-<engine>.json (with every
+item's seconds) and a PNG.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from judge_client.protocol import score_request  # noqa: E402
 
-from bench import charts  # noqa: E402
+from bench import charts, figures  # noqa: E402
 from service import intervals  # noqa: E402
 from service.cli.judge import in_process_settings, open_runtime  # noqa: E402
 from service.serving import ScoreService  # noqa: E402
@@ -105,13 +106,13 @@ def main() -> None:
     for template, by_k in times.items():
         entry: dict = {"seconds_per_item": {str(k): float(np.mean(v)) for k, v in by_k.items()}, "marginal": {}}
         entry["seconds_per_item_ci"] = {str(k): list(intervals.mean_interval(v)) for k, v in by_k.items()}
+        entry["item_seconds"] = {str(k): v for k, v in by_k.items()}
         for k in counts[1:]:
             value, bounds = marginal(by_k, k)
             entry["marginal"][str(k)] = {"cost": value, "ci": list(bounds)}
             print(f"{template:<12} K={k}: each added criterion costs {intervals.fmt(value, bounds)} of one")
         report["templates"][template] = entry
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    figures.write(out, report)
     charts.draw(out)
 
 

@@ -109,11 +109,8 @@ def plain_figures(idle: list[float], loaded: list[float]) -> dict:
             "ratio_loaded_over_idle": loaded_p50 / idle_p50,
         }
 
-    bounds = intervals.bootstrap_many(on, len(quiet))
-    out: dict = {}
-    for name, value in on(np.arange(len(quiet))).items():
-        out[name], out[name + "_ci"] = value, list(bounds[name])
-    return out | {"plain_idle_ms": quiet.tolist(), "plain_loaded_ms": busy.tolist()}
+    samples = {"plain_idle_ms": quiet.tolist(), "plain_loaded_ms": busy.tolist()}
+    return intervals.with_intervals(on, len(quiet)) | samples
 
 
 def main() -> None:

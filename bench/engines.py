@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import charts, figures  # noqa: E402
-from bench.overhead import DATA_DIR, describe, http_load, load_items, start_server  # noqa: E402
+from bench.overhead import DATA_DIR, http_load, load_items, start_server  # noqa: E402
 from service import intervals  # noqa: E402
 
 SETUPS = {
@@ -91,7 +91,8 @@ def launch(name: str, items: list[dict], concurrency: int, port: int) -> dict:
         server.terminate()
         server.wait(timeout=90)
     row = {"startup_s": startup, "peak_rss_gib": memory.peak / 2**30} | row
-    print(f"{name:<24} {describe(row)}  start-up {startup:5.1f} s  peak {row['peak_rss_gib']:.2f} GiB", flush=True)
+    memory_gib = row["peak_rss_gib"]
+    print(f"{name:<24} {figures.describe(row)}  start-up {startup:5.1f} s  peak {memory_gib:.2f} GiB", flush=True)
     return row
 
 
@@ -139,10 +140,9 @@ def main() -> None:
             launches[name].append(launch(name, items, args.concurrency, args.port))
     rows = [setup_row(name, runs) for name, runs in launches.items()]
     for row in rows:
-        print(
-            f"{row['setup']:<24} {describe(row)}  start-up {intervals.fmt(row['startup_s'], row['startup_s_ci'], 1)} s"
-            f"  peak {intervals.fmt(row['peak_rss_gib'], row['peak_rss_gib_ci'], 2)} GiB"
-        )
+        startup = intervals.fmt(row["startup_s"], row["startup_s_ci"], 1)
+        peak = intervals.fmt(row["peak_rss_gib"], row["peak_rss_gib_ci"], 2)
+        print(f"{row['setup']:<24} {figures.describe(row)}  start-up {startup} s  peak {peak} GiB")
     report: dict = {"items": len(items), "concurrency": args.concurrency, "repeats": args.repeats}
     for other in ("vllm", "vllm-compiled"):
         if "transformers" in launches and other in launches:

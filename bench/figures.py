@@ -72,11 +72,7 @@ def latency(latencies_s: Sequence[float]) -> dict[str, Any]:
         ordered = np.sort(ms[idx])
         return {"p50_ms": float(np.median(ordered)), tail: float(ordered[rank])}
 
-    point, bounds = both(np.arange(count)), intervals.bootstrap_many(both, count)
-    out: dict[str, Any] = {"requests": count}
-    for name, value in point.items():
-        out[name], out[name + "_ci"] = value, list(bounds[name])
-    return out
+    return {"requests": count, **intervals.with_intervals(both, count)}
 
 
 def tail_key(row: Mapping[str, Any]) -> str:
@@ -96,6 +92,16 @@ def run(done_s: Mapping[str, float], latencies_s: Sequence[float]) -> dict[str, 
         "done_s": [done_s[i] for i in ids],
         "latencies_ms": [1000 * x for x in latencies_s],
     }
+
+
+def describe(row: Mapping[str, Any]) -> str:
+    """A ``run`` row's items/s and latency, each with its interval, for printing."""
+    tail = tail_key(row)
+    return (
+        f"{intervals.fmt(row['items_per_s'], row['items_per_s_ci'], 2)} items/s  "
+        f"p50 {intervals.fmt(row['p50_ms'], row['p50_ms_ci'], 0)} ms  "
+        f"{tail.removesuffix('_ms')} {intervals.fmt(row[tail], row[tail + '_ci'], 0)} ms"
+    )
 
 
 def item_shares(row: Mapping[str, Any], tag: Hashable = None) -> dict[Hashable, float]:

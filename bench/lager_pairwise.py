@@ -23,7 +23,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -71,7 +70,7 @@ def agreement(scores: list[float], human: list[float]) -> dict[str, float]:
     }
 
 
-def agreement_figures(scores: list[float], human: list[float]) -> dict[str, Any]:
+def agreement_figures(scores: list[float], human: list[float]) -> dict[str, float | list[float]]:
     """``agreement`` with every figure's bootstrap 95% interval over pairs (``<figure>_ci``)."""
     pairs = np.asarray(scores, dtype=float).reshape(-1, 2)
     coded = np.asarray(human, dtype=float)
@@ -79,11 +78,7 @@ def agreement_figures(scores: list[float], human: list[float]) -> dict[str, Any]
     def on(idx: np.ndarray) -> dict[str, float]:
         return agreement(pairs[idx].ravel().tolist(), coded[idx].tolist())
 
-    bounds = intervals.bootstrap_many(on, len(coded))
-    out: dict[str, Any] = {}
-    for name, value in on(np.arange(len(coded))).items():
-        out[name], out[f"{name}_ci"] = value, list(bounds[name])
-    return out
+    return intervals.with_intervals(on, len(coded))
 
 
 async def collect(args: argparse.Namespace, rows: list[dict]) -> tuple[str, list, list]:

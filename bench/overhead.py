@@ -182,7 +182,7 @@ def main() -> None:
             server.wait(timeout=60)
     ratio, bounds = figures.rate_ratio(figures.item_shares(rows[1]), figures.item_shares(direct))
     for row in rows:
-        print(f"{row['path']:<28} {describe(row)}")
+        print(f"{row['path']:<28} {figures.describe(row)}")
     print(f"ratio b/a (HTTP under load / engine in-process): {intervals.fmt(ratio, bounds)}")
     report = {
         "engine": args.engine,
@@ -195,16 +195,6 @@ def main() -> None:
     }
     figures.write(args.out, report)
     charts.draw(args.out)
-
-
-def describe(row: dict) -> str:
-    """items/s and latency of a row, each with its interval."""
-    tail = figures.tail_key(row)
-    return (
-        f"{intervals.fmt(row['items_per_s'], row['items_per_s_ci'], 2)} items/s  "
-        f"p50 {intervals.fmt(row['p50_ms'], row['p50_ms_ci'], 0)} ms  "
-        f"{tail.removesuffix('_ms')} {intervals.fmt(row[tail], row[tail + '_ci'], 0)} ms"
-    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from judge_client.protocol import RankRequest  # noqa: E402
 
-from bench import charts  # noqa: E402
+from bench import charts, figures  # noqa: E402
 from service import intervals, ranking  # noqa: E402
 from service.cli.judge import in_process_settings, open_runtime  # noqa: E402
 from service.serving import RankService  # noqa: E402
@@ -122,6 +122,7 @@ def main() -> None:
             "top1_agreement": float(np.mean(tops)),
             "top1_agreement_ci": list(intervals.mean_interval(tops)),
             "per_set_tau": taus,
+            "per_set_top1": tops,
         }
         rows.append(row)
         print(
@@ -129,8 +130,7 @@ def main() -> None:
             f"{intervals.fmt(row['kendall_tau'], row['kendall_tau_ci'])}, same best candidate "
             f"{intervals.fmt(row['top1_agreement'], row['top1_agreement_ci'])}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"data": DATA.name, "shuffles": SHUFFLES, "rows": rows}, indent=2))
+    figures.write(args.out, {"data": DATA.name, "shuffles": SHUFFLES, "rows": rows})
     charts.draw(args.out)
 
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import charts, figures  # noqa: E402
-from bench.overhead import describe, http_load, load_items, start_server  # noqa: E402
+from bench.overhead import http_load, load_items, start_server  # noqa: E402
 from service.cli.judge import open_runtime  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.engines.base import ScoringTask  # noqa: E402
@@ -107,7 +107,7 @@ def main() -> None:
         rows = []
         for concurrency in (int(x) for x in args.levels.split(",")):
             rows.append(asyncio.run(level(url, items, concurrency)))
-            print(f"concurrency {concurrency:>3}: {describe(rows[-1])}", flush=True)
+            print(f"concurrency {concurrency:>3}: {figures.describe(rows[-1])}", flush=True)
     finally:
         server.terminate()
         server.wait(timeout=60)

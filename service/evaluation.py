@@ -257,13 +257,7 @@ def figures(
         picked = human_a[idx]
         return {**correlations(list(pred_a[idx]), list(picked)), "ece": calibration_error(subset, list(picked), values)}
 
-    point = on(np.arange(len(preds)))
-    bounds = intervals.bootstrap_many(on, len(preds), samples)
-    out: dict[str, Any] = {}
-    for name, value in point.items():
-        out[name] = value
-        out[name + "_ci"] = list(bounds[name])
-    return out
+    return intervals.with_intervals(on, len(preds), samples)
 
 
 def layer_scores(

@@ -48,6 +48,18 @@ def bootstrap_many(
     return out
 
 
+def with_intervals(
+    statistics: Callable[[np.ndarray], dict[str, float]], count: int, samples: int = SAMPLES, seed: int = 0
+) -> dict[str, float | list[float]]:
+    """Every figure of ``statistics`` on all ``count`` items, each followed by its interval
+    (``bootstrap_many``) as ``<figure>_ci: [low, high]``."""
+    bounds = bootstrap_many(statistics, count, samples, seed)
+    out: dict[str, float | list[float]] = {}
+    for name, value in statistics(np.arange(count)).items():
+        out[name], out[name + "_ci"] = value, list(bounds[name])
+    return out
+
+
 def bootstrap_independent(
     statistic: Callable[..., float], counts: Sequence[int], samples: int = SAMPLES, seed: int = 0
 ) -> tuple[float, float]:
