@@ -5,12 +5,12 @@ reads the node after "1"), alternating in one run.
     .venv/bin/python bench/labels.py [--engine transformers|vllm] [--items 48] [--rounds 5]
 
 Prompts are Topical-Chat items rendered with the built-in rubric and sent as raw prompts,
-``--chunk`` items per request, so only the label set differs. Each round sends every
-request under 1-5, then under 1-10. items/s is every item of every round over the total
-seconds (the mean round), with a bootstrap 95% interval over requests; the ratio 1-10 /
-1-5 resamples requests paired: the same (round, request) under both scales. Prints
-items/s for each scale and the ratio, and writes bench/results/labels-<engine>.json (with
-every request's seconds) and a PNG.
+``--chunk`` items per request, so only the label set differs. After one untimed round,
+each round sends every request under 1-5, then under 1-10. items/s is every item of every
+timed round over their total seconds (the mean round), with a bootstrap 95% interval over
+requests; the ratio 1-10 / 1-5 resamples requests paired: the same (round, request) under
+both scales. Prints items/s for each scale and the ratio, and writes
+bench/results/labels-<engine>.json (with every request's seconds) and a PNG.
 """
 
 from __future__ import annotations
@@ -46,9 +46,10 @@ async def measure(engine: str, count: int, rounds: int, chunk: int) -> dict:
         assert runtime.prompts is not None
         prompts = [runtime.prompts.score(i["instruction"], i["response"], None, DEFAULT_RUBRIC) for i in items]
         raw = [{"id": str(i), "prompt": p} for i, p in enumerate(prompts)]
-        # seconds[scale][round][request]
+        # seconds[scale][round][request]; round 0 is not timed: it pays for first calls and
+        # for filling the prefix cache, which every later round finds in the same state.
         seconds: dict[str, list[list[float]]] = {name: [] for name in SCALES}
-        for _ in range(rounds):
+        for _ in range(rounds + 1):
             for name, labels in SCALES.items():
                 seconds[name].append([])
                 for start in range(0, len(raw), chunk):
@@ -56,6 +57,7 @@ async def measure(engine: str, count: int, rounds: int, chunk: int) -> dict:
                     started = time.perf_counter()
                     await service.score(request, 3600, None)
                     seconds[name][-1].append(time.perf_counter() - started)
+    seconds = {name: times[1:] for name, times in seconds.items()}
     sizes = [len(raw[start : start + chunk]) for start in range(0, len(raw), chunk)] * rounds
     rates, bounds = {}, {}
     for name, times in seconds.items():

@@ -141,7 +141,7 @@ def start_server(port: int, engine: str, extra_env: dict[str, str] | None = None
         **(extra_env or {}),
     }
     proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, cwd=ROOT)
-    return wait_until_up(proc, f"http://127.0.0.1:{port}/ready", 300)
+    return wait_until_up(proc, f"http://127.0.0.1:{port}/ready", 900)
 
 
 def wait_until_up(proc: subprocess.Popen, url: str, timeout_s: float) -> subprocess.Popen:

@@ -71,7 +71,7 @@ def start_peer(model_dir: Path, port: int) -> subprocess.Popen:
     command += ["--port", str(port)]
     command += ["--dtype", "float32", "--max-logprobs", "20", "--enable-prefix-caching", "--served-model-name", "judge"]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return wait_until_up(proc, f"http://127.0.0.1:{port}/health", 600)
+    return wait_until_up(proc, f"http://127.0.0.1:{port}/health", 900)
 
 
 def main() -> None:
