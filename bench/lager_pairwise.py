@@ -55,30 +55,40 @@ def pair_items(rows: list[dict]) -> list[evaluation.Labelled]:
     ]
 
 
+def verdicts(diff: list[float], human: list[float]) -> tuple[list[bool], list[bool]]:
+    """Per pair the humans did not tie, whether the difference's sign is theirs (a zero
+    difference is wrong); per pair, whether the difference is zero (undecided)."""
+    right = [(d > 0) == (h > 0) and d != 0 for d, h in zip(diff, human, strict=True) if h != 0]
+    return right, [d == 0 for d in diff]
+
+
 def agreement(scores: list[float], human: list[float]) -> dict[str, float]:
     """Agreement of per-response scores (a, b, a, b, ...) with the coded human preferences."""
     diff = [a - b for a, b in zip(scores[0::2], scores[1::2], strict=True)]
     row = evaluation.correlations(diff, human)
-    decisive = [(d, h) for d, h in zip(diff, human, strict=True) if h != 0]
+    right, undecided = verdicts(diff, human)
     return {
         "spearman": row["spearman"],
         "kendall": row["kendall"],
-        "accuracy": sum((d > 0) == (h > 0) and d != 0 for d, h in decisive) / len(decisive)
-        if decisive
-        else float("nan"),
-        "undecided": sum(d == 0 for d in diff) / len(diff),
+        "accuracy": sum(right) / len(right) if right else float("nan"),
+        "undecided": sum(undecided) / len(undecided),
     }
 
 
 def agreement_figures(scores: list[float], human: list[float]) -> dict[str, float | list[float]]:
-    """``agreement`` with every figure's bootstrap 95% interval over pairs (``<figure>_ci``)."""
+    """``agreement`` with every figure's bootstrap 95% interval over pairs (``<figure>_ci``);
+    a rate of all or nothing gets the exact interval instead (a bootstrap gives [0, 0] or [1, 1])."""
     pairs = np.asarray(scores, dtype=float).reshape(-1, 2)
     coded = np.asarray(human, dtype=float)
 
     def on(idx: np.ndarray) -> dict[str, float]:
         return agreement(pairs[idx].ravel().tolist(), coded[idx].tolist())
 
-    return intervals.with_intervals(on, len(coded))
+    out = intervals.with_intervals(on, len(coded))
+    right, undecided = verdicts((pairs[:, 0] - pairs[:, 1]).tolist(), human)
+    out["accuracy_ci"] = list(intervals.rate_interval(right))
+    out["undecided_ci"] = list(intervals.rate_interval(undecided))
+    return out
 
 
 async def collect(args: argparse.Namespace, rows: list[dict]) -> tuple[str, list, list]:

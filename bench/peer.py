@@ -13,8 +13,9 @@ distribution.
 Every figure has a 95% interval: items/s over the items' shares of the wall time (the
 time between successive completions, ``bench/figures.py``), each ratio over the items
 resampled once for both servers (paired: the same items through both), the error's mean
-and maximum over items (bootstrap), and the share of items whose top-20 missed a label an
-exact Clopper-Pearson interval (a bootstrap of 256 out of 256 would be [1, 1]). Writes
+and maximum over items (bootstrap), and the share of items whose top-20 missed a label
+the bootstrap's or, when it missed on all items or none, the exact Clopper-Pearson one
+(a bootstrap of 256 out of 256 would be [1, 1]). Writes
 bench/results/peer.json (with every item's completion times and error) and a PNG.
 """
 
@@ -157,10 +158,10 @@ def top20_figures(ours: list[dict], peer: list[dict]) -> dict:
             mass = sum(present.values())
             estimate = sum(float(label) * p / mass for label, p in present.items())
             errors.append(abs(estimate - exact["expected_score"]))
-    misses = sum(count > 0 for count in missing)
+    missed = [count > 0 for count in missing]
     out: dict = {
-        "peer_top20_missing_a_label": misses / len(missing),
-        "peer_top20_missing_a_label_ci": list(intervals.proportion_interval(misses, len(missing))),
+        "peer_top20_missing_a_label": sum(missed) / len(missed),
+        "peer_top20_missing_a_label_ci": list(intervals.rate_interval(missed)),
         "peer_top20_missing_labels": missing,
     }
     if errors:

@@ -5,8 +5,8 @@ reproducible), the statistic is recomputed on each resample, and the interval is
 2.5th and 97.5th percentile of those values (the percentile bootstrap). Resamples on
 which the statistic is undefined (a constant prediction has no correlation) are left out.
 Samples measured on different items are resampled each on its own
-(``bootstrap_independent``); a proportion gets the exact binomial interval instead
-(``proportion_interval``), since every resample of n successes out of n is n out of n.
+(``bootstrap_independent``); a rate of all or no successes gets the exact binomial
+interval instead (``proportion_interval``), since every resample of n out of n is n out of n.
 """
 
 from __future__ import annotations
@@ -89,6 +89,15 @@ def proportion_interval(successes: int, trials: int) -> tuple[float, float]:
         return (math.nan, math.nan)
     bounds = stats.binomtest(successes, trials).proportion_ci(confidence_level=0.95, method="exact")
     return (float(bounds.low), float(bounds.high))
+
+
+def rate_interval(outcomes: Sequence[bool | float], samples: int = SAMPLES, seed: int = 0) -> tuple[float, float]:
+    """The 95% interval of a rate of 0/1 outcomes: the bootstrap's, or the exact one
+    (``proportion_interval``) when every outcome is the same."""
+    hits = [bool(outcome) for outcome in outcomes]
+    if len(set(hits)) == 1:
+        return proportion_interval(sum(hits), len(hits))
+    return mean_interval([float(hit) for hit in hits], samples, seed)
 
 
 def mean_interval(values: Sequence[float], samples: int = SAMPLES, seed: int = 0) -> tuple[float, float]:

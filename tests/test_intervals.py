@@ -40,3 +40,10 @@ def test_proportion_interval_is_clopper_pearson_at_the_extremes(trials: int) -> 
 def test_fmt_digits() -> None:
     assert intervals.fmt(1234.5678, [1000.0, 1500.0], 0) == "1235 [1000, 1500]"
     assert intervals.fmt(0.5, [float("nan"), float("nan")]) == "0.500"
+
+
+def test_rate_interval_is_exact_only_when_every_outcome_is_the_same() -> None:
+    assert intervals.rate_interval([True] * 20) == intervals.proportion_interval(20, 20)
+    assert intervals.rate_interval([0.0] * 20) == intervals.proportion_interval(0, 20)
+    mixed = [True, False, True, True, False, True]
+    assert intervals.rate_interval(mixed) == intervals.mean_interval([1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
