@@ -10,11 +10,12 @@ another, first on an idle server, then while ``--items`` critiques of the larges
 at most 2).
 
 Every figure has a bootstrap 95% interval (``bench/figures.py``): critique items/s and
-generated tokens/s over the items' shares of the wall time (the time between successive
-completions), the p50s and the largest loaded latency (``plain_loaded_max_ms``: of 16
-requests there is no meaningful p99) over requests, and the ratio over the plain items
-resampled once for both (paired: the same items idle and loaded). Writes
-bench/results/critique-<engine>.json (with every sample) and a PNG.
+generated tokens/s over the items' shares of the wall time (every moment split among the
+critiques in flight: run as one batch, they show only the spread within it), the p50s and
+the largest loaded latency (``plain_loaded_max_ms``: of 16 requests there is no
+meaningful p99) over requests, and the ratio over the plain items resampled once for both
+(paired: the same items idle and loaded). Writes bench/results/critique-<engine>.json
+(with every sample) and a PNG.
 """
 
 from __future__ import annotations
@@ -47,16 +48,17 @@ def critique_body(item: dict, max_tokens: int, tag: str) -> dict:
 async def critique_run(client: httpx.AsyncClient, items: list[dict], max_tokens: int, tag: str) -> dict:
     """All ``items`` as concurrent one-item critique requests."""
 
-    async def one(item: dict) -> tuple[int, float]:
+    async def one(item: dict) -> tuple[int, float, float]:
+        sent = time.perf_counter() - started
         response = await client.post("/v1/score", json=critique_body(item, max_tokens, tag))
         response.raise_for_status()
-        return int(response.json()["results"][0]["critique_tokens"]), time.perf_counter() - started
+        return int(response.json()["results"][0]["critique_tokens"]), sent, time.perf_counter() - started
 
     started = time.perf_counter()
     answers = await asyncio.gather(*(one(item) for item in items))
     wall = time.perf_counter() - started
-    generated, done = [tokens for tokens, _ in answers], [at for _, at in answers]
-    share = figures.shares(done)
+    generated, sent, done = ([answer[k] for answer in answers] for k in range(3))
+    share = figures.shares(sent, done)
     rate, rate_ci = figures.rate(share)
     tokens, tokens_ci = figures.rate(share, generated)
     return {
@@ -67,6 +69,7 @@ async def critique_run(client: httpx.AsyncClient, items: list[dict], max_tokens:
         "generated_tokens_per_s": tokens,
         "generated_tokens_per_s_ci": tokens_ci,
         "wall_s": wall,
+        "start_s": sent,
         "done_s": done,
         "generated_tokens": generated,
     }

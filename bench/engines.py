@@ -17,7 +17,7 @@ whole load.
 
 Every figure has a bootstrap 95% interval (``bench/figures.py``): start-up and peak memory
 are the mean over launches, with an interval over launches; items/s pools every launch's
-items, each item's share of the wall time (the time between successive completions), with
+items, each item's share of the wall time (every moment split among the requests in flight), with
 an interval over items; latency percentiles pool the requests of every launch; the ratio
 transformers / vLLM resamples items paired: the same (launch, item) under both. Prints
 each launch, each setup and the ratios transformers / vLLM in items/s (goal >= 0.9), and

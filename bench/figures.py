@@ -1,14 +1,16 @@
 """Benchmark figures with their bootstrap 95% intervals, from the raw samples each report keeps.
 
-Throughput. A timed run records when each item's answer arrived (``done_s``, seconds from
-the start of the run). An item's share of the wall time is the time since the previous
-completion, split equally among the items that complete together (one batch); the shares
-sum to the wall time, so items/s = 1 / mean(share) is exactly the items over the wall
-time, whether they came from C closed-loop clients, from batches run one after another or
-were all submitted at once. Its interval resamples the items' shares. (Under closed-loop
-clients completions come in bursts, so taking the shares as independent leans towards
-wider intervals.) The items/s ratio of two setups run on the same items resamples one
-index array for both: paired by item.
+Throughput. A timed run records when each item's request was sent and answered
+(``start_s``, ``done_s``: seconds from the start of the run). Every moment of the run is
+split equally among the requests in flight then, and an item's share is what its request
+collected over its lifetime: a batch's time split among its items, a closed-loop
+request's latency over the C requests in flight beside it (Little's law), the drain at
+the end of a run included. The shares sum to the time anything was in flight (the wall
+time, less a lone client's gaps between requests), so items/s = 1 / mean(share), whether
+C clients, batches run one after another or one burst of requests produced it. Its
+interval resamples the items' shares. The items/s ratio of two setups run on the same
+items resamples one index array for both: paired by item. (Items that all run in one
+batch have equal shares: their interval shows only the spread within that run.)
 
 Latency: the median and the 99th percentile (nearest rank) of the per-request latencies,
 each with an interval over requests. Below 100 requests the nearest-rank 99th percentile
@@ -23,6 +25,7 @@ interval can be recomputed.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Hashable, Mapping, Sequence
@@ -37,13 +40,18 @@ from service import intervals
 TAIL_REQUESTS = 100
 
 
-def shares(done_s: Sequence[float]) -> np.ndarray:
-    """Each item's share of the wall time: the time since the previous completion, split
-    equally among the items completing at that moment. The shares sum to the last ``done_s``."""
-    done = np.asarray(done_s, dtype=float)
-    times, inverse, counts = np.unique(done, return_inverse=True, return_counts=True)
-    gaps = np.diff(times, prepend=0.0)
-    return gaps[inverse] / counts[inverse]
+def shares(start_s: Sequence[float], done_s: Sequence[float]) -> np.ndarray:
+    """Each item's share of the wall time: every moment split equally among the requests in
+    flight then, summed over the item's request from ``start_s`` to ``done_s``. The shares
+    sum to the time any request was in flight."""
+    start, done = np.asarray(start_s, dtype=float), np.asarray(done_s, dtype=float)
+    edges = np.unique(np.concatenate([start, done]))
+    out = np.zeros(len(start))
+    for left, right in itertools.pairwise(edges):
+        active = (start <= left) & (done >= right)
+        if active.any():
+            out[active] += (right - left) / active.sum()
+    return out
 
 
 def rate(share: Sequence[float], work: Sequence[float] | None = None) -> tuple[float, list[float]]:
@@ -80,15 +88,17 @@ def tail_key(row: Mapping[str, Any]) -> str:
     return "p99_ms" if "p99_ms" in row else "max_ms"
 
 
-def run(done_s: Mapping[str, float], latencies_s: Sequence[float]) -> dict[str, Any]:
-    """The figures of one timed run, items/s and latency, and the samples they come from."""
+def run(start_s: Mapping[str, float], done_s: Mapping[str, float], latencies_s: Sequence[float]) -> dict[str, Any]:
+    """The figures of one timed run, items/s and latency, and the samples they come from:
+    per item id, when its request was sent and answered; every request's latency."""
     ids = list(done_s)
-    value, bounds = rate(shares([done_s[i] for i in ids]))
+    value, bounds = rate(shares([start_s[i] for i in ids], [done_s[i] for i in ids]))
     return {
         "items_per_s": value,
         "items_per_s_ci": bounds,
         **latency(latencies_s),
         "item_ids": ids,
+        "start_s": [start_s[i] for i in ids],
         "done_s": [done_s[i] for i in ids],
         "latencies_ms": [1000 * x for x in latencies_s],
     }
@@ -107,7 +117,7 @@ def describe(row: Mapping[str, Any]) -> str:
 def item_shares(row: Mapping[str, Any], tag: Hashable = None) -> dict[Hashable, float]:
     """The share of every item of a ``run`` row, keyed by item id (or by (tag, id))."""
     keys = row["item_ids"] if tag is None else [(tag, i) for i in row["item_ids"]]
-    return dict(zip(keys, shares(row["done_s"]).tolist(), strict=True))
+    return dict(zip(keys, shares(row["start_s"], row["done_s"]).tolist(), strict=True))
 
 
 def rate_ratio(numerator: Mapping[Hashable, float], denominator: Mapping[Hashable, float]) -> tuple[float, list[float]]:

@@ -9,10 +9,10 @@ item submitted at once (vLLM batches continuously). Prints items/s and p50/p99 l
 for each path and the ratio b/a, and writes bench/results/overhead-<engine>.json and a PNG.
 
 Every figure has a bootstrap 95% interval (``bench/figures.py``): items/s over the items'
-shares of the wall time (the time between successive completions, split among the items
-completing together), latency percentiles over requests, and the ratio b/a over the items
-resampled once for both paths (paired: the same items run through both). The report keeps
-each path's samples: item ids, completion times, per-request latencies.
+shares of the wall time (every moment split among the requests in flight), latency
+percentiles over requests, and the ratio b/a over the items resampled once for both paths
+(paired: the same items run through both). The report keeps each path's samples: item
+ids, when each was sent and answered, per-request latencies.
 """
 
 from __future__ import annotations
@@ -60,10 +60,10 @@ def load_items(count: int, data_dir: Path = DATA_DIR) -> list[dict]:
     return [{"id": str(i), "instruction": q, "response": a} for i, (q, a) in enumerate(pool[:count])]
 
 
-def summary(name: str, done: dict[str, float], latencies: list[float]) -> dict:
-    """A path's figures from when each item was done (seconds from the start) and the
-    latency of every request."""
-    return {"path": name, **figures.run(done, latencies)}
+def summary(name: str, sent: dict[str, float], done: dict[str, float], latencies: list[float]) -> dict:
+    """A path's figures from when each item was sent and done (seconds from the start) and
+    the latency of every request."""
+    return {"path": name, **figures.run(sent, done, latencies)}
 
 
 async def engine_direct(items: list[dict], batch_size: int, engine_kind: str) -> dict:
@@ -77,6 +77,7 @@ async def _engine_direct(runtime, items: list[dict], batch_size: int) -> dict:
     tasks = ScoreService(runtime).tasks(score_request({"items": items}))
     named = [(item["id"], task) for item, task in zip(items, tasks, strict=True)]
     latencies: list[float] = []
+    sent: dict[str, float] = {}
     done: dict[str, float] = {}
     started = time.perf_counter()
     if engine.max_inflight_batches > 1:
@@ -86,7 +87,7 @@ async def _engine_direct(runtime, items: list[dict], batch_size: int) -> dict:
             await engine.score([task])
             t1 = time.perf_counter()
             latencies.append(t1 - t0)
-            done[name] = t1 - started
+            sent[name], done[name] = t0 - started, t1 - started
 
         await asyncio.gather(*(one(name, task) for name, task in named))
     else:
@@ -102,12 +103,14 @@ async def _engine_direct(runtime, items: list[dict], batch_size: int) -> dict:
             await engine.score([task for _, task in batch])
             t1 = time.perf_counter()
             latencies.append(t1 - t0)
-            done.update((name, t1 - started) for name, _ in batch)
-    return summary("a: engine in-process", done, latencies)
+            for name, _ in batch:
+                sent[name], done[name] = t0 - started, t1 - started
+    return summary("a: engine in-process", sent, done, latencies)
 
 
 async def http_load(url: str, items: list[dict], concurrency: int) -> dict:
     latencies: list[float] = []
+    sent: dict[str, float] = {}
     done: dict[str, float] = {}
     pending = list(items)
 
@@ -119,14 +122,14 @@ async def http_load(url: str, items: list[dict], concurrency: int) -> dict:
             response.raise_for_status()
             t1 = time.perf_counter()
             latencies.append(t1 - t0)
-            done[item["id"]] = t1 - started
+            sent[item["id"]], done[item["id"]] = t0 - started, t1 - started
 
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     name = f"b: HTTP, {concurrency} concurrent" if concurrency > 1 else "c: HTTP, one at a time"
-    return summary(name, done, latencies)
+    return summary(name, sent, done, latencies)
 
 
 def start_server(port: int, engine: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -10,13 +10,13 @@ Reports the throughput ratios (ours / theirs), how often the peer's top-20 misse
 least one label, and the expected-score error of its top-20 estimate against our exact
 distribution.
 
-Every figure has a 95% interval: items/s over the items' shares of the wall time (the
-time between successive completions, ``bench/figures.py``), each ratio over the items
-resampled once for both servers (paired: the same items through both), the error's mean
-and maximum over items (bootstrap), and the share of items whose top-20 missed a label
-the bootstrap's or, when it missed on all items or none, the exact Clopper-Pearson one
-(a bootstrap of 256 out of 256 would be [1, 1]). Writes
-bench/results/peer.json (with every item's completion times and error) and a PNG.
+Every figure has a 95% interval: items/s over the items' shares of the wall time (every
+moment split among the requests in flight, ``bench/figures.py``), each ratio over the
+items resampled once for both servers (paired: the same items through both), the error's
+mean and maximum over items (bootstrap), and the share of items whose top-20 missed a
+label the bootstrap's or, when it missed on all items or none, the exact Clopper-Pearson
+one (a bootstrap of 256 out of 256 would be [1, 1]). Writes bench/results/peer.json (with
+when every item was sent and answered, and its error) and a PNG.
 """
 
 from __future__ import annotations
@@ -46,22 +46,23 @@ from service.prompts import DEFAULT_RUBRIC, Prompts  # noqa: E402
 LABELS = ["1", "2", "3", "4", "5"]
 
 
-async def run_load(send, payloads: list, concurrency: int) -> tuple[list, list[float]]:
-    """Every payload through ``send`` from ``concurrency`` clients: the answers and when each
-    arrived (seconds from the start), in payload order."""
+async def run_load(send, payloads: list, concurrency: int) -> tuple[list, dict[str, list[float]]]:
+    """Every payload through ``send`` from ``concurrency`` clients: the answers, and when each
+    was sent and answered (seconds from the start), in payload order."""
     results: list = [None] * len(payloads)
-    done = [0.0] * len(payloads)
+    times = {"start_s": [0.0] * len(payloads), "done_s": [0.0] * len(payloads)}
     queue = list(enumerate(payloads))
 
     async def worker() -> None:
         while queue:
             index, payload = queue.pop()
+            times["start_s"][index] = time.perf_counter() - started
             results[index] = await send(payload)
-            done[index] = time.perf_counter() - started
+            times["done_s"][index] = time.perf_counter() - started
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return results, done
+    return results, times
 
 
 def start_peer(model_dir: Path, port: int) -> subprocess.Popen:
@@ -127,7 +128,7 @@ def main() -> None:
 
     report = {"items": len(items), "concurrency": args.concurrency}
     report |= throughput(done) | top20_figures(ours, peer)
-    figures.write(args.out, report | {"done_s": done})
+    figures.write(args.out, report | {"times": done})
     charts.draw(args.out)
     for key, value in report.items():
         if not key.endswith("_ci") and not isinstance(value, list):
@@ -135,9 +136,13 @@ def main() -> None:
             print(f"{key}: {intervals.fmt(value, bounds)}" if isinstance(value, float) else f"{key}: {value}")
 
 
-def throughput(done: dict[str, list[float]]) -> dict:
-    """items/s of every server and ours / the peer's, paired by item."""
-    shares = {name: dict(enumerate(figures.shares(times).tolist())) for name, times in done.items()}
+def throughput(runs: dict[str, dict[str, list[float]]]) -> dict:
+    """items/s of every server and ours / the peer's, paired by item, from when each item
+    was sent and answered in each run."""
+    shares = {
+        name: dict(enumerate(figures.shares(times["start_s"], times["done_s"]).tolist()))
+        for name, times in runs.items()
+    }
     out: dict = {}
     for name, share in shares.items():
         out[f"{name}_items_per_s"], out[f"{name}_items_per_s_ci"] = figures.rate(list(share.values()))

@@ -5,7 +5,7 @@ memory of this process and its children, so vLLM's engine-core and worker proces
     .venv/bin/python bench/scaling.py [--engine transformers|vllm] [--requests 64] [--memory-repeats 5]
 
 Every figure has a bootstrap 95% interval (``bench/figures.py``): items/s over the items'
-shares of the wall time (the time between successive completions), latency percentiles
+shares of the wall time (every moment split among the requests in flight), latency percentiles
 over requests (with fewer than 100 requests the nearest-rank p99 is the largest latency,
 reported as ``max_ms``), and the memory peak of each batch size, the mean of
 ``--memory-repeats`` runs of that batch, over those runs. Writes

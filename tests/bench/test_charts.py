@@ -21,8 +21,10 @@ def test_existing_report_renders(report: Path, tmp_path: Path) -> None:
 
 
 def test_report_with_intervals_renders(tmp_path: Path) -> None:
-    a = figures.run({str(i): 0.5 * (i // 4 + 1) for i in range(12)}, [0.5, 0.5, 0.5])
-    b = figures.run({str(i): 0.2 * (i + 1) for i in range(12)}, [0.9 + 0.1 * i for i in range(12)])
+    batches = {str(i): 0.5 * (i // 4) for i in range(12)}
+    a = figures.run(batches, {i: t + 0.5 for i, t in batches.items()}, [0.5, 0.5, 0.5])
+    sent = {str(i): 0.1 * i for i in range(12)}
+    b = figures.run(sent, {i: t + 0.9 for i, t in sent.items()}, [0.9] * 12)
     ratio, bounds = figures.rate_ratio(figures.item_shares(b), figures.item_shares(a))
     report = {"engine": "transformers", "items": 12, "concurrency": 4, "ratio_b_over_a": ratio}
     report |= {"ratio_b_over_a_ci": bounds, "rows": [{"path": "a", **a}, {"path": "b", **b}]}

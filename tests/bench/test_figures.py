@@ -11,13 +11,25 @@ import pytest
 from bench import figures
 
 
-def test_shares_split_each_gap_among_the_items_completing_together() -> None:
-    # A batch of two done at 1 s, then single items at 3 s and 4 s.
-    share = figures.shares([3.0, 1.0, 4.0, 1.0])
-    assert share.tolist() == pytest.approx([2.0, 0.5, 1.0, 0.5])
+def test_shares_split_every_moment_among_the_requests_in_flight() -> None:
+    # A batch of two from 0 to 1 s; then c alone from 1 to 2 s, d joining at 2 s; c done at
+    # 3 s, d alone until 4 s.
+    share = figures.shares([0.0, 0.0, 1.0, 2.0], [1.0, 1.0, 3.0, 4.0])
+    assert share.tolist() == pytest.approx([0.5, 0.5, 1.0 + 0.5, 0.5 + 1.0])
+    assert share.sum() == pytest.approx(4.0)
     rate, bounds = figures.rate(share)
     assert rate == pytest.approx(4 / 4.0)
     assert bounds[0] <= rate <= bounds[1]
+
+
+def test_closed_loop_shares_are_latency_over_concurrency() -> None:
+    # Two clients, each sending its next request as its last is answered, in step.
+    starts, ends = [0.0, 0.0, 2.0, 2.0, 4.0, 4.0], [2.0, 2.0, 4.0, 4.0, 6.0, 6.0]
+    assert figures.shares(starts, ends).tolist() == pytest.approx([1.0] * 6)
+
+
+def test_a_lone_clients_gaps_are_not_shared() -> None:
+    assert figures.shares([0.0, 1.5], [1.0, 2.0]).tolist() == pytest.approx([1.0, 0.5])
 
 
 def test_rate_of_work_per_item() -> None:
@@ -49,10 +61,11 @@ def test_rate_ratio_is_paired_by_item() -> None:
 
 
 def test_run_keeps_its_samples_and_ratios_come_from_them() -> None:
-    done = {"a": 1.0, "b": 1.0, "c": 2.5}
-    row = figures.run(done, [1.0, 1.5])
+    sent, done = {"a": 0.0, "b": 0.0, "c": 1.0}, {"a": 1.0, "b": 1.0, "c": 2.5}
+    row = figures.run(sent, done, [1.0, 1.5])
     assert row["items_per_s"] == pytest.approx(3 / 2.5)
     assert row["item_ids"] == ["a", "b", "c"] and row["done_s"] == [1.0, 1.0, 2.5]
+    assert row["start_s"] == [0.0, 0.0, 1.0]
     assert row["latencies_ms"] == pytest.approx([1000.0, 1500.0])
     assert figures.item_shares(row, 7) == pytest.approx({(7, "a"): 0.5, (7, "b"): 0.5, (7, "c"): 1.5})
 
