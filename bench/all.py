@@ -54,6 +54,7 @@ RUNS = [
     Run("labels-transformers", bench("labels.py")),
     Run("critique-transformers", bench("critique.py", "--engine", "transformers")),
     Run("critique-vllm", bench("critique.py", "--engine", "vllm"), needs_vllm=True),
+    Run("critique-routes", bench("critique_routes.py"), needs_vllm=True),
     Run("criteria-transformers", bench("criteria.py", "--items", "12")),
     Run("rank-agreement", bench("rank.py", "--sets", "3")),
     Run("pairwise_pandalm", bench("pairwise.py", "--limit", "240")),

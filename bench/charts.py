@@ -266,7 +266,23 @@ def engines(report: dict, out: Path) -> None:
     _save(fig, out)
 
 
+def critique_routes(report: dict, out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    keys = {"stop_and_read_items_per_s": "stop-and-read\n(served)", "one_request_items_per_s": "one request"}
+    values = [report[key] for key in keys]
+    yerr = _errors(values, [_ci(report, key) for key in keys])
+    ax.bar(list(keys.values()), values, yerr=yerr, capsize=4, color=["#4c72b0", "#55a868"])
+    ax.set_ylabel("critique items/s")
+    key = "ratio_one_request_over_stop_and_read"
+    ratio = fmt(report[key], _ci(report, key))
+    ax.set_title(
+        f"vLLM, {report['items']} items, {report['max_tokens']} tokens: one request / served = {ratio}", fontsize=9
+    )
+    _save(fig, out)
+
+
 CHARTS: dict[str, Callable[[dict, Path], None]] = {
+    "critique-routes": critique_routes,
     "engines": engines,
     "critique": critique,
     "overhead": overhead,
@@ -281,8 +297,9 @@ CHARTS: dict[str, Callable[[dict, Path], None]] = {
 
 
 def draw(json_path: Path) -> None:
-    """Draw the chart for one report, named after it (``overhead-vllm.json`` -> ``.png``)."""
-    kind = json_path.stem.split("-")[0]
+    """Draw the chart for one report, named after it (``overhead-vllm.json`` -> ``.png``):
+    by its whole name where a chart has it (``critique-routes``), else by its first part."""
+    kind = json_path.stem if json_path.stem in CHARTS else json_path.stem.split("-")[0]
     if kind in CHARTS:
         CHARTS[kind](json.loads(json_path.read_text()), json_path.with_suffix(".png"))
 

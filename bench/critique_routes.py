@@ -1,6 +1,6 @@
 """Critique mode on vLLM: two ways to read the labels after a generated critique, side by side.
 
-    .venv/bin/python bench/critique_routes.py [--items 8] [--rounds 3] [--max-tokens 64] [--marker .]
+    .venv/bin/python bench/critique_routes.py [--items 8] [--rounds 5] [--max-tokens 64] [--marker .]
 
 - **stop-and-read** (what the engine serves): one request generates with the marker as a
   stop string; a second request reads the labels after the prompt and the kept tokens,
@@ -16,15 +16,16 @@ characters, a marker the default judge writes early, so the read is a large shar
 work) as concurrent one-item requests, the routes alternating in rounds, each round on
 fresh prompts (a tag at the start) so nothing is served from an earlier round's cache.
 Every one-request read is checked against the stop-and-read one (1e-3). Prints items/s of
-each route and the ratio one-request / stop-and-read with a paired bootstrap 95% interval
-over rounds, and writes bench/results/critique-routes.json.
+each route, the mean over rounds with a bootstrap 95% interval over rounds, and the ratio
+one-request / stop-and-read, the mean of the rounds' ratios with a paired bootstrap 95%
+interval over rounds (both routes run in every round); writes
+bench/results/critique-routes.json (with every round's items/s) and a PNG.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import sys
 import time
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from judge_client.protocol import StructuredScoreRequest  # noqa: E402
 
+from bench import charts, figures  # noqa: E402
 from bench.overhead import load_items  # noqa: E402
 from service import critique, intervals  # noqa: E402
 from service.cli.judge import open_runtime  # noqa: E402
@@ -137,37 +139,35 @@ async def measure(args: argparse.Namespace) -> dict:
                 flush=True,
             )
     assert worst <= 1e-3, f"the routes' reads differ by {worst}"
+    report: dict = {"engine": "vllm", "items": args.items, "max_tokens": args.max_tokens, "marker": args.marker}
+    report["max_read_difference"] = worst
+    for route in ("stop-and-read", "one-request"):
+        key = f"{route.replace('-', '_')}_items_per_s"
+        report[key], report[f"{key}_ci"] = figures.mean([row[route] for row in rows])
     ratios = [row["one-request"] / row["stop-and-read"] for row in rows]
-    return {
-        "engine": "vllm",
-        "items": args.items,
-        "max_tokens": args.max_tokens,
-        "marker": args.marker,
-        "rounds": rows,
-        "max_read_difference": worst,
-        "stop_and_read_items_per_s": sum(r["stop-and-read"] for r in rows) / len(rows),
-        "one_request_items_per_s": sum(r["one-request"] for r in rows) / len(rows),
-        "ratio_one_request_over_stop_and_read": sum(ratios) / len(ratios),
-        "ratio_one_request_over_stop_and_read_ci": list(intervals.mean_interval(ratios)),
-    }
+    key = "ratio_one_request_over_stop_and_read"
+    report[key], report[f"{key}_ci"] = figures.mean(ratios)
+    return report | {"rounds": rows}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--marker", default=".")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "critique-routes.json")
     args = parser.parse_args()
     report = asyncio.run(measure(args))
-    lo, hi = report["ratio_one_request_over_stop_and_read_ci"]
-    print(
-        f"one request / stop-and-read items/s: {report['ratio_one_request_over_stop_and_read']:.3f} "
-        f"[{lo:.3f}, {hi:.3f}]; largest read difference {report['max_read_difference']:.1e}"
+    for route in ("stop_and_read", "one_request"):
+        key = f"{route}_items_per_s"
+        print(f"{route.replace('_', '-')}: {intervals.fmt(report[key], report[f'{key}_ci'])} items/s")
+    ratio = intervals.fmt(
+        report["ratio_one_request_over_stop_and_read"], report["ratio_one_request_over_stop_and_read_ci"]
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    print(f"one request / stop-and-read items/s: {ratio}; largest read difference {report['max_read_difference']:.1e}")
+    figures.write(args.out, report)
+    charts.draw(args.out)
 
 
 if __name__ == "__main__":
