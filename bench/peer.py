@@ -4,11 +4,14 @@ versus this service on the vLLM engine. Same engine underneath, same concurrency
 
     .venv/bin/python bench/peer.py [--items 256] [--concurrency 16]
 
-Ours runs twice: as served by default (JUDGE_VLLM_LAYERS=true: per-layer capture
-installed, model run eagerly) and compiled like the peer (JUDGE_VLLM_LAYERS=false).
-Reports the throughput ratios (ours / theirs), how often the peer's top-20 misses at
-least one label, and the expected-score error of its top-20 estimate against our exact
-distribution.
+Ours runs three times, each on a fresh server: as served by default
+(JUDGE_VLLM_LAYERS=true: the per-layer capture installed, the model compiled, only engine
+steps that hold a layered request run eagerly), the same with every request asking for
+``method: "lager"`` (every step then runs eagerly and captures), and without the capture
+(JUDGE_VLLM_LAYERS=false). Reports the throughput ratios (ours / theirs, and the
+default's and LAGER's over the capture-free engine), how often the peer's top-20 misses
+at least one label, and the expected-score error of its top-20 estimate against our
+exact distribution.
 
 Every figure has a 95% interval: items/s over the items' shares of the wall time (every
 moment split among the requests in flight, ``bench/figures.py``), each ratio over the
@@ -44,6 +47,8 @@ from service.model_store import resolve_model  # noqa: E402
 from service.prompts import DEFAULT_RUBRIC, Prompts  # noqa: E402
 
 LABELS = ["1", "2", "3", "4", "5"]
+# Our three setups: (name, JUDGE_VLLM_LAYERS, the requests' method).
+OURS = [("ours", "true", "final"), ("ours_lager", "true", "lager"), ("ours_compiled", "false", "final")]
 
 
 async def run_load(send, payloads: list, concurrency: int) -> tuple[list, dict[str, list[float]]]:
@@ -96,20 +101,24 @@ def main() -> None:
         for item in items
     ]
 
-    async def ours_send(item: dict) -> dict:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{args.port}", timeout=3600) as client:
-            response = await client.post("/v1/score", json={"items": [item]})
-            response.raise_for_status()
-            return response.json()["results"][0]
+    def ours_send(method: str):
+        async def send(item: dict) -> dict:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{args.port}", timeout=3600) as client:
+                response = await client.post("/v1/score", json={"items": [item], "method": method})
+                response.raise_for_status()
+                return response.json()["results"][0]
 
-    done = {}
-    for name, layers in (("ours", "true"), ("ours_compiled", "false")):
+        return send
+
+    done, answers = {}, {}
+    for name, layers, method in OURS:
         ours_proc = start_server(args.port, "vllm", {"JUDGE_VLLM_LAYERS": layers})
         try:
-            ours, done[name] = asyncio.run(run_load(ours_send, items, args.concurrency))
+            answers[name], done[name] = asyncio.run(run_load(ours_send(method), items, args.concurrency))
         finally:
             ours_proc.terminate()
             ours_proc.wait(timeout=120)
+    ours = answers["ours"]
 
     peer_proc = start_peer(model_dir, args.port)
     try:
@@ -146,9 +155,12 @@ def throughput(runs: dict[str, dict[str, list[float]]]) -> dict:
     out: dict = {}
     for name, share in shares.items():
         out[f"{name}_items_per_s"], out[f"{name}_items_per_s_ci"] = figures.rate(list(share.values()))
-    for name in ("ours", "ours_compiled"):
+    for name in ("ours", "ours_lager", "ours_compiled"):
         key = f"throughput_ratio_{name}_over_peer"
         out[key], out[f"{key}_ci"] = figures.rate_ratio(shares[name], shares["peer"])
+    for name in ("ours", "ours_lager"):
+        key = f"throughput_ratio_{name}_over_ours_compiled"
+        out[key], out[f"{key}_ci"] = figures.rate_ratio(shares[name], shares["ours_compiled"])
     return out
 
 
