@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from judge_client.protocol import ComparePair, CompareRequest, CompareResponse, OrderCritique, PairVerdict
+from judge_client.compare import ComparePair, CompareRequest, CompareResponse, OrderCritique, PairVerdict
 
 from service import pairwise, scoring
 from service.engines import LabelScores, ScoringTask

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from judge_client.protocol import RankedCandidate, RankRequest, RankResponse
+from judge_client.rank import RankedCandidate, RankRequest, RankResponse
 
 from service import pairwise, ranking, scoring
 from service.engines import LabelScores, ScoringTask

@@ -8,16 +8,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from judge_client.protocol import (
-    CalibratedScore,
-    CriterionScore,
-    ItemScore,
-    RawItem,
-    RawScoreRequest,
-    ScoreResponse,
-    StructuredItem,
-    StructuredScoreRequest,
-)
+from judge_client.score_requests import RawItem, RawScoreRequest, StructuredItem, StructuredScoreRequest
+from judge_client.score_results import CalibratedScore, CriterionScore, ItemScore, ScoreResponse
 
 from service import review, scoring
 from service.engines import LabelScores, ScoringTask
