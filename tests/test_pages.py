@@ -157,7 +157,7 @@ def open_server() -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="module")
 def keyed_server() -> Iterator[RunningServer]:
-    running = start_server(engine="transformers", api_keys=KEY)
+    running = start_server(engine="transformers", api_keys=KEY, prefix_cache_mb=0)  # as open_server
     yield running
     running.stop()
 
