@@ -258,12 +258,12 @@ def engines(report: dict, out: Path) -> None:
         f"/ {name} = {fmt(report[key], _ci(report, key), 2)}"
         for name, key in (
             ("vLLM", "ratio_transformers_over_vllm"),
-            ("compiled", "ratio_transformers_over_vllm_compiled"),
+            ("no capture", "ratio_transformers_over_vllm_no_capture"),
         )
         if key in report
     ]
     suffix = (", transformers " + ", ".join(ratios)) if ratios else ""
-    left.set_title(f"{report['items']} items, {report['concurrency']} clients{suffix}", fontsize=8)
+    fig.suptitle(f"{report['items']} items, {report['concurrency']} clients{suffix}", fontsize=9)
     _save(fig, out)
 
 

@@ -46,7 +46,7 @@ SETUPS = {
     "transformers": ("transformers", {}),
     "transformers-no-cache": ("transformers", {"JUDGE_PREFIX_CACHE_MB": "0"}),
     "vllm": ("vllm", {"JUDGE_CPU_KVCACHE_SPACE_GB": "4"}),
-    "vllm-compiled": ("vllm", {"JUDGE_CPU_KVCACHE_SPACE_GB": "4", "JUDGE_VLLM_LAYERS": "false"}),
+    "vllm-no-capture": ("vllm", {"JUDGE_CPU_KVCACHE_SPACE_GB": "4", "JUDGE_VLLM_LAYERS": "false"}),
 }
 
 
@@ -144,7 +144,7 @@ def main() -> None:
         peak = intervals.fmt(row["peak_rss_gib"], row["peak_rss_gib_ci"], 2)
         print(f"{row['setup']:<24} {figures.describe(row)}  start-up {startup} s  peak {peak} GiB")
     report: dict = {"items": len(items), "concurrency": args.concurrency, "repeats": args.repeats}
-    for other in ("vllm", "vllm-compiled"):
+    for other in ("vllm", "vllm-no-capture"):
         if "transformers" in launches and other in launches:
             key = f"ratio_transformers_over_{other.replace('-', '_')}"
             ratio, bounds = figures.rate_ratio(pooled_shares(launches["transformers"]), pooled_shares(launches[other]))

@@ -166,6 +166,15 @@ class Settings(BaseSettings):
     cpu_kvcache_space_gb: float = Field(
         4.0, gt=0, description="vLLM on CPU: KV-cache memory in GiB (VLLM_CPU_KVCACHE_SPACE)."
     )
+    cpu_reserved_cores: int = Field(
+        0,
+        ge=0,
+        description=(
+            "vLLM on CPU: cores kept from the model's threads for vLLM's scheduler and front end "
+            "(VLLM_CPU_NUM_OF_RESERVED_CPU). vLLM's own default keeps one; on a host of few cores "
+            "that is a large share of the model's compute."
+        ),
+    )
     api_keys: str | None = Field(
         None, description="Comma-separated bearer API keys. Auth is off only when no keys are configured."
     )

@@ -103,6 +103,8 @@ class VllmEngine:
         if not on_gpu:
             # vLLM's CPU backend sizes its KV cache from this variable, not from memory utilisation.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{s.cpu_kvcache_space_gb:g}")
+            # vLLM keeps a core per worker out of the model's threads by default: half of a 2-core host.
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(s.cpu_reserved_cores))
         dtype = s.dtype if s.dtype != "auto" else ("auto" if on_gpu else "float32")
         options: dict[str, Any] = dict(
             model=str(self.model_dir),
