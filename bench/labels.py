@@ -40,14 +40,16 @@ SCALES = {"1-5": [str(n) for n in range(1, 6)], "1-10": [str(n) for n in range(1
 
 async def measure(engine: str, count: int, rounds: int, chunk: int) -> dict:
     items = load_items(count)
-    settings = in_process_settings(engine=engine, max_items=chunk)
+    # Every round repeats the same prompts: the transformers prefix cache would serve them
+    # whole from the second round on, and the bench would time label reads on cached prompts.
+    settings = in_process_settings(engine=engine, max_items=chunk, prefix_cache_mb=0)
     async with open_runtime(settings) as runtime:
         service = ScoreService(runtime)
         assert runtime.prompts is not None
         prompts = [runtime.prompts.score(i["instruction"], i["response"], None, DEFAULT_RUBRIC) for i in items]
         raw = [{"id": str(i), "prompt": p} for i, p in enumerate(prompts)]
-        # seconds[scale][round][request]; round 0 is not timed: it pays for first calls and
-        # for filling the prefix cache, which every later round finds in the same state.
+        # seconds[scale][round][request]; round 0 is not timed: it pays for first calls (and,
+        # on vLLM, fills its prefix cache, which every later round finds in the same state).
         seconds: dict[str, list[list[float]]] = {name: [] for name in SCALES}
         for _ in range(rounds + 1):
             for name, labels in SCALES.items():

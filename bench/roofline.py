@@ -54,7 +54,8 @@ def model_flops(config, batch: int, tokens: int, params: int, embedding: int) ->
 
 
 async def engine_seconds(batch: int, tokens: int, repeats: int) -> tuple[list[float], object, int, int]:
-    async with open_runtime(Settings(engine="transformers")) as runtime:
+    # No prefix cache: every timed batch repeats the same prompts, and must compute them.
+    async with open_runtime(Settings(engine="transformers", prefix_cache_mb=0)) as runtime:
         return await _engine_seconds(runtime.engine, batch, tokens, repeats)
 
 

@@ -69,7 +69,11 @@ class PeakRss:
 
 
 async def memory_curve(engine: str, sizes: list[int], repeats: int) -> list[dict]:
-    settings = Settings(engine=engine, max_batch_tokens=max(sizes), max_num_batched_tokens=max(sizes))
+    # No cache across calls: each repeat of a batch computes it again (the transformers
+    # prefix cache would otherwise serve a repeat from the first run's prompts).
+    settings = Settings(
+        engine=engine, max_batch_tokens=max(sizes), max_num_batched_tokens=max(sizes), prefix_cache_mb=0
+    )
     rows = []
     async with open_runtime(settings) as runtime:
         for tokens in sizes:
