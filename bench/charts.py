@@ -98,10 +98,10 @@ def overhead(report: dict, out: Path) -> None:
 def peer(report: dict, out: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
     names = {
-        "ours_items_per_s": "ours (default:\nlayer capture on)",
-        "ours_lager_items_per_s": "ours, every request\nmethod lager",
-        "ours_compiled_items_per_s": "ours, no capture\n(JUDGE_VLLM_LAYERS=false)",
-        "peer_items_per_s": "vLLM OpenAI server\n(logprobs=20)",
+        "ours_items_per_s": "ours, default\n(capture on)",
+        "ours_lager_items_per_s": "ours, every\nrequest lager",
+        "ours_compiled_items_per_s": "ours, no capture\n(LAYERS=false)",
+        "peer_items_per_s": "vLLM server\n(logprobs=20)",
     }
     keys = [key for key in names if key in report]
     values = [report[key] for key in keys]
