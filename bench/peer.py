@@ -73,9 +73,9 @@ async def run_load(send, payloads: list, concurrency: int) -> tuple[list, dict[s
 
 def start_peer(model_dir: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "4")}
-    # The model's threads on the same cores as ours (JUDGE_CPU_RESERVED_CORES's default): vLLM's
-    # own default keeps a core out of them, half of a 2-core machine.
-    env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    # The model's threads on the same cores as ours (JUDGE_CPU_RESERVED_CORES): vLLM's own
+    # default keeps a core out of them, half of a 2-core machine.
+    env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(Settings().cpu_reserved_cores))
     # The OpenAI-compatible server that `vllm serve` runs; vllm-cpu's `vllm` script looks up
     # the distribution name "vllm" for --version and fails before serving.
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
