@@ -259,6 +259,7 @@ def engines(report: dict, out: Path) -> None:
         for name, key in (
             ("vLLM", "ratio_transformers_over_vllm"),
             ("no capture", "ratio_transformers_over_vllm_no_capture"),
+            ("unpacked", "ratio_transformers_over_transformers_unpacked"),
         )
         if key in report
     ]

@@ -141,6 +141,13 @@ class Settings(BaseSettings):
             "least recently used prefixes go first. 0 keeps none (a prefix shared by a whole batch still runs once)."
         ),
     )
+    cpu_packed_linear: bool = Field(
+        True,
+        description=(
+            "Transformers engine on CPU: run the decoder's linear layers on weights reordered once for oneDNN's "
+            "matmul kernels (each layer proven equal to torch's own at load). false keeps torch's path."
+        ),
+    )
     gpu_memory_utilization: float = Field(
         0.9, gt=0, le=1, description="vLLM: share of GPU memory for weights and KV cache."
     )

@@ -79,18 +79,21 @@ class CachePlan:
         """The tokens each row runs past its base."""
         return [length - base.start for length, base in zip(lengths, self.rows, strict=True)]
 
+    @property
+    def extents(self) -> list[int]:
+        """The tokens each fresh prefix runs past its own base."""
+        return [len(f.tokens) - f.base.start for f in self.fresh]
+
     def cost(self, lengths: Sequence[int]) -> int:
-        """Tokens the passes compute: each fresh prefix's own tokens, then each group of
-        rows (see ``passes_by_rest``) padded to its longest rest."""
-        extend = sum(len(f.tokens) - f.base.start for f in self.fresh)
-        rests = self.rests(lengths)
-        return extend + sum(max(rests[i] for i in group) * len(group) for group in passes_by_rest(rests))
+        """Tokens the passes compute: the fresh prefixes, then the rows, each grouped into
+        passes (see ``passes_by_rest``) padded to their longest."""
+        return sum(_padded(runs) for runs in (self.extents, self.rests(lengths)))
 
     @property
     def reused(self) -> int:
         """Prompt tokens not recomputed: the rows' cached starts, less what the fresh
         prefixes computed for them."""
-        return sum(base.start for base in self.rows) - sum(len(f.tokens) - f.base.start for f in self.fresh)
+        return sum(base.start for base in self.rows) - sum(self.extents)
 
 
 def passes_by_rest(rests: Sequence[int]) -> list[list[int]]:
@@ -110,6 +113,11 @@ def passes_by_rest(rests: Sequence[int]) -> list[list[int]]:
         groups.append(order[cut[end] : end])
         end = cut[end]
     return groups[::-1]
+
+
+def _padded(runs: Sequence[int]) -> int:
+    """Tokens computed for ``runs`` in the passes ``passes_by_rest`` groups them into."""
+    return sum(max(runs[i] for i in group) * len(group) for group in passes_by_rest(runs))
 
 
 def kv_bytes(kv: KV) -> int:

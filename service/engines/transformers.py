@@ -24,6 +24,7 @@ from service.engines.base import CritiqueRow, EngineError, LabelScores, ScoringT
 from service.engines.generation import FairLock, GenerationStopped, GreedyDecoder, greedy_decoder
 from service.engines.heads import LabelHead, check_head, load_causal_lm
 from service.engines.layout import DecoderLayout, find_layout, layer_logits
+from service.engines.packed_linear import pack_linears
 from service.engines.passes import PromptPasses, PromptRun
 from service.engines.prefix_cache import PrefixCache
 
@@ -64,6 +65,7 @@ class TransformersEngine:
         prefix_reuse_min_tokens: int = 32,
         prefix_cache_bytes: int = 1 << 30,
         max_batch_tokens: int | None = None,
+        packed_linear: bool = True,
         tokenizer: Any = None,
     ) -> None:
         self.name = name
@@ -80,6 +82,9 @@ class TransformersEngine:
         self.num_layers = 0
         self._healthy = True
         self.prefix_reuse = prefix_reuse
+        # On CPU, the decoder's linear layers on oneDNN's prepacked weights (``packed_linear``).
+        self.packed_linear = packed_linear and self.device.type == "cpu"
+        self.packed_layers = 0
         self.prefix_reuse_min_tokens = prefix_reuse_min_tokens
         # Prefixes kept across requests (off with reuse off or no budget; the load-time
         # probe turns it off where the model's cache cannot be cut and stacked exactly).
@@ -127,6 +132,9 @@ class TransformersEngine:
         hf_logging.disable_progress_bar()
         model = load_causal_lm(self.model_dir, self.dtype)
         self.model = model.to(self.device).eval()
+        if self.packed_linear:
+            # Before the proofs below, so that they cover the kernels that serve.
+            self.packed_layers = pack_linears(model, model.get_decoder())
         self.max_model_len = int(getattr(model.config, "max_position_embeddings", 2048))
         # The LM head in float64 on CPU, so label log-probabilities carry no rounding from a
         # 50k-wide matmul and log-softmax; float32 on GPU.
