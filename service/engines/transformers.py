@@ -20,6 +20,7 @@ from transformers.utils import logging as hf_logging
 
 from service import critique
 from service.engines import probes
+from service.engines.attention import use_grouped_attention
 from service.engines.base import CritiqueRow, EngineError, LabelScores, ScoringTask, common_prefix
 from service.engines.generation import FairLock, GenerationStopped, GreedyDecoder, greedy_decoder
 from service.engines.heads import LabelHead, check_head, load_causal_lm
@@ -132,9 +133,11 @@ class TransformersEngine:
         hf_logging.disable_progress_bar()
         model = load_causal_lm(self.model_dir, self.dtype)
         self.model = model.to(self.device).eval()
-        if self.packed_linear:
+        if self.device.type == "cpu":
             # Before the proofs below, so that they cover the kernels that serve.
-            self.packed_layers = pack_linears(model, model.get_decoder())
+            if self.packed_linear:
+                self.packed_layers = pack_linears(model, model.get_decoder())
+            use_grouped_attention(model)
         self.max_model_len = int(getattr(model.config, "max_position_embeddings", 2048))
         # The LM head in float64 on CPU, so label log-probabilities carry no rounding from a
         # 50k-wide matmul and log-softmax; float32 on GPU.
