@@ -245,7 +245,7 @@ def critique(report: dict, out: Path) -> None:
 def engines(report: dict, out: Path) -> None:
     rows = report["rows"]
     names = [row["setup"].replace("-no-", "\nno ").replace("-", "\n") for row in rows]
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(12, 3.8))
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(3 + 2.6 * len(rows), 3.8))
     panels = ((left, "items_per_s", "items/s", "#4c72b0"), (middle, "startup_s", "start-up (s)", "#55a868"))
     panels += ((right, "peak_rss_gib", "peak memory (GiB)", "#c44e52"),)
     for ax, key, ylabel, color in panels:

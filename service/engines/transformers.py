@@ -137,7 +137,12 @@ class TransformersEngine:
             # Before the proofs below, so that they cover the kernels that serve.
             if self.packed_linear:
                 self.packed_layers = pack_linears(model, model.get_decoder())
-            use_grouped_attention(model)
+            grouped = use_grouped_attention(model)
+            logger.info(
+                "CPU kernels: %d linear layers on oneDNN's packed weights; grouped attention without copies: %s",
+                self.packed_layers,
+                "on" if grouped else "off",
+            )
         self.max_model_len = int(getattr(model.config, "max_position_embeddings", 2048))
         # The LM head in float64 on CPU, so label log-probabilities carry no rounding from a
         # 50k-wide matmul and log-softmax; float32 on GPU.
