@@ -14,12 +14,9 @@ caches, other devices) goes to transformers' own ``sdpa`` function unchanged.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
-
-logger = logging.getLogger(__name__)
 
 NAME = "judge_sdpa"
 

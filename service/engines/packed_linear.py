@@ -3,17 +3,18 @@
 torch runs a CPU ``nn.Linear`` through the BLAS it was built with (MKL): the weight is read
 in its plain layout on every call. oneDNN, also in every CPU build of torch, can reorder a
 weight once into the blocked layout its matmul kernels read; this is what torch.compile's CPU
-backend does for frozen weights and what vLLM's CPU linear layers do. On the CPUs we
-measured, the same float32 products run 10-40% faster that way (``bench/engines.py``, the
+backend does for frozen weights and what vLLM's CPU linear layers do. On the CPU we
+measured (AMD EPYC), the default judge's float32 products ran 10-40% faster that way on
+passes of 500+ tokens and up to 1.9x on short ones (``bench/engines.py``, the
 ``transformers-unpacked`` setup, gives the whole-engine factor).
 
 ``pack_linears`` replaces every plain ``nn.Linear`` under a module with a ``PackedLinear``
 holding the reordered weight beside the plain one (some families read a layer's ``weight``
 in their own code; the copy costs the decoder's linear weights once more, 0.4 GiB for the
-default judge). Each
-layer is proven at load: its packed output on random inputs must equal ``F.linear`` on its
-own weight within float rounding, else the layer keeps torch's path. The arithmetic stays
-float32 (oneDNN's strict math mode); only the order of the sums differs, about 1e-6 relative.
+default judge). Each layer is proven at load: its packed output on random inputs must equal
+``F.linear`` on its own weight within float rounding, else the layer keeps torch's path.
+The arithmetic stays float32 (oneDNN's strict math mode); only the order of the sums
+differs, about 1e-6 relative.
 """
 
 from __future__ import annotations

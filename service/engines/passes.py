@@ -112,19 +112,18 @@ class PromptPasses:
     def cached(
         self, batch: Sequence[ScoringTask], plan: CachePlan, want_layers: bool, keep_cache: bool = False
     ) -> tuple[PromptRun, list[KV], list[KV | None]]:
-        """The plan's fresh prefixes first, then the rows on their bases, each in passes grouped
-        by the tokens they run (the rows in one pass when ``keep_cache``, for label continuations). Returns
-        the run, the fresh prefixes' keys and values (in plan order) and those of the rows
-        the plan keeps whole (None for the others), for the cache to keep."""
-        fresh: list[KV | None] = [None] * len(plan.fresh)
+        """The plan's fresh prefixes first, then the rows on their bases, each in passes
+        grouped by the tokens they run (the rows in one pass when ``keep_cache``, for label
+        continuations). Returns the run, the fresh prefixes' keys and values (in plan order)
+        and those of the rows the plan keeps whole (None for the others), for the cache to keep."""
+        fresh: dict[int, KV] = {}
         for group in passes_by_rest(plan.extents):
             bases = [(plan.fresh[i].base.kv, plan.fresh[i].base.start) for i in group]
             tokens = [plan.fresh[i].tokens for i in group]
             _, cache, _, width = self._extend(tokens, bases, False)
             for row, (i, ids, (_, start)) in enumerate(zip(group, tokens, bases, strict=True)):
                 fresh[i] = row_kv(cache, row, width - start, width + len(ids) - start)
-        computed = [kv for kv in fresh if kv is not None]
-        assert len(computed) == len(fresh)
+        computed = [fresh[i] for i in range(len(plan.fresh))]
         rows = [(computed[base.fresh] if base.fresh is not None else base.kv, base.start) for base in plan.rows]
         rests = plan.rests([task.length for task in batch])
         groups = [list(range(len(batch)))] if keep_cache else passes_by_rest(rests)

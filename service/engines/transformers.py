@@ -84,7 +84,7 @@ class TransformersEngine:
         self._healthy = True
         self.prefix_reuse = prefix_reuse
         # On CPU, the decoder's linear layers on oneDNN's prepacked weights (``packed_linear``).
-        self.packed_linear = packed_linear and self.device.type == "cpu"
+        self.packed_linear = packed_linear
         self.packed_layers = 0
         self.prefix_reuse_min_tokens = prefix_reuse_min_tokens
         # Prefixes kept across requests (off with reuse off or no budget; the load-time
