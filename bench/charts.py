@@ -260,7 +260,6 @@ def engines(report: dict, out: Path) -> None:
             ("vLLM", "ratio_transformers_over_vllm"),
             ("no capture", "ratio_transformers_over_vllm_no_capture"),
             ("unpacked", "ratio_transformers_over_transformers_unpacked"),
-            ("glibc defaults", "ratio_transformers_over_transformers_glibc_defaults"),
         )
         if key in report
     ]

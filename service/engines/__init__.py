@@ -55,6 +55,5 @@ def build_engine(settings: Settings, model_dir: Path, tokenizer: Any) -> Engine:
         prefix_cache_bytes=settings.prefix_cache_mb << 20,
         max_batch_tokens=settings.max_batch_tokens,
         packed_linear=settings.cpu_packed_linear,
-        keep_freed_memory=settings.cpu_keep_freed_memory,
         tokenizer=tokenizer,
     )

@@ -19,7 +19,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from service import critique
-from service.engines import allocator, probes
+from service.engines import probes
 from service.engines.attention import use_grouped_attention
 from service.engines.base import CritiqueRow, EngineError, LabelScores, ScoringTask, common_prefix
 from service.engines.generation import FairLock, GenerationStopped, GreedyDecoder, greedy_decoder
@@ -67,7 +67,6 @@ class TransformersEngine:
         prefix_cache_bytes: int = 1 << 30,
         max_batch_tokens: int | None = None,
         packed_linear: bool = True,
-        keep_freed_memory: bool = True,
         tokenizer: Any = None,
     ) -> None:
         self.name = name
@@ -87,9 +86,6 @@ class TransformersEngine:
         # On CPU, the decoder's linear layers on oneDNN's prepacked weights (``packed_linear``).
         self.packed_linear = packed_linear
         self.packed_layers = 0
-        # On CPU, glibc's thresholds raised so that freed activations are reused (``allocator``).
-        self.keep_freed_memory = keep_freed_memory
-        self.freed_memory_kept = False
         self.prefix_reuse_min_tokens = prefix_reuse_min_tokens
         # Prefixes kept across requests (off with reuse off or no budget; the load-time
         # probe turns it off where the model's cache cannot be cut and stacked exactly).
@@ -142,14 +138,10 @@ class TransformersEngine:
             if self.packed_linear:
                 self.packed_layers = pack_linears(model, model.get_decoder())
             grouped = use_grouped_attention(model)
-            if self.keep_freed_memory:
-                self.freed_memory_kept = allocator.keep_freed_memory()
             logger.info(
-                "CPU kernels: %d linear layers on oneDNN's packed weights; grouped attention without copies: %s; "
-                "freed memory kept for reuse: %s",
+                "CPU kernels: %d linear layers on oneDNN's packed weights; grouped attention without copies: %s",
                 self.packed_layers,
                 "on" if grouped else "off",
-                "on" if self.freed_memory_kept else "off",
             )
         self.max_model_len = int(getattr(model.config, "max_position_embeddings", 2048))
         # The LM head in float64 on CPU, so label log-probabilities carry no rounding from a
