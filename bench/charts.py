@@ -100,7 +100,7 @@ def peer(report: dict, out: Path) -> None:
     names = {
         "ours_items_per_s": "ours, default\n(capture on)",
         "ours_lager_items_per_s": "ours, every\nrequest lager",
-        "ours_compiled_items_per_s": "ours, no capture\n(LAYERS=false)",
+        "ours_no_capture_items_per_s": "ours, no capture\n(LAYERS=false)",
         "peer_items_per_s": "vLLM server\n(logprobs=20)",
     }
     keys = [key for key in names if key in report]

@@ -49,7 +49,7 @@ from service.prompts import DEFAULT_RUBRIC, Prompts  # noqa: E402
 
 LABELS = ["1", "2", "3", "4", "5"]
 # Our three setups: (name, JUDGE_VLLM_LAYERS, the requests' method).
-OURS = [("ours", "true", "final"), ("ours_lager", "true", "lager"), ("ours_compiled", "false", "final")]
+OURS = [("ours", "true", "final"), ("ours_lager", "true", "lager"), ("ours_no_capture", "false", "final")]
 
 
 async def run_load(send, payloads: list, concurrency: int) -> tuple[list, dict[str, list[float]]]:
@@ -159,12 +159,12 @@ def throughput(runs: dict[str, dict[str, list[float]]]) -> dict:
     out: dict = {}
     for name, share in shares.items():
         out[f"{name}_items_per_s"], out[f"{name}_items_per_s_ci"] = figures.rate(list(share.values()))
-    for name in ("ours", "ours_lager", "ours_compiled"):
+    for name in ("ours", "ours_lager", "ours_no_capture"):
         key = f"throughput_ratio_{name}_over_peer"
         out[key], out[f"{key}_ci"] = figures.rate_ratio(shares[name], shares["peer"])
     for name in ("ours", "ours_lager"):
-        key = f"throughput_ratio_{name}_over_ours_compiled"
-        out[key], out[f"{key}_ci"] = figures.rate_ratio(shares[name], shares["ours_compiled"])
+        key = f"throughput_ratio_{name}_over_ours_no_capture"
+        out[key], out[f"{key}_ci"] = figures.rate_ratio(shares[name], shares["ours_no_capture"])
     return out
 
 
