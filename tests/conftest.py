@@ -194,17 +194,13 @@ def start_server(**overrides: Any) -> RunningServer:
 ENGINES = ["transformers", "vllm"]
 
 
-# See ``tolerance``.
-TRANSFORMERS_TOLERANCE = 1e-4
-
-
 def tolerance(server: RunningServer) -> float:
     """How close two served results, or a served result and a direct forward pass, must be:
     1e-4 on the transformers engine, vLLM's own kernels 1e-3. The direct pass runs torch's
     own float32 kernels; on CPU the engine runs its linear layers on oneDNN's packed
     weights, whose sums in another order move the default model's label log-probabilities
     by up to ~4e-5 (either float32 path is 1e-5 to 3e-5 from a float64 forward pass)."""
-    return TRANSFORMERS_TOLERANCE if server.runtime.engine_kind == "transformers" else 1e-3
+    return 1e-4 if server.runtime.engine_kind == "transformers" else 1e-3
 
 
 # vLLM on CPU sizes its KV cache from this; 1 GiB holds ~23k tokens of the default model.
