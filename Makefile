@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-fast lint install browser bench
+.PHONY: serve test test-fast lint install browser bench gpu-wheels
 
 $(STAMP): pyproject.toml client/pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -54,3 +54,14 @@ test-fast: lint
 # CPU; run it on an otherwise idle machine). Runs that need vLLM skip without it.
 bench: $(STAMP)
 	$(BIN)/python bench/all.py
+
+# What a GPU host's CUDA image lacks for bench/gpu_run.sh, to copy there with the working
+# tree: the server's Python dependencies as wheels for its Python 3.12 (not torch or
+# transformers, which it has; bench/gpu-requirements.txt) and the default judge's tokenizer.
+GPU_CARRY := bench/gpu-carry
+gpu-wheels: $(STAMP)
+	rm -rf $(GPU_CARRY)
+	$(BIN)/pip download -q -d $(GPU_CARRY)/wheels -r bench/gpu-requirements.txt --python-version 3.12 \
+		--implementation cp --platform manylinux2014_x86_64 --only-binary=:all:
+	$(BIN)/python bench/gpu.py --save-tokenizer $(GPU_CARRY)/tokenizer
+	du -sh $(GPU_CARRY)

@@ -111,6 +111,7 @@ def check_shape(
         with gpu_serving.in_thread(stage.deadline, **settings) as (url, runtime):
             row[f"served_{dtype}"] = served(url, texts)
             row[f"paths_{dtype}"] = paths(runtime.engine)
+        del runtime  # the engine's caches with it, before the next model loads
         gpu_models.release()
         row[f"serve_{dtype}_s"] = round(time.monotonic() - started, 2)
     fp32, bf16 = row["served_float32"], row["served_bfloat16"]
