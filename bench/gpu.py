@@ -2,7 +2,7 @@
 service overhead, the batch budget, and the cost of per-layer scores and of prefixes.
 
     bash bench/gpu_run.sh OUT_DIR                       (on the GPU host: the one command)
-    .venv/bin/python bench/gpu.py --device cpu --tiny   (the dry run, under a minute on a CPU)
+    .venv/bin/python bench/gpu.py --device cpu --tiny   (the dry run: about a minute on a CPU)
 
 The judges are built here with random weights at real shapes, SmolLM2-135M's, a
 Llama-3-8B and a Qwen2.5-7B shape, with the default judge's tokenizer, saved to a
