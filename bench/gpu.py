@@ -47,6 +47,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -183,29 +184,42 @@ def run_stages(
         report["load"] = {"shape": largest[0].name, "seconds": time.perf_counter() - t0}
 
     budget.run("load", budgets["load"], load)
-    if judge.runtime is not None:
-        budget.run("throughput", budgets["throughput"], lambda s: gpu_speed.throughput(s, report, judge, prompts))
-        sweep = prompts[:sweep_count]
-        budget.run(
-            "batch_tokens",
-            budgets["batch_tokens"],
-            lambda s: gpu_speed.batch_tokens(s, report, judge, sweep, SWEEP[args.tiny]),
-        )
-        repeats = 2 if args.tiny else 3
-        layered = prompts[:layer_count]
-        budget.run(
-            "layers_prefix",
-            budgets["layers_prefix"],
-            lambda s: gpu_speed.layers_prefix(s, report, judge, layered, repeats),
-        )
-        # The in-process judge lets go of the device before the server process takes it.
-        judge.close()
-        gpu_models.release()
-    if largest:
+
+    def on_judge(work: Callable[[Stage], None]) -> Callable[[Stage], None]:
+        """``work``, or its stage skipped where the in-process judge did not load."""
+
+        def run(stage: Stage) -> None:
+            if judge.runtime is None:
+                stage.skip("the whole stage", "the in-process judge did not load (see the load stage)")
+            else:
+                work(stage)
+
+        return run
+
+    budget.run("throughput", budgets["throughput"], on_judge(lambda s: gpu_speed.throughput(s, report, judge, prompts)))
+    sweep, layered, repeats = prompts[:sweep_count], prompts[:layer_count], 2 if args.tiny else 3
+    budget.run(
+        "batch_tokens",
+        budgets["batch_tokens"],
+        on_judge(lambda s: gpu_speed.batch_tokens(s, report, judge, sweep, SWEEP[args.tiny])),
+    )
+    budget.run(
+        "layers_prefix",
+        budgets["layers_prefix"],
+        on_judge(lambda s: gpu_speed.layers_prefix(s, report, judge, layered, repeats)),
+    )
+    # The in-process judge lets go of the device before the server process takes it.
+    judge.close()
+    gpu_models.release()
+
+    def overhead(stage: Stage) -> None:
+        if not largest:
+            stage.skip("the whole stage", "the 8B shape was not built")
+            return
         env = {f"JUDGE_{k.upper()}": str(v) for k, v in served_settings(largest[0].directory, device, many).items()}
-        budget.run(
-            "overhead", budgets["overhead"], lambda s: gpu_speed.overhead_run(s, report, env, prompts, args.clients)
-        )
+        gpu_speed.overhead_run(stage, report, env, prompts, args.clients)
+
+    budget.run("overhead", budgets["overhead"], overhead)
 
 
 def served_settings(directory: Path, device: torch.device, items: int) -> dict[str, Any]:
