@@ -181,7 +181,13 @@ def run_stages(
             largest.append(gpu_models.build("llama3-8b", models / "llama3-8b", tokenizer, device, args.tiny, [], []))
         t0 = time.perf_counter()
         judge.open(**served_settings(largest[0].directory, device, many))
-        report["load"] = {"shape": largest[0].name, "seconds": time.perf_counter() - t0}
+        seconds = time.perf_counter() - t0
+        paths = gpu_exactness.paths(judge.runtime.engine)
+        report["load"] = {"shape": largest[0].name, "seconds": seconds, "paths": paths}
+        if not all(paths.values()):
+            stage.skip(
+                "batched paths", f"the engine refused some at load ({paths}): the speed figures time its fallbacks"
+            )
 
     budget.run("load", budgets["load"], load)
 

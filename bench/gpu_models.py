@@ -71,8 +71,13 @@ TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
 TINY_HEADS = {"smollm2-135m": (4, 2), "llama3-8b": (4, 2), "qwen2.5-7b": (4, 1)}
 
 # Logits of this spread (std) at the scoring position: label distributions far from
-# uniform, as a trained judge's are, so that an error in any of them shows.
-LOGIT_STD = 4.0
+# uniform (the tiny models' default init would give near-uniform ones), so that an error
+# in any of them shows; about the 8B shape's own default init (0.02 x sqrt(4096)). Not
+# wider: the engine proves its batched paths at load within 0.1 nats in bf16, and bf16
+# rounding grows with the logits' spread; at 2.0 the SmolLM2 shape's random weights already
+# failed that proof (0.105 nats), and the speed stages would then time the engine's
+# one-prompt-at-a-time fallback rather than the batches a trained judge gets.
+LOGIT_STD = 1.0
 
 
 def shape_config(name: str, tiny: bool, vocab: int) -> Any:

@@ -64,13 +64,16 @@ def test_exactness_on_three_architectures(report: dict) -> None:
         assert 1e-4 < row["bf16_max_abs_error"] < 0.5
         assert 0 <= row["bf16_max_distribution_error"] < 0.1
         assert set(row["paths_float32"]) == {"padded_batches", "prefix_cache", "labels_on_kv_cache"}
-        # Reference log-probabilities are of labels on distributions far from uniform.
-        assert max(row["reference_fp32"][0]) - min(row["reference_fp32"][0]) > 1
+        # Label distributions far from uniform: the labels' log-probabilities spread widely.
+        assert max(max(r) - min(r) for r in row["reference_fp32"]) > 1
+        assert all(row["paths_float32"].values())
 
 
 @pytest.mark.slow
 def test_speed_figures(report: dict) -> None:
     assert report["peak"]["tflops"] > 0 and len(report["peak"]["seconds"]) == 10
+    # The speed stages time the engine's batched paths, proven at load, not its fallbacks.
+    assert all(report["load"]["paths"].values())
     throughput = report["throughput"]
     assert throughput["items"] == 32 and 70 < throughput["mean_prompt_tokens"] < 200
     for key in ("items_per_s", "prompt_tokens_per_s", "model_tflops", "fraction_of_peak"):
