@@ -229,6 +229,34 @@ def test_sigterm_drains_accepted_work_and_refuses_new(running_process) -> None:
     assert proc.wait(timeout=90) == 0
 
 
+def test_a_second_sigterm_exits_at_once_with_its_documented_status(tmp_path: Path) -> None:
+    """While a drain would take a long while (long admitted work, a long grace), a second
+    SIGTERM ends the process at once: by exit status 128 + 15, not killed by the signal,
+    and the admitted work is abandoned, not drained."""
+    with process_server(tmp_path / "server.log", shutdown_grace_s=600, max_request_timeout_s=900) as (proc, url):
+        items = [{"id": str(i), "prompt": f"Item {i}: " + "word " * 1500 + "Score:"} for i in range(32)]
+        before = prompts_taken_in(url)
+        with ThreadPoolExecutor(1) as pool:
+            body = {"items": items, "timeout_s": 900}
+            admitted = pool.submit(httpx.post, f"{url}/v1/score", json=body, timeout=900)
+            wait_admitted(url, len(items), since=before)
+            proc.send_signal(signal.SIGTERM)
+            # The second signal comes once the server reports that it drains.
+            deadline = time.monotonic() + 120
+            while httpx.get(f"{url}/ready", timeout=60).status_code != 503:
+                assert time.monotonic() < deadline, "the server never began draining"
+                time.sleep(0.05)
+            assert not admitted.done()
+            signalled = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=120)  # bounds a hang only
+            exited_in = time.monotonic() - signalled
+            outcome = admitted.exception(timeout=120)
+    print(f"\nsecond SIGTERM: exit status {code} after {exited_in:.2f} s")
+    assert code == 128 + signal.SIGTERM
+    assert isinstance(outcome, httpx.TransportError), outcome
+
+
 def test_engine_failure_mid_load_fails_only_its_requests(server: RunningServer, transformers_only) -> None:
     stop = threading.Event()
     results: list[int] = []
