@@ -77,7 +77,7 @@ def make_queue(engine, metrics: Metrics, **limits) -> BatchQueue:
     return BatchQueue(engine, metrics, **options)
 
 
-def later(seconds: float = 30) -> float:
+def later(seconds: float = 600) -> float:
     return time.monotonic() + seconds
 
 
