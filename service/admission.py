@@ -54,10 +54,18 @@ class Throughput:
 
     def batch_finished(self, tokens: int, started: float, now: float) -> None:
         """A batch that began at ``started`` ended; ``tokens``: prompt tokens it completed
-        (0 when it failed)."""
-        if tokens:
-            self._latencies.append(now - started)
+        (0 when it failed or was cancelled).
+
+        Only completed work feeds the estimate: a batch that completed nothing adds no
+        sample, so failures and disconnect-heavy traffic cannot drag the measured rate
+        down and turn into 429s. Its busy time is dropped when nothing else runs; while
+        other batches run it stays with them, as the time they shared with it."""
         self._running -= 1
+        if not tokens:
+            if not self._running:
+                self._since = None
+            return
+        self._latencies.append(now - started)
         if self._since is not None:
             self.add(now - self._since, tokens)
         self._since = now if self._running else None

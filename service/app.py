@@ -38,6 +38,8 @@ async def _exit_when_dead(runtime: Runtime) -> None:
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     """Build the app. The model loads in the background after startup; /ready says when."""
+    # First: a key file that gives no key stops startup (KeysFileError) before anything loads.
+    api_keys = ApiKeys.from_settings(settings.api_keys, settings.api_keys_file)
     metrics = metrics or Metrics()
     runtime = Runtime(settings, metrics)
 
@@ -69,7 +71,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.state.score_service = ScoreService(runtime)
     app.state.compare_service = CompareService(runtime)
     app.state.rank_service = RankService(runtime)
-    app.state.api_keys = ApiKeys.from_settings(settings.api_keys, settings.api_keys_file)
+    app.state.api_keys = api_keys
     if not app.state.api_keys.enabled:
         logger.warning(
             "NO API KEYS CONFIGURED: /v1/score accepts requests from anyone. "

@@ -12,6 +12,10 @@ from service.errors import ErrorKind, JudgeError
 logger = logging.getLogger(__name__)
 
 
+class KeysFileError(Exception):
+    """``JUDGE_API_KEYS_FILE`` is set but yields no key: the service must not start open."""
+
+
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
 
@@ -24,11 +28,12 @@ class ApiKeys:
 
     @classmethod
     def from_settings(cls, inline: str | None, path: Path | None) -> ApiKeys:
+        """The keys of ``JUDGE_API_KEYS`` and ``JUDGE_API_KEYS_FILE``. A key file that is set
+        but unreadable or holds no key raises ``KeysFileError``: it fails closed, since
+        serving without auth is what a broken Secret mount must never cause."""
         keys = [k.strip() for k in (inline or "").split(",")]
         if path is not None:
-            keys += [
-                line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")
-            ]
+            keys += _read_keys_file(path)
         return cls([k for k in keys if k])
 
     @property
@@ -49,3 +54,17 @@ class ApiKeys:
             matched |= hmac.compare_digest(presented, digest)
         if not matched:
             raise JudgeError(ErrorKind.UNAUTHORIZED, "invalid API key")
+
+
+def _read_keys_file(path: Path) -> list[str]:
+    """One key per line; blank lines and lines whose first non-blank character is ``#``
+    are skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise KeysFileError(f"JUDGE_API_KEYS_FILE {path} cannot be read: {reason}") from None
+    keys = [stripped for line in text.splitlines() if (stripped := line.strip()) and not stripped.startswith("#")]
+    if not keys:
+        raise KeysFileError(f"JUDGE_API_KEYS_FILE {path} holds no key; refusing to serve without auth")
+    return keys

@@ -99,6 +99,7 @@ class BatchQueue:
         max_batch_size: int,
         max_wait_s: float,
         on_stopped: Callable[[], None] | None = None,
+        max_retry_after_s: float | None = None,
     ) -> None:
         self._engine = engine
         self._metrics = metrics
@@ -106,6 +107,8 @@ class BatchQueue:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self._on_stopped = on_stopped
+        # The longest deadline a request may have: no Retry-After asks a client to wait longer.
+        self.max_retry_after_s = max_retry_after_s
         self._depth = 0
         self._plain = _Lane(
             "batch-queue", lambda batch, _: engine.score(batch), asyncio.Semaphore(engine.max_inflight_batches)
@@ -115,7 +118,8 @@ class BatchQueue:
         # Plain scores' throughput: the rate exported, and what the runtime's calibration seeds.
         self.throughput = self._plain.throughput
         self._closing = False
-        self._batches: set[asyncio.Task[None]] = set()
+        # Each batch's task and items: a task cancelled before it ran (at close) fails them here.
+        self._batches: dict[asyncio.Task[None], list[_Entry]] = {}
 
     @property
     def depth(self) -> int:
@@ -203,8 +207,8 @@ class BatchQueue:
         budget = deadline - time.monotonic()
         if predicted <= budget:
             return
-        # Work drains at the measured rate, so the request would fit after this long.
-        wait = predicted - budget
+        # Work drains at the measured rate, so the request would fit after this long (capped).
+        wait = min(predicted - budget, self.max_retry_after_s or predicted)
         self._metrics.admission_refusals.inc()
         raise JudgeError(
             ErrorKind.OVERLOADED,
@@ -244,15 +248,24 @@ class BatchQueue:
             lane.wake.clear()
         if not batch:
             return False
-        for entry in batch:
-            entry.submission._start(self._metrics)
-        job = asyncio.create_task(self._run_batch(batch, lane))
-        self._batches.add(job)
+        try:
+            for entry in batch:
+                entry.submission._start(self._metrics)
+            job = asyncio.create_task(self._run_batch(batch, lane))
+        except Exception:
+            # The batch left its lane and will never run: its own items fail now, not at their deadlines.
+            logger.exception("a batch of %d items failed to launch", len(batch))
+            self._metrics.queue_faults.inc()
+            self._fail(batch, JudgeError(ErrorKind.INTERNAL, "internal error"))
+            return False
+        self._batches[job] = batch
         job.add_done_callback(partial(self._batch_ended, lane))
         return True
 
     def _batch_ended(self, lane: _Lane, job: asyncio.Task[None]) -> None:
-        self._batches.discard(job)
+        batch = self._batches.pop(job, [])
+        if job.cancelled():
+            self._fail(batch, JudgeError(ErrorKind.UNAVAILABLE, "the service is shutting down"))
         lane.slots.release()
 
     def _fail_oldest(self, lane: _Lane) -> None:

@@ -147,6 +147,7 @@ class Runtime:
             max_batch_size=self.settings.max_batch_size,
             max_wait_s=wait_ms / 1000,
             on_stopped=self._queue_stopped,
+            max_retry_after_s=self.settings.max_request_timeout_s,
         )
         queue.start()
         return queue

@@ -83,9 +83,27 @@ def distribution(
     mode = labels[max(range(len(probs)), key=lambda i: (probs[i], -i))]
     expected = std = None
     if values is not None:
-        expected = sum(p * v for p, v in zip(probs, values, strict=True))
-        std = math.sqrt(max(0.0, sum(p * (v - expected) ** 2 for p, v in zip(probs, values, strict=True))))
+        expected, std = moments(probs, values)
     return Distribution(tuple(labels), probs, label_mass, expected, std, confidence, mode)
+
+
+def moments(probs: Sequence[float], values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard deviation of ``values`` under ``probs``, finite for any finite values.
+
+    Label values may be any finite float (1e200, or a label "1e308" read as its number), and
+    squaring their deviations would overflow. So the sums run on the values scaled by a power
+    of two into (-1, 1): scaling by a power of two is exact, so ordinary values give exactly
+    the plain formula's floats, and the results, kept within what the values allow (the mean
+    between the smallest and largest value, the std at most half their spread), scale back
+    without overflow.
+    """
+    exponent = math.frexp(max(abs(v) for v in values))[1]
+    unit = [math.ldexp(v, -exponent) for v in values]
+    low, high = min(unit), max(unit)
+    mean = min(high, max(low, sum(p * u for p, u in zip(probs, unit, strict=True))))
+    variance = sum(p * (u - mean) ** 2 for p, u in zip(probs, unit, strict=True))
+    spread = min((high - low) / 2, math.sqrt(max(0.0, variance)))
+    return math.ldexp(mean, exponent), math.ldexp(spread, exponent)
 
 
 def from_logprobs(labels: Sequence[str], logprobs: Sequence[float], values: Sequence[float] | None) -> Distribution:

@@ -9,9 +9,13 @@ what is left of it, so the whole shutdown fits the pod's termination grace perio
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import sys
 import threading
 import time
 from types import FrameType
+from typing import NoReturn
 
 import uvicorn
 
@@ -20,11 +24,18 @@ from service.runtime import Runtime
 logger = logging.getLogger(__name__)
 
 
+def forced_exit_code(sig: int) -> int:
+    """The exit status of a second signal: 128 + its number (143 for SIGTERM, 130 for
+    SIGINT), the shell's convention, reached by exiting rather than by dying of the signal."""
+    return 128 + sig
+
+
 class DrainingServer(uvicorn.Server):
     """A uvicorn server whose first SIGTERM/SIGINT drains the judge before exiting.
 
     While draining, the server still accepts connections, so late requests get a clear
-    503 instead of a refused connection. A second signal exits at once.
+    503 instead of a refused connection. A second signal exits at once, with
+    ``forced_exit_code``.
     """
 
     def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
@@ -35,8 +46,7 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._draining:
-            super().handle_exit(sig, frame)
-            return
+            self._exit_now(sig)
         self._draining = True
         self.runtime.begin_drain()
         logger.info("signal %d: draining for up to %.0fs", sig, self.runtime.grace_left())
@@ -54,3 +64,18 @@ class DrainingServer(uvicorn.Server):
         self.runtime.begin_drain()
         self.config.timeout_graceful_shutdown = self.runtime.grace_left()  # type: ignore[assignment]
         self.should_exit = True
+
+    @staticmethod
+    def _exit_now(sig: int) -> NoReturn:
+        """The operator insists: no drain, no graceful close. uvicorn would wait for a running
+        engine pass in its thread and then re-raise the signal (death by SIGTERM, not an
+        exit status), so exit here. Child processes (vLLM's engine core) get SIGTERM first,
+        so none outlives this one."""
+        code = forced_exit_code(sig)
+        logger.warning("second signal %d: exiting at once with status %d", sig, code)
+        for child in multiprocessing.active_children():
+            child.terminate()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

@@ -45,12 +45,29 @@ def test_a_seed_stands_in_only_until_real_batches_are_measured() -> None:
     assert meter.tokens_per_s == pytest.approx(400.0)
 
 
-def test_failed_batches_count_their_time_not_tokens() -> None:
+def test_failed_batches_feed_neither_time_nor_tokens() -> None:
+    """Only completed work feeds the estimate: failed or cancelled batches (0 tokens) do not
+    drag the rate down."""
     meter = Throughput(window_s=100)
     meter.add(1.0, 100)
-    meter.batch_started(1.0)
-    meter.batch_finished(0, 1.0, 2.0)
-    assert meter.tokens_per_s == pytest.approx(50.0)
+    for start in range(1, 50):
+        meter.batch_started(float(start))
+        meter.batch_finished(0, float(start), start + 1.0)
+    assert meter.tokens_per_s == pytest.approx(100.0)
+    assert meter.batch_latency_s is None  # nor is a failure a batch latency
+    # The next completed batch starts its own clock: the failures' time is not in it.
+    meter.batch_started(60.0)
+    meter.batch_finished(300, 60.0, 61.0)
+    assert meter.tokens_per_s == pytest.approx(400 / 2.0)
+
+
+def test_a_failure_among_concurrent_batches_leaves_its_shared_time_to_them() -> None:
+    meter = Throughput(window_s=100)
+    meter.batch_started(0.0)
+    meter.batch_started(0.0)
+    meter.batch_finished(0, 0.0, 1.0)  # cancelled after 1 s; the other batch ran all along
+    meter.batch_finished(200, 0.0, 2.0)
+    assert meter.tokens_per_s == pytest.approx(100.0)  # 200 tokens in 2 s of busy time, not 1
 
 
 def test_completion_adds_one_batch_latency_to_the_stretched_drain_time() -> None:
@@ -64,7 +81,7 @@ def test_completion_adds_one_batch_latency_to_the_stretched_drain_time() -> None
     meter.batch_started(11.0)
     meter.batch_finished(100, 11.0, 14.0)
     meter.batch_started(14.0)
-    meter.batch_finished(0, 14.0, 20.0)  # failed: its wall time is no batch latency
-    # Rate: 400 tokens in 10 s of busy time; latency: the mean of 1 s and 3 s.
+    meter.batch_finished(0, 14.0, 20.0)  # failed: neither busy time nor a batch latency
+    # Rate: 400 tokens in 4 s of busy time; latency: the mean of 1 s and 3 s.
     assert meter.batch_latency_s == pytest.approx(2.0)
-    assert meter.completion_s(400, 1.0) == pytest.approx(10.0 + 2.0)
+    assert meter.completion_s(400, 1.0) == pytest.approx(4.0 + 2.0)

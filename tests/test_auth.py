@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import httpx
 import pytest
 
-from service.auth import ApiKeys
+from service.auth import ApiKeys, KeysFileError
 from service.errors import JudgeError
-from tests.conftest import RunningServer, start_server
+from tests.conftest import ROOT, RunningServer, free_port, start_server
 
 ITEM = {"items": [{"id": "a", "prompt": "Score:"}]}
 # A valid request for each scoring endpoint: each needs the key.
@@ -26,7 +34,8 @@ REQUESTS = {
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory: pytest.TempPathFactory):
     keys_file = tmp_path_factory.mktemp("keys") / "keys"
-    keys_file.write_text("# one key per line\nfile-key\n")
+    # An indented comment is a comment too: "# old-key" must not become a key.
+    keys_file.write_text("# one key per line\nfile-key\n  # old-key\n\t#another\n")
     running = start_server(api_keys="key-one, key-two", api_keys_file=keys_file, metrics_auth=True)
     yield running
     running.stop()
@@ -44,7 +53,10 @@ def test_missing_key_is_401_with_challenge(keyed_server: RunningServer, path: st
 
 
 @pytest.mark.parametrize("path", list(REQUESTS))
-@pytest.mark.parametrize("header", ["Bearer wrong", "Bearer key-one2", "Basic key-one", "key-one", "Bearer"])
+@pytest.mark.parametrize(
+    "header",
+    ["Bearer # old-key", "Bearer #another", "Bearer wrong", "Bearer key-one2", "Basic key-one", "key-one", "Bearer"],
+)
 def test_wrong_key_is_401(keyed_server: RunningServer, header: str, path: str) -> None:
     with keyed_server.client() as client:
         response = client.post(path, json=REQUESTS[path], headers={"Authorization": header})
@@ -87,3 +99,80 @@ def test_keys_are_hashed_and_compared_against_every_key(monkeypatch: pytest.Monk
 
 def test_no_keys_means_open(client) -> None:
     assert client.post("/v1/score", json=ITEM).status_code == 200
+
+
+def test_indented_comments_in_the_key_file_are_not_keys(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("  # old-key\nreal-key\n\t# tabbed\n")
+    keys = ApiKeys.from_settings(None, keys_file)
+    keys.check("Bearer real-key")
+    for comment in ("# old-key", "#", "# tabbed"):
+        with pytest.raises(JudgeError):
+            keys.check(f"Bearer {comment}")
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "# only a comment\n   # and another\n"])
+def test_a_key_file_without_keys_fails_closed(tmp_path: Path, content: str) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(content)
+    with pytest.raises(KeysFileError, match="holds no key"):
+        ApiKeys.from_settings(None, keys_file)
+    # Inline keys do not make an empty file acceptable: the file is broken either way.
+    with pytest.raises(KeysFileError):
+        ApiKeys.from_settings("inline-key", keys_file)
+
+
+def test_an_unreadable_key_file_fails_closed(tmp_path: Path) -> None:
+    with pytest.raises(KeysFileError, match="cannot be read"):
+        ApiKeys.from_settings(None, tmp_path / "missing")
+    with pytest.raises(KeysFileError, match="cannot be read"):
+        ApiKeys.from_settings(None, tmp_path)  # a directory
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe\x00key")
+    with pytest.raises(KeysFileError, match="cannot be read"):
+        ApiKeys.from_settings(None, binary)
+
+
+def test_the_server_refuses_to_start_on_an_empty_key_file(tmp_path: Path) -> None:
+    """The real command: it exits with a clear message instead of serving without auth."""
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("  # old-key\n")
+    port = free_port()
+    env = {**os.environ, "JUDGE_PORT": str(port), "JUDGE_API_KEYS_FILE": str(keys_file)}
+    # Bounds only a hang: the refusal comes before the model loads.
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "serve"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "JUDGE_API_KEYS_FILE" in done.stderr and "holds no key" in done.stderr
+    assert "Traceback" not in done.stderr
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+
+
+async def _flood(url: str, body: bytes, clients: int) -> tuple[list[int], list[float]]:
+    """``clients`` unauthenticated posts of ``body`` at once, and /health probed meanwhile."""
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=clients + 4)) as http:
+        posts = [
+            asyncio.create_task(http.post("/v1/score", content=body, headers={"content-type": "application/json"}))
+            for _ in range(clients)
+        ]
+        health: list[float] = []
+        while not all(p.done() for p in posts) or not health:
+            started = time.perf_counter()
+            assert (await http.get("/health")).status_code == 200
+            health.append(time.perf_counter() - started)
+        return [(await p).status_code for p in posts], health
+
+
+def test_unauthenticated_floods_get_401_and_health_stays_answered(keyed_server: RunningServer) -> None:
+    """64 concurrent bodies of just under the 4 MiB limit, without a key: every one gets
+    401 (none is scored, none is a 413 or 5xx), and /health answers throughout."""
+    limit = keyed_server.app.state.settings.max_body_bytes
+    body = json.dumps({"items": [{"id": "a", "prompt": ""}]}).encode()
+    body = body.replace(b'""', b'"' + b"x" * (limit - len(body) - 16) + b'"')
+    assert limit - 64 < len(body) <= limit
+    statuses, health = asyncio.run(_flood(keyed_server.url, body, 64))
+    assert statuses == [401] * 64
+    # Generous: a slow shared machine answers in well under a second; a stall would not.
+    assert max(health) < 10.0, health

@@ -77,7 +77,7 @@ def make_queue(engine, metrics: Metrics, **limits) -> BatchQueue:
     return BatchQueue(engine, metrics, **options)
 
 
-def later(seconds: float = 30) -> float:
+def later(seconds: float = 600) -> float:
     return time.monotonic() + seconds
 
 
@@ -404,3 +404,74 @@ def test_short_shared_prefix_is_not_reused(engine: TransformersEngine) -> None:
     before = engine.prefix_tokens_reused
     asyncio.run(engine.score([task(20), task(25)]))  # same first 19 tokens: under the threshold
     assert engine.prefix_tokens_reused == before
+
+
+def test_a_batch_that_fails_to_launch_fails_its_own_items_at_once(
+    engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault between taking a batch from the lane and starting its task: the batch's own
+    items fail now (not at their deadline, minutes away), and the loop goes on."""
+    from service.submission import Submission
+
+    real_start = Submission._start
+    faults = [True]
+
+    def failing_start(self: Submission, metrics: Metrics) -> None:
+        if faults:
+            faults.pop()
+            raise RuntimeError("launch fault")
+        real_start(self, metrics)
+
+    monkeypatch.setattr(Submission, "_start", failing_start)
+
+    async def run() -> Metrics:
+        metrics = Metrics()
+        queue = make_queue(engine, metrics)
+        doomed = queue.submit([task(4), task(5)], later(600))
+        queue.start()
+        for future in doomed.futures:
+            with pytest.raises(JudgeError) as failed:
+                await asyncio.wait_for(future, 60)  # bounds a hang: the deadline is 600 s away
+            assert failed.value.kind is ErrorKind.INTERNAL
+        assert queue.running
+        assert len(await queue.run([task(6)], later())) == 1
+        await queue.close(1)
+        return metrics
+
+    assert asyncio.run(run()).queue_faults._value.get() == 1
+
+
+def test_a_batch_cancelled_before_it_ran_fails_its_items_at_close(engine: TransformersEngine) -> None:
+    """close() cancels a batch task that has not started yet: its coroutine never runs its
+    own error handling, yet its items get 503 at once."""
+
+    async def run() -> None:
+        queue = make_queue(engine, Metrics())
+        submission = queue.submit([task(4), task(6)], later(600))
+        assert queue._launch_next(queue._plain)  # the batch's task exists but has not run
+        await queue.close(0)
+        for future in submission.futures:
+            assert future.done()
+            with pytest.raises(JudgeError) as failed:
+                await future
+            assert failed.value.kind is ErrorKind.UNAVAILABLE
+
+    asyncio.run(run())
+
+
+def test_retry_after_is_capped_at_the_longest_deadline(engine: TransformersEngine) -> None:
+    async def run() -> None:
+        queue = make_queue(engine, Metrics(), max_retry_after_s=30.0)
+        # Measured: 1 prompt token per second, so the work ahead drains in hours.
+        queue.throughput.batch_started(0.0)
+        queue.throughput.batch_finished(1, 0.0, 1.0)
+        ahead = queue.submit([task(50)], later(3600))
+        with pytest.raises(JudgeError) as refused:
+            queue.submit([task(50)], time.monotonic() + 1)
+        assert refused.value.kind is ErrorKind.OVERLOADED
+        assert refused.value.details["predicted_s"] > 100  # what it predicts is still reported
+        assert refused.value.retry_after_s == 30.0
+        await queue.close(0)
+        assert isinstance(ahead.futures[0].exception(), JudgeError)
+
+    asyncio.run(run())

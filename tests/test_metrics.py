@@ -27,7 +27,7 @@ CANDIDATES = [{"id": f"c{i}", "response": r} for i, r in enumerate(["4", "It is 
 
 
 def counters(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    text = httpx.get(f"{url}/metrics", timeout=30).text
+    text = httpx.get(f"{url}/metrics", timeout=600).text
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
         for family in text_string_to_metric_families(text)

@@ -91,7 +91,7 @@ def fuzz_server() -> Iterator[RunningServer]:
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_schema_fuzz(case, fuzz_server: RunningServer) -> None:
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    response = case.call(base_url=fuzz_server.url, headers=headers, timeout=60)
+    response = case.call(base_url=fuzz_server.url, headers=headers, timeout=600)
     excluded = []
     if documented_exception(case, response) is not None:
         excluded = [positive_data_acceptance, negative_data_rejection, not_a_server_error]

@@ -365,7 +365,7 @@ def test_playground_asks_for_a_key_and_keeps_it_in_memory(browser: Any, keyed_se
     key_field.send_keys("wrong-key")
     assert submit(browser) == "error"
     url, headers, body = shown_curl(browser, "wrong-key")
-    wrong = httpx.post(url, headers=headers, content=json.dumps(body), timeout=60)
+    wrong = httpx.post(url, headers=headers, content=json.dumps(body), timeout=600)
     assert wrong.status_code == 401
     error = browser.find_element("id", "error")
     assert error.get_attribute("data-status") == "401"

@@ -13,7 +13,7 @@ import pytest
 from service.config import Settings
 from service.metrics import Metrics
 from service.runtime import Runtime
-from tests.conftest import engine_settings, start_server
+from tests.conftest import HANG_S, engine_settings, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def test_a_dead_batch_loop_turns_health_and_readiness_503_and_exits_non_zero() -
         loop_task = queue._loop_task
         # Kill the loop from outside, as an unforeseen fault would.
         loop_task.get_loop().call_soon_threadsafe(loop_task.cancel)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + HANG_S
         while running.runtime.alive and time.monotonic() < deadline:
             time.sleep(0.05)
         with running.client() as client:
@@ -33,7 +33,7 @@ def test_a_dead_batch_loop_turns_health_and_readiness_503_and_exits_non_zero() -
             score = client.post("/v1/score", json={"items": [{"id": "a", "prompt": "Score:"}]})
         assert statuses == {"/health": 503, "/ready": 503}
         assert score.status_code == 503
-        running.thread.join(timeout=60)
+        running.thread.join(timeout=HANG_S)
         assert not running.thread.is_alive(), "the server did not exit"
         assert running.runtime.exit_code == 1
     finally:
@@ -55,7 +55,7 @@ def test_a_failed_load_check_closes_the_started_engine(tmp_path: Path) -> None:
 
     runtime = asyncio.run(start())
     assert runtime.failed and not runtime.ready and runtime.engine is None
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + HANG_S
     while time.monotonic() < deadline:
         left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()]
         left = [p for p in left if p.status() != psutil.STATUS_ZOMBIE]

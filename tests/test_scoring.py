@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import random
+import sys
 
 import pytest
 
@@ -53,3 +55,57 @@ def test_lager_weighted_uses_softmax_weights_without_final_entry() -> None:
     assert heavy[0] > 0.99 and heavy[1] < 0.01
     with pytest.raises(ValueError):
         scoring.lager_logits(layers, [0.0])
+
+
+def _plain_moments(probs: list[float], values: list[float]) -> tuple[float, float]:
+    mean = sum(p * v for p, v in zip(probs, values, strict=True))
+    return mean, math.sqrt(max(0.0, sum(p * (v - mean) ** 2 for p, v in zip(probs, values, strict=True))))
+
+
+def test_moments_of_ordinary_values_are_the_plain_formulas_floats() -> None:
+    """Scaling by a power of two is exact: ordinary values give bit-equal results."""
+    rng = random.Random(7)
+    for _ in range(500):
+        k = rng.randint(2, 10)
+        raw = [rng.random() for _ in range(k)]
+        probs = [r / sum(raw) for r in raw]
+        values = [
+            rng.choice([rng.randint(-10, 10), rng.uniform(-1e6, 1e6), rng.uniform(-1e-3, 1e-3)]) for _ in range(k)
+        ]
+        mean, std = scoring.moments(probs, values)
+        plain_mean, plain_std = _plain_moments(probs, values)
+        if min(values) <= plain_mean <= max(values):  # else the mean is held inside the values
+            assert (mean, std) == (plain_mean, plain_std)
+
+
+@pytest.mark.parametrize(
+    ("values", "mean", "std"),
+    [
+        ((1e200, -1e200), 0.0, 1e200),
+        ((1e200, 0.0), 5e199, 5e199),
+        ((sys.float_info.max, -sys.float_info.max), 0.0, sys.float_info.max),
+        ((sys.float_info.max, sys.float_info.max), sys.float_info.max, 0.0),
+        ((5e-324, 0.0), 5e-324, 0.0),  # subnormal: its half rounds away, nothing overflows
+    ],
+)
+def test_moments_of_huge_values_are_finite_and_right(values: tuple[float, float], mean: float, std: float) -> None:
+    """The plain formulas overflow here (the square of 1e200 is inf); these are the exact
+    moments of a 50/50 distribution, within float rounding."""
+    got_mean, got_std = scoring.moments([0.5, 0.5], values)
+    assert math.isfinite(got_mean) and math.isfinite(got_std)
+    assert got_mean == pytest.approx(mean, rel=1e-12, abs=5e-324)
+    assert got_std == pytest.approx(std, rel=1e-12, abs=5e-324)
+
+
+def test_distribution_and_mixture_of_extreme_values_stay_finite() -> None:
+    values = (-sys.float_info.max, -1e300, 0.0, 1e300, sys.float_info.max)
+    rng = random.Random(3)
+    parts = []
+    for _ in range(20):
+        logprobs = [math.log(rng.random()) for _ in values]
+        dist = scoring.from_logprobs("abcde", logprobs, values)
+        assert math.isfinite(dist.expected_score) and math.isfinite(dist.std)
+        assert -sys.float_info.max <= dist.expected_score <= sys.float_info.max
+        parts.append(dist)
+    mixed = scoring.mixture("abcde", parts, [1e6] * 10 + [1e-300] * 10, values)
+    assert math.isfinite(mixed.expected_score) and math.isfinite(mixed.std)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,6 +22,8 @@ from pydantic import BaseModel
 from judge_client.protocol import CompareRequest, CompareResponse, RankRequest, RankResponse, ScoreResponse
 
 RETRY_STATUSES = {429, 503}
+# The longest a client sleeps before one retry, whatever Retry-After or the backoff says.
+MAX_RETRY_DELAY_S = 60.0
 
 
 class JudgeError(Exception):
@@ -69,22 +72,36 @@ def _chunks(payload: dict[str, Any], key: str, size: int) -> Iterator[dict[str, 
         yield {**payload, key: items[start : start + size]}
 
 
-def _delay(response: httpx.Response | None, attempt: int, backoff: float) -> float:
+def _delay(response: httpx.Response | None, attempt: int, backoff: float, cap: float) -> float:
+    """Seconds before the next try: the server's Retry-After, else exponential backoff with
+    jitter; at most ``cap`` either way (a huge or broken header never parks the caller)."""
     header = response.headers.get("Retry-After") if response is not None else None
     if header is not None:
         try:
-            return max(0.0, float(header))
+            asked = float(header)
         except ValueError:
-            pass
-    return backoff * (2**attempt) * (0.5 + random.random())
+            asked = math.nan
+        if not math.isnan(asked):
+            return min(cap, max(0.0, asked))
+    # Past ~60 doublings the power alone overflows a float: stop growing long before.
+    return min(cap, backoff * (2 ** min(attempt, 60)) * (0.5 + random.random()))
 
 
 class _Base:
-    def __init__(self, base_url: str, api_key: str | None, retries: int, backoff: float, max_items: int | None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        retries: int,
+        backoff: float,
+        max_items: int | None,
+        max_retry_delay: float = MAX_RETRY_DELAY_S,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.retries = retries
         self.backoff = backoff
+        self.max_retry_delay = max_retry_delay
         self._max_items = max_items
 
     def _retry_delay(self, attempt: int, response: httpx.Response | None) -> float | None:
@@ -92,7 +109,7 @@ class _Base:
         connection failed; scoring is idempotent, so sending again is safe."""
         if attempt >= self.retries or (response is not None and response.status_code not in RETRY_STATUSES):
             return None
-        return _delay(response, attempt, self.backoff)
+        return _delay(response, attempt, self.backoff, self.max_retry_delay)
 
     @staticmethod
     def _scores(parts: Sequence[Any]) -> ScoreResponse:
@@ -128,8 +145,9 @@ class JudgeClient(_Base):
         retries: int = 5,
         backoff: float = 0.5,
         max_items: int | None = None,
+        max_retry_delay: float = MAX_RETRY_DELAY_S,
     ) -> None:
-        super().__init__(base_url, api_key, retries, backoff, max_items)
+        super().__init__(base_url, api_key, retries, backoff, max_items, max_retry_delay)
         self._http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=timeout)
 
     def __enter__(self) -> JudgeClient:
@@ -200,8 +218,9 @@ class AsyncJudgeClient(_Base):
         backoff: float = 0.5,
         max_items: int | None = None,
         concurrency: int = 8,
+        max_retry_delay: float = MAX_RETRY_DELAY_S,
     ) -> None:
-        super().__init__(base_url, api_key, retries, backoff, max_items)
+        super().__init__(base_url, api_key, retries, backoff, max_items, max_retry_delay)
         limits = httpx.Limits(max_connections=concurrency)
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=timeout, limits=limits)
         self._slots = asyncio.Semaphore(concurrency)

@@ -32,11 +32,15 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from service.app import create_app
+    from service.auth import KeysFileError
     from service.shutdown import DrainingServer
 
     settings = settings_from_args(args)
     configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except KeysFileError as exc:
+        sys.exit(f"judge-service serve: {exc}")
     # One worker per pod: the model and the queue live in this process. The graceful close
     # of connections gets what is left of the one grace budget (see service.shutdown).
     config = uvicorn.Config(
