@@ -248,7 +248,9 @@ def test_vllm_start_leaves_health_and_metrics_answering_and_a_stopped_engine_is_
             time.sleep(0.2)
         wait_ready(running)
         print(f"\nslowest answers while vLLM started: {slowest}")
-        assert max(slowest.values()) <= 5.0, slowest
+        # Measured: 2.3 s and 3.6 s at worst on a busy 2-core machine; a start that blocked
+        # the event loop would hold them for the whole start, minutes.
+        assert max(slowest.values()) <= 10.0, slowest
         cores = engine_cores()
         assert cores, "no vLLM engine-core process found"
 
