@@ -195,6 +195,11 @@ class Runtime:
         return not self.ready and self._load_deadline is not None and time.monotonic() > self._load_deadline
 
     @property
+    def stuck(self) -> bool:
+        """Whether a thread may never return: the engine stalled, or the load hung."""
+        return self.watchdog.stall is not None or self.load_overdue
+
+    @property
     def problem(self) -> tuple[str, dict[str, Any] | None] | None:
         """Why the runtime is not alive, with details for /health; None while it is."""
         if self.watchdog.stall is not None:

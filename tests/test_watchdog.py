@@ -4,7 +4,10 @@ load (``service.engines.failpoints``), and SIGSTOP of vLLM's engine-core process
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,10 +20,11 @@ import pytest
 import uvicorn
 
 from service.app import create_app
-from service.config import DEFAULT_MODEL, Settings
+from service.config import DEFAULT_MODEL, EXIT_MARGIN_S, Settings
 from service.model_store import resolve_model
 from service.watchdog import CHECK_PERIOD_S, Watchdog, _Pass
 from tests.conftest import (
+    ROOT,
     VLLM_TEST_SETTINGS,
     RunningServer,
     engine_settings,
@@ -210,6 +214,35 @@ def test_a_load_that_hangs_turns_health_503_at_its_deadline(tiny_judge: Path, mo
         monkeypatch.delenv("JUDGE_FAILPOINT_LOAD_BLOCK", raising=False)
         running.stop()
     assert not running.thread.is_alive()
+
+
+def test_a_server_process_whose_load_hangs_exits_with_status_1(tiny_judge: Path, tmp_path: Path) -> None:
+    """The real process: past the load deadline it drains and exits, although the load's
+    thread never returns (it would hold the interpreter's exit forever): status 1 within
+    the load deadline, the shutdown grace and the exit margin."""
+    env = {
+        **os.environ,
+        "JUDGE_PORT": str(free_port()),
+        "JUDGE_MODEL": str(tiny_judge),
+        "JUDGE_ENGINE": "transformers",
+        "JUDGE_LOAD_TIMEOUT_S": "3",
+        "JUDGE_SHUTDOWN_GRACE_S": "1",
+        "JUDGE_FAILPOINT_LOAD_BLOCK": "1",
+    }
+    log = tmp_path / "server.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=env, cwd=ROOT, stderr=sink)
+        try:
+            # Python's start and imports come first: generous on a slow machine.
+            code = proc.wait(timeout=3 + 1 + EXIT_MARGIN_S + 120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+    assert code == 1, log.read_text()[-2000:]
+    text = log.read_text()
+    assert "the model did not load within its deadline; draining and exiting" in text, text[-2000:]
+    assert "exiting now" in text, text[-2000:]
 
 
 @pytest.fixture
