@@ -158,6 +158,11 @@ def stall_scenario(running: RunningServer, exit_requested: threading.Event, bloc
         assert tripped - admitted <= details["limit_s"] + SLACK_S, (tripped - admitted, details)
         # Every request is answered with 503 at once, none by its deadline.
         answered = [job.result(timeout=120) for job in pending]
+        answered_s = time.monotonic() - tripped
+        print(
+            f"\n/health 503 {tripped - admitted:.1f} s after the requests were in ({details}); "
+            f"all answered {answered_s:.2f} s later"
+        )
         late = httpx.post(f"{url}/v1/score", json=payload, timeout=60)
     for response in [*answered, late]:
         assert_unavailable(response)
