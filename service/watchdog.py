@@ -12,10 +12,10 @@ running pass began, whichever is later) with its limit::
     predicted = tokens running / measured rate + mean batch latency
 
 (the admission model's completion time for the work running, without its safety
-factor). A critique lane with no measurement yet (before its first generation ends) is
-given its rows' latest deadline instead of a prediction: a generation stops each row at
-its deadline. Past the limit the engine is stalled for good: ``/health`` turns 503, and
-every engine call, running or still to come, gives up at once with 503
+factor). A critique lane is never stalled before its rows' latest deadline plus the
+floor: a generation stops each row at its deadline, and its tokens come at a rate that
+varies with where each stops. Past the limit the engine is stalled for good: ``/health``
+turns 503, and every engine call, running or still to come, gives up at once with 503
 (``EngineDead``), so no waiting request learns it from its deadline.
 """
 
@@ -93,13 +93,14 @@ class _LaneWatch:
         oldest = min(record.started for record in self.running)
         since = max(oldest, self.last_end or oldest)
         predicted = self.throughput.completion_s(sum(record.tokens for record in self.running), 1.0)
-        if predicted is not None:
-            limit = multiple * predicted + floor_s
-        else:
-            deadlines = [record.deadline for record in self.running if record.deadline is not None]
-            if not deadlines:
-                return None  # nothing measured and no deadline: nothing to judge by
-            limit = max(deadlines) - since + floor_s
+        limits = [] if predicted is None else [multiple * predicted + floor_s]
+        # A generation stops each row at its deadline: never stalled before the latest.
+        deadlines = [record.deadline for record in self.running if record.deadline is not None]
+        if deadlines:
+            limits.append(max(deadlines) - since + floor_s)
+        if not limits:
+            return None  # nothing measured and no deadline: nothing to judge by
+        limit = max(limits)
         if now - since <= limit:
             return None
         return Stall(self.name, now - since, limit, predicted)
@@ -187,6 +188,10 @@ class WatchedEngine:
         self.batch_budget: int = engine.batch_budget
         self.max_inflight_batches: int = engine.max_inflight_batches
         self.max_inflight_critiques: int = engine.max_inflight_critiques
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else the queue may read of its engine comes from the engine itself.
+        return getattr(self._engine, name)
 
     def batch_cost(self, batch: Sequence[ScoringTask]) -> int:
         return int(self._engine.batch_cost(batch))

@@ -54,7 +54,7 @@ def test_a_lane_is_stalled_only_past_multiple_times_its_prediction_plus_the_floo
     assert watchdog.check(now=200.0) is stall
 
 
-def test_progress_restarts_the_clock_and_critiques_without_a_rate_wait_for_their_deadline() -> None:
+def test_progress_restarts_the_clock_and_critiques_wait_for_their_deadline() -> None:
     watchdog = Watchdog(multiple=MULTIPLE, floor_s=FLOOR_S)
     lane = watchdog.critiques
     assert lane.throughput.tokens_per_s is None
@@ -62,6 +62,11 @@ def test_progress_restarts_the_clock_and_critiques_without_a_rate_wait_for_their
     # No rate yet: the limit is the rows' latest deadline plus the floor.
     assert watchdog.check(now=52.9) is None
     assert watchdog.check(now=53.1) is not None
+    # With a rate that predicts far less, still not before the deadline plus the floor.
+    watchdog = Watchdog(multiple=MULTIPLE, floor_s=FLOOR_S)
+    watchdog.critiques.throughput.seed(1.0, 100_000)
+    watchdog.critiques.began(_Pass(started=0.0, tokens=600, deadline=50.0))
+    assert watchdog.check(now=52.9) is None
 
     watchdog = Watchdog(multiple=MULTIPLE, floor_s=FLOOR_S)
     start = time.monotonic()
