@@ -30,7 +30,8 @@ async def _exit_when_dead(runtime: Runtime) -> None:
     # ask the server to exit so the orchestrator restarts the pod; the exit code says why.
     while runtime.alive:
         await asyncio.sleep(0.5)
-    logger.error("the judge is dead (engine, batch loop or model load); draining and exiting")
+    problem = runtime.problem
+    logger.error("%s; draining and exiting", problem[0] if problem else "the judge is dead")
     runtime.exit_code = 1
     runtime.begin_drain()
     runtime.request_exit()

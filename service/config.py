@@ -81,6 +81,25 @@ class Settings(BaseSettings):
             "together take at most this long."
         ),
     )
+    load_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description=(
+            "Load deadline: /health answers 200 while the model loads for at most this long, then 503, "
+            "so a load that hangs is restarted."
+        ),
+    )
+    stall_multiple: float = Field(
+        10.0,
+        ge=1,
+        description=(
+            "Watchdog: the engine is stalled, /health turns 503 and waiting requests get 503, when a lane makes "
+            "no progress for this many times its predicted time plus stall_floor_s."
+        ),
+    )
+    stall_floor_s: float = Field(
+        30.0, gt=0, description="Watchdog: seconds added to every stall limit, so short passes are never judged."
+    )
     layer_weights_file: Path | None = Field(
         None, description="JSON layer weights for method 'lager_weighted' (from fit-layers)."
     )

@@ -148,9 +148,10 @@ async def rank(
 
 @router.get("/health", response_model=HealthResponse, responses={503: _error_doc(ErrorKind.UNAVAILABLE, "Dead.")})
 async def health(runtime: RuntimeDep) -> Response | HealthResponse:
-    """Liveness: the process works, and the engine and the batch loop have not died."""
-    if not runtime.alive:
-        return error_response(ErrorKind.UNAVAILABLE, "the judge is dead")
+    """Liveness: the process works, the engine and the batch loop have not died, the engine
+    has not stalled (see ``service.watchdog``), and a load has not run past its deadline."""
+    if (problem := runtime.problem) is not None:
+        return error_response(ErrorKind.UNAVAILABLE, *problem)
     return HealthResponse(status="ok")
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from service.batching import BatchQueue
 from service.calibration import Calibration
 from service.config import Settings
-from service.engines import Engine, LabelScores, ScoringTask, build_engine, choose_engine
+from service.engines import Engine, LabelScores, ScoringTask, build_engine, choose_engine, failpoints
 from service.errors import ErrorKind, JudgeError
 from service.lager import LayerWeights
 from service.limits import Limits
@@ -27,6 +27,7 @@ from service.model_store import resolve_model
 from service.probe import Probe
 from service.prompts import Prompts
 from service.review import ReviewThresholds
+from service.watchdog import Stall, Watchdog, WatchedEngine
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,10 @@ class Runtime:
         self.failed = False
         self.exit_code = 0
         self._drain_deadline: float | None = None
+        # A load still running past this instant is hung (set when the load begins).
+        self._load_deadline: float | None = None
+        self.watchdog = Watchdog(settings.stall_multiple, settings.stall_floor_s, on_stall=self._stalled)
+        self._watching: asyncio.Task[None] | None = None
         # Set by whoever runs the server: stops it (the exit code says why).
         self.request_exit: Callable[[], None] = lambda: None
 
@@ -79,6 +84,7 @@ class Runtime:
         """Load the model, warm it up, start the queue; mark ready. A failure is logged and
         leaves the runtime failed, with any engine that had started closed again."""
         started = time.monotonic()
+        self._load_deadline = started + self.settings.load_timeout_s
         engine = None
         try:
             model_dir, tokenizer = await asyncio.to_thread(self._load_tokenizer)
@@ -119,6 +125,7 @@ class Runtime:
             await self._close(engine)
             return
         self.metrics.model_info.info({"model": self.settings.model, "engine": self.engine_kind})
+        self._watching = asyncio.create_task(self.watchdog.run(), name="watchdog")
         self.ready = True
         self.metrics.ready.set(1)
         logger.info(
@@ -131,6 +138,7 @@ class Runtime:
     def _load_tokenizer(self) -> tuple[Path, Any]:
         from transformers import AutoTokenizer
 
+        failpoints.block("LOAD_BLOCK")
         model_dir = resolve_model(self.settings.model, self.settings.cache_dir)
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         return model_dir, tokenizer
@@ -141,7 +149,7 @@ class Runtime:
             # An engine that batches by itself gains nothing from waiting.
             wait_ms = 0.0 if engine.max_inflight_batches > 1 else 2.0
         queue = BatchQueue(
-            engine,
+            WatchedEngine(engine, self.watchdog),
             self.metrics,
             max_queue=self.settings.max_queue,
             max_batch_size=self.settings.max_batch_size,
@@ -168,7 +176,9 @@ class Runtime:
         timed = tasks[CALIBRATION_ITEMS:]
         started = time.monotonic()
         await engine.score(timed)
-        self.queue.throughput.seed(time.monotonic() - started, sum(task.length for task in timed))
+        seed = (time.monotonic() - started, sum(task.length for task in timed))
+        self.queue.throughput.seed(*seed)
+        self.watchdog.plain.throughput.seed(*seed)
         await engine.reset_prefix_cache()
 
     def _queue_stopped(self) -> None:
@@ -177,13 +187,35 @@ class Runtime:
         self.failed = True
         self.metrics.ready.set(0)
 
+    def _stalled(self, _: Stall) -> None:
+        self.metrics.ready.set(0)
+
+    @property
+    def load_overdue(self) -> bool:
+        """Whether the model is still loading past its load deadline (a hung load)."""
+        return not self.ready and self._load_deadline is not None and time.monotonic() > self._load_deadline
+
+    @property
+    def stuck(self) -> bool:
+        """Whether a thread may never return: the engine stalled, or the load hung."""
+        return self.watchdog.stall is not None or self.load_overdue
+
+    @property
+    def problem(self) -> tuple[str, dict[str, Any] | None] | None:
+        """Why the runtime is not alive, with details for /health; None while it is."""
+        if self.watchdog.stall is not None:
+            return "the judge engine stalled", self.watchdog.stall.details
+        if self.load_overdue:
+            return "the model did not load within its deadline", {"load_timeout_s": self.settings.load_timeout_s}
+        if self.failed or (self.engine is not None and not self.engine.healthy):
+            return "the judge is dead", None
+        if self.queue is not None and not self.queue.running:
+            return "the judge is dead", None
+        return None
+
     @property
     def alive(self) -> bool:
-        if self.failed:
-            return False
-        if self.engine is not None and not self.engine.healthy:
-            return False
-        return self.queue is None or self.queue.running
+        return self.problem is None
 
     @property
     def accepting(self) -> bool:
@@ -218,6 +250,8 @@ class Runtime:
 
     async def shutdown(self) -> None:
         self.begin_drain()
+        if self._watching is not None:
+            self._watching.cancel()
         if self.queue is not None:
             await self.queue.close(self.grace_left())
         await self._close(self.engine)

@@ -19,6 +19,7 @@ from typing import NoReturn
 
 import uvicorn
 
+from service.config import EXIT_MARGIN_S
 from service.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,17 @@ class DrainingServer(uvicorn.Server):
         self.runtime.begin_drain()
         self.config.timeout_graceful_shutdown = self.runtime.grace_left()  # type: ignore[assignment]
         self.should_exit = True
+        if self.runtime.stuck:
+            # A pass or a load stuck in its thread would hold the interpreter's exit forever
+            # (it joins its worker threads): past the grace and the exit margin, leave anyway.
+            limit = self.runtime.grace_left() + EXIT_MARGIN_S
+            threading.Thread(target=self._exit_hard_after, args=(limit,), name="hard-exit", daemon=True).start()
+
+    def _exit_hard_after(self, seconds: float) -> None:
+        time.sleep(seconds)
+        logger.critical("the process did not exit within %.0fs of a stuck engine; exiting now", seconds)
+        logging.shutdown()
+        os._exit(self.runtime.exit_code or 1)
 
     @staticmethod
     def _exit_now(sig: int) -> NoReturn:

@@ -19,7 +19,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from service import critique
-from service.engines import probes
+from service.engines import failpoints, probes
 from service.engines.attention import use_grouped_attention
 from service.engines.base import CritiqueRow, EngineError, LabelScores, ScoringTask, common_prefix
 from service.engines.generation import FairLock, GenerationStopped, GreedyDecoder, greedy_decoder
@@ -221,6 +221,7 @@ class TransformersEngine:
         plan = cache.plan([task.token_ids for task in batch]) if cache is not None else None
         prefix = 0 if plan is not None else self._shared_prefix(batch)
         with self._lock, torch.inference_mode():
+            failpoints.block("PASS_BLOCK")
             if cache is not None and plan is not None:
                 run, computed, kept = self.passes.cached(batch, plan, want_states, continuing)
                 cache.ran([task.token_ids for task in batch], plan, computed, kept)

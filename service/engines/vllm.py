@@ -127,11 +127,16 @@ class VllmEngine:
         options["worker_extension_cls"] = "service.engines.vllm_layers.LayerCaptureExtension"
         return AsyncEngineArgs(**options)
 
-    async def start(self) -> None:
+    def _launch(self) -> Any:
         check_architecture(self.model_dir)
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        self._engine = AsyncLLM.from_engine_args(self.engine_args())
+        return AsyncLLM.from_engine_args(self.engine_args())
+
+    async def start(self) -> None:
+        # Importing vLLM and starting its engine core (processes, model load, compilation)
+        # take minutes and block: off the event loop, so /health and /metrics answer meanwhile.
+        self._engine = await asyncio.to_thread(self._launch)
         config = self._engine.model_config
         self.max_model_len = int(config.max_model_len)
         self.num_layers = int(config.hf_text_config.num_hidden_layers)
