@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 # How often an idle worker looks for work another replica's API created.
 POLL_S = 1.0
+# Longest pause between a running chunk's lease renewals.
+RENEW_EVERY_S = 2.0
 # How often retention runs.
 PURGE_EVERY_S = 300.0
 
@@ -128,7 +130,8 @@ class Worker:
 
     async def _keep_lease(self, claim: Claim, lines: list[asyncio.Task[None]]) -> None:
         while True:
-            await asyncio.sleep(self.lease_s / 3)
+            # Often enough that a cancel or an expiry stops the chunk within seconds.
+            await asyncio.sleep(min(self.lease_s / 3, RENEW_EVERY_S))
             if not await asyncio.to_thread(self.store.renew, claim, self.name, self.lease_s):
                 # Cancelled, expired, or taken over: what still runs is abandoned.
                 for line in lines:

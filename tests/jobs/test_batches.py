@@ -171,3 +171,44 @@ def test_upload_limits(jobs_server: RunningServer) -> None:
         headers={"Authorization": "Bearer key-a"},
     )
     assert response.status_code == 422 and response.json()["error"]["type"] == "invalid_request"
+
+
+def _each_line_once(client: openai.OpenAI, done: openai.types.Batch, custom_ids: list[str]) -> list[dict]:
+    """Output and error files together: every custom_id exactly once; returns the error lines."""
+    out, err = lines_of(client, done.output_file_id), lines_of(client, done.error_file_id)
+    assert sorted(o["custom_id"] for o in out + err) == sorted(custom_ids)
+    return err
+
+
+def _many(count: int) -> tuple[bytes, list[str]]:
+    lines = [score_line(f"m{k}", f"Question number {k}: what is {k}+{k}?", f"It is {2 * k}.") for k in range(count)]
+    return jsonl(lines), [line["custom_id"] for line in lines]
+
+
+def test_cancel_keeps_partial_output_and_names_the_rest(jobs_server: RunningServer) -> None:
+    client = client_for(jobs_server.url, "key-a")
+    content, ids = _many(40)
+    batch = submit(client, content)
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at is not None
+    done = wait_for(client, batch.id)
+    assert done.status == "cancelled" and done.cancelled_at is not None
+    errors = _each_line_once(client, done, ids)
+    assert done.request_counts is not None and done.request_counts.completed < 40
+    unfinished = [e for e in errors if e["response"] is None]
+    assert len(unfinished) == 40 - done.request_counts.completed - done.request_counts.failed
+    assert all(e["error"]["code"] == "batch_cancelled" for e in unfinished)
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.batches.cancel(wait_for(client, submit(client, jsonl([score_line("z", *QUESTIONS[0])])).id).id)
+
+
+def test_expiry_ends_the_batch_at_its_window(jobs_server: RunningServer) -> None:
+    client = client_for(jobs_server.url, "key-a")
+    content, ids = _many(60)
+    batch = submit(client, content, window="2s")
+    assert batch.expires_at == batch.created_at + 2
+    done = wait_for(client, batch.id)
+    assert done.status == "expired" and done.expired_at is not None
+    errors = _each_line_once(client, done, ids)
+    assert done.request_counts is not None and done.request_counts.completed < 60
+    assert {e["error"]["code"] for e in errors if e["response"] is None} == {"batch_expired"}
