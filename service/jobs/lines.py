@@ -8,11 +8,12 @@ the endpoint, in the error file.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal, get_args
 
 from service.jobs.store import ItemRow
 
-ENDPOINTS = ("/v1/score", "/v1/compare", "/v1/rank")
+Endpoint = Literal["/v1/score", "/v1/compare", "/v1/rank"]
+ENDPOINTS: tuple[str, ...] = get_args(Endpoint)
 # Errors listed on a failed batch; a file broken throughout needs no more to be fixed.
 MAX_ERRORS = 100
 
