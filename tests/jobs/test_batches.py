@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import RunningServer, start_server, tolerance
+from tests.conftest import RunningServer, metric_sum, start_server, tolerance
 from tests.jobs.helpers import assert_close, client_for, jsonl, lines_of, score_line, submit, wait_for
 
 QUESTIONS = [
@@ -52,6 +52,10 @@ def test_output_equals_the_synchronous_answers(jobs_server: RunningServer) -> No
     assert done.error_file_id is None
     output = lines_of(client, done.output_file_id)
     assert [o["custom_id"] for o in output] == [line["custom_id"] for line in lines]
+    assert metric_sum(jobs_server.url, "judge_batch_items_total", outcome="completed") >= len(lines)
+    assert metric_sum(jobs_server.url, "judge_batch_jobs", status="completed") >= 1
+    # Batch work never entered the online queue's gauges.
+    assert metric_sum(jobs_server.url, "judge_num_requests_waiting") == 0
     with jobs_server.client(headers={"Authorization": "Bearer key-a"}) as http:
         for line, out in zip(lines, output, strict=True):
             assert out["error"] is None and out["id"].startswith("batch_req_")
