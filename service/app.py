@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.auth import ApiKeys
+from service.batch_routes import batch_router
 from service.config import Settings
 from service.errors import install_error_handlers
 from service.logs import RequestContext
@@ -21,6 +22,7 @@ from service.pages import pages_router
 from service.routes import router
 from service.runtime import Runtime
 from service.serving import CompareService, RankService, ScoreService
+from service.serving.batches import BatchService
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     api_keys = ApiKeys.from_settings(settings.api_keys, settings.api_keys_file)
     metrics = metrics or Metrics()
     runtime = Runtime(settings, metrics)
+    batches = BatchService(settings, runtime)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -50,12 +53,15 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             asyncio.create_task(runtime.start(), name="start-runtime"),
             asyncio.create_task(_exit_when_dead(runtime), name="watch-runtime"),
         ]
+        await batches.start()
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            # Batch work first: its lines stay pending in the store, and online work drains alone.
+            await batches.close()
             await runtime.shutdown()
 
     app = FastAPI(
@@ -72,6 +78,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.state.score_service = ScoreService(runtime)
     app.state.compare_service = CompareService(runtime)
     app.state.rank_service = RankService(runtime)
+    app.state.batch_service = batches
     app.state.api_keys = api_keys
     if not app.state.api_keys.enabled:
         logger.warning(
@@ -80,10 +87,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         )
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(batch_router)
     app.include_router(pages_router(settings.playground))
     install_openapi(app, settings)
     # Outermost first: metrics see every status, including the body limit's 413.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=("/v1/files",))
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(RequestContext)
     return app

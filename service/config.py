@@ -22,6 +22,11 @@ def _default_cache_dir() -> Path:
     return Path(base) / "judge-service"
 
 
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "judge-service"
+
+
 class Settings(BaseSettings):
     """Every knob of the service. Each field maps to ``JUDGE_<NAME>`` and ``--<name>``."""
 
@@ -213,6 +218,22 @@ class Settings(BaseSettings):
             "every call it makes goes through the API with the API's own auth."
         ),
     )
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Where the embedded job store (SQLite) keeps batch jobs and their files.",
+    )
+    jobs_retention_hours: float = Field(
+        168.0, gt=0, description="Batch jobs, their files and unused input files are deleted this long after they end."
+    )
+    jobs_max_file_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="Largest batch input file.")
+    jobs_max_lines: int = Field(50_000, ge=1, description="Most requests one batch input file may hold.")
+    jobs_chunk_items: int = Field(
+        64, ge=1, description="Lines a worker leases at once (the unit redone after a crash)."
+    )
+    jobs_lease_s: float = Field(
+        60.0, gt=0, description="A chunk's lease; a replica that stops renewing it loses the chunk after this long."
+    )
+    jobs_concurrency: int = Field(2, ge=1, description="Chunks one replica runs at once.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["json", "text"] = Field("json", description="Log lines as JSON objects or plain text.")
 

@@ -66,6 +66,22 @@ class PrefixCacheCollector(Collector):
         )
 
 
+class JobsCollector(Collector):
+    """Batch jobs by status, read from the job store at scrape time (none without one)."""
+
+    STATUSES = ("validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
+
+    def __init__(self) -> None:
+        self.source: Callable[[], dict[str, int]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.source() if self.source is not None else {}
+        family = GaugeMetricFamily("judge_batch_jobs", "Batch jobs in the job store by status.", labels=["status"])
+        for status in self.STATUSES:
+            family.add_metric([status], counts.get(status, 0))
+        yield family
+
+
 def outcome_of(status: int) -> str:
     return OUTCOMES.get(status, "error" if status >= 500 else "rejected")
 
@@ -152,6 +168,15 @@ class Metrics:
         r.register(self.prefix_cache)
         self.model_info = Info("judge_model", "The loaded judge model.", registry=r)
         self.ready = Gauge("judge_ready", "1 when the service accepts scoring requests.", registry=r)
+        # Batch jobs: work of the batch lane, never counted in the online gauges above.
+        self.jobs = JobsCollector()
+        r.register(self.jobs)
+        self.batch_items = Counter(
+            "judge_batch_items", "Batch lines answered, by outcome (completed: 200).", ["outcome"], registry=r
+        )
+        self.batch_lane_depth = Gauge("judge_batch_lane_depth", "Prompts waiting in the batch lane.", registry=r)
+        for outcome in ("completed", "failed"):
+            self.batch_items.labels(outcome=outcome)
         # Export every labelled series from the start, so dashboards and alerts see zeros, not gaps.
         for outcome in (*OUTCOMES.values(), "error", "rejected"):
             for endpoint in ENDPOINTS:

@@ -1,0 +1,175 @@
+"""The batch lane: batch work's own low-priority queue in front of the engine.
+
+Online requests keep the queue (``service.batching``) to themselves: its admission, depth,
+deadlines and gauges never see batch work. The lane runs one engine pass at a time and
+starts one only while the queue holds no online work, so an online request that arrives
+waits behind at most the one lane pass already running. The engine grants passes in
+arrival order (its fair lock), so no second lane pass can slip in ahead of it. While
+online traffic is recent, lane passes shrink to ``busy_items`` items: on transformers a
+pass cannot be interrupted, so its size is what an online request may wait for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from service.batching import BatchEngine
+from service.engines.base import CritiqueRow, LabelScores, ScoringTask
+from service.errors import ErrorKind, JudgeError, error_for
+from service.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+# Online work seen this recently keeps lane passes small.
+RECENT_ONLINE_S = 2.0
+# How often the lane looks again while online work holds the engine.
+YIELD_POLL_S = 0.005
+
+
+@dataclass(eq=False)
+class _Entry:
+    task: ScoringTask
+    future: asyncio.Future[LabelScores]
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class BatchLane:
+    """Batch work's queue: runs passes only while no online work waits or runs."""
+
+    def __init__(
+        self,
+        engine: BatchEngine,
+        online_depth: Callable[[], int],
+        *,
+        max_batch_size: int,
+        busy_items: int,
+        on_depth: Callable[[int], None] = lambda _: None,
+    ) -> None:
+        self._engine = engine
+        self._online_depth = online_depth
+        self.max_batch_size = max_batch_size
+        self.busy_items = max(1, busy_items)
+        self._on_depth = on_depth
+        self._pending: list[_Entry] = []
+        self._wake = asyncio.Event()
+        self._online_seen = float("-inf")
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="batch-lane")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for entry in self._pending:
+            if not entry.future.done():
+                entry.future.set_exception(JudgeError(ErrorKind.UNAVAILABLE, "the service is shutting down"))
+        self._pending = []
+
+    async def run(self, tasks: Sequence[ScoringTask]) -> list[LabelScores]:
+        """Every task's result, in order; cancelling the caller gives its tasks up."""
+        if self._task is None or self._task.done():
+            raise JudgeError(ErrorKind.UNAVAILABLE, "the batch lane is not running")
+        loop = asyncio.get_running_loop()
+        entries = [_Entry(task, loop.create_future()) for task in tasks]
+        self._pending.extend(entries)
+        self._on_depth(len(self._pending))
+        self._wake.set()
+        try:
+            return list(await asyncio.gather(*(e.future for e in entries)))
+        finally:
+            for entry in entries:
+                entry.future.cancel()
+
+    def _online_busy(self) -> bool:
+        if self._online_depth() > 0:
+            self._online_seen = time.monotonic()
+            return True
+        return False
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            while self._online_busy():
+                await asyncio.sleep(YIELD_POLL_S)
+            batch = self._take()
+            if not self._pending:
+                self._wake.clear()
+            self._on_depth(len(self._pending))
+            if batch:
+                await self._run(batch)
+
+    def _take(self) -> list[_Entry]:
+        """The oldest live item and its nearest by length among the next items, of its kind
+        (critique or not), within the engine's budget and the pass size now allowed."""
+        self._pending = [e for e in self._pending if not e.future.done()]
+        if not self._pending:
+            return []
+        recent = time.monotonic() - self._online_seen < RECENT_ONLINE_S
+        size = min(self.busy_items, self.max_batch_size) if recent else self.max_batch_size
+        head = self._pending[0]
+        kind = head.task.critique is not None
+        window = [e for e in self._pending[: 4 * self.max_batch_size] if (e.task.critique is not None) == kind]
+        window.sort(key=lambda e: abs(e.task.length - head.task.length))
+        batch = [head]
+        for entry in window:
+            if len(batch) >= size:
+                break
+            if entry is head or self._engine.batch_cost([e.task for e in (*batch, entry)]) > self._engine.batch_budget:
+                continue
+            batch.append(entry)
+        chosen = {id(e) for e in batch}
+        self._pending = [e for e in self._pending if id(e) not in chosen]
+        return batch
+
+    async def _run(self, batch: list[_Entry]) -> None:
+        tasks = [e.task for e in batch]
+        try:
+            if batch[0].task.critique is not None:
+                # No deadline inside a batch: the worker gives a line up when its window ends.
+                rows = [CritiqueRow(float("inf")) for _ in batch]
+                results: Sequence[LabelScores | None] = await self._engine.critique(tasks, rows)
+            else:
+                results = await self._engine.score(tasks)
+        except Exception as exc:
+            logger.error("a batch-lane pass of %d items failed", len(batch), exc_info=exc)
+            for entry in batch:
+                if not entry.future.done():
+                    entry.future.set_exception(error_for(exc))
+            return
+        for entry, result in zip(batch, results, strict=True):
+            if entry.future.done():
+                continue
+            if result is None:
+                entry.future.set_exception(JudgeError(ErrorKind.UNAVAILABLE, "the critique was given up"))
+            else:
+                entry.future.set_result(result)
+
+
+class LaneRuntime(Runtime):
+    """The runtime as the serving code sees it inside a batch: everything is the real
+    runtime's (``__getattr__``), but ``run`` sends tasks to the batch lane, with no
+    admission and no per-request deadline (the batch's completion window applies)."""
+
+    def __init__(self, runtime: Runtime, lane: BatchLane) -> None:  # no super(): a view, not a second runtime
+        self._inner = runtime
+        self._lane = lane
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def run(
+        self, tasks: Sequence[ScoringTask], deadline: float, disconnected: Callable[[], Awaitable[None]] | None
+    ) -> list[LabelScores]:
+        if not self._inner.accepting:
+            raise JudgeError(ErrorKind.UNAVAILABLE, "the judge is not ready")
+        return await self._lane.run(tasks)

@@ -1,0 +1,69 @@
+"""Batch files and polling shared by the jobs tests."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from openai import OpenAI
+from openai.types import Batch
+
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+
+def jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+
+def score_line(custom_id: str, instruction: str, response: str) -> dict[str, Any]:
+    body = {"items": [{"id": custom_id, "instruction": instruction, "response": response}]}
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/score", "body": body}
+
+
+def client_for(url: str, key: str = "none") -> OpenAI:
+    return OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def submit(client: OpenAI, content: bytes, endpoint: str = "/v1/score", window: str = "24h") -> Batch:
+    uploaded = client.files.create(file=("input.jsonl", content), purpose="batch")
+    return client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint=endpoint,  # type: ignore[arg-type]
+        completion_window=window,  # type: ignore[arg-type]
+    )
+
+
+def wait_for(client: OpenAI, batch_id: str, statuses: tuple[str, ...] = TERMINAL, timeout: float = 600) -> Batch:
+    """Poll until the batch reaches one of ``statuses``; conditions, not wall time, end the wait."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in statuses:
+            return batch
+        time.sleep(0.2)
+    pytest.fail(f"batch {batch_id} did not reach {statuses} within {timeout:.0f} s")
+
+
+def lines_of(client: OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    return [json.loads(line) for line in client.files.content(file_id).text.splitlines() if line.strip()]
+
+
+def assert_close(got: Any, want: Any, tol: float, where: str = "body") -> None:
+    """Equal JSON, floats within ``tol``: a line runs in a batch of other lines, and a
+    padded batch is equal to one-by-one scoring within the engine's tolerance, not bit for bit."""
+    if isinstance(want, float) and isinstance(got, (int, float)):
+        assert abs(got - want) <= tol, f"{where}: {got} != {want}"
+    elif isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), f"{where}: keys differ"
+        for key in want:
+            assert_close(got[key], want[key], tol, f"{where}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), f"{where}: lengths differ"
+        for k, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert_close(g, w, tol, f"{where}[{k}]")
+    else:
+        assert got == want, f"{where}: {got!r} != {want!r}"

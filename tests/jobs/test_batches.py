@@ -1,0 +1,218 @@
+"""The Batch API through the real ``openai`` SDK against a real server on the default model:
+upload, create, poll, download, cancel, and the output equal to the synchronous answers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import RunningServer, metric_sum, start_server, tolerance
+from tests.jobs.helpers import assert_close, client_for, jsonl, lines_of, score_line, submit, wait_for
+
+QUESTIONS = [
+    ("What is the capital of France?", "Paris."),
+    ("What is 2+2?", "It is 5."),
+    ("Name a primary colour.", "Blue is one of them."),
+    ("Who wrote Hamlet?", "Shakespeare wrote it in about 1600."),
+    ("What is the boiling point of water at sea level?", "100 degrees Celsius."),
+]
+
+
+@pytest.fixture(scope="module")
+def jobs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    data = tmp_path_factory.mktemp("jobs-data")
+    running = start_server(engine="transformers", data_dir=Path(data), api_keys="key-a,key-b", jobs_chunk_items=2)
+    yield running
+    running.stop()
+
+
+def test_output_equals_the_synchronous_answers(jobs_server: RunningServer) -> None:
+    client = client_for(jobs_server.url, "key-a")
+    lines = [score_line(f"q{k}", q, a) for k, (q, a) in enumerate(QUESTIONS)]
+    lines.append(
+        {
+            "custom_id": "pair",
+            "method": "POST",
+            "url": "/v1/score",
+            "body": {"items": [{"id": "p", "prompt": "Say yes."}], "labels": ["yes", "no"], "timeout_s": 1},
+        }
+    )
+    batch = submit(client, jsonl(lines))
+    assert batch.object == "batch" and batch.endpoint == "/v1/score"
+    done = wait_for(client, batch.id)
+    assert done.status == "completed", done
+    assert done.request_counts is not None and done.request_counts.total == len(lines)
+    assert done.request_counts.completed == len(lines) and done.request_counts.failed == 0
+    assert done.completed_at is not None and done.in_progress_at is not None
+    assert done.error_file_id is None
+    output = lines_of(client, done.output_file_id)
+    assert [o["custom_id"] for o in output] == [line["custom_id"] for line in lines]
+    assert metric_sum(jobs_server.url, "judge_batch_items_total", outcome="completed") >= len(lines)
+    assert metric_sum(jobs_server.url, "judge_batch_jobs", status="completed") >= 1
+    # Batch work never entered the online queue's gauges.
+    assert metric_sum(jobs_server.url, "judge_num_requests_waiting") == 0
+    with jobs_server.client(headers={"Authorization": "Bearer key-a"}) as http:
+        for line, out in zip(lines, output, strict=True):
+            assert out["error"] is None and out["id"].startswith("batch_req_")
+            assert out["response"]["status_code"] == 200
+            # The synchronous endpoint's answer: every field, floats within the engine's tolerance.
+            assert_close(
+                out["response"]["body"], http.post("/v1/score", json=line["body"]).json(), tolerance(jobs_server)
+            )
+
+
+def test_refused_bodies_go_to_the_error_file_as_the_endpoint_answers(jobs_server: RunningServer) -> None:
+    client = client_for(jobs_server.url, "key-a")
+    bad_bodies = {
+        "empty": {"items": []},
+        "labels": {"items": [{"id": "x", "prompt": "hi"}], "labels": ["a", "a"]},
+        "method": {"items": [{"id": "x", "prompt": "hi"}], "method": "nope"},
+    }
+    lines = [score_line("good", *QUESTIONS[0])]
+    lines += [{"custom_id": k, "method": "POST", "url": "/v1/score", "body": b} for k, b in bad_bodies.items()]
+    done = wait_for(client, submit(client, jsonl(lines)).id)
+    assert done.status == "completed"
+    assert done.request_counts is not None and (done.request_counts.completed, done.request_counts.failed) == (1, 3)
+    assert [o["custom_id"] for o in lines_of(client, done.output_file_id)] == ["good"]
+    errors = {e["custom_id"]: e["response"] for e in lines_of(client, done.error_file_id)}
+    assert set(errors) == set(bad_bodies)
+    with jobs_server.client(headers={"Authorization": "Bearer key-a"}) as http:
+        for custom_id, body in bad_bodies.items():
+            sync = http.post("/v1/score", json=body)
+            assert sync.status_code >= 400
+            assert errors[custom_id] == {"status_code": sync.status_code, "body": sync.json()}
+
+
+def test_lines_that_are_not_requests_fail_the_batch_with_their_line_numbers(jobs_server: RunningServer) -> None:
+    client = client_for(jobs_server.url, "key-a")
+    good = json.dumps(score_line("a", *QUESTIONS[0]))
+    content = "\n".join(
+        [
+            good,
+            "{not json",
+            json.dumps({"method": "POST", "url": "/v1/score", "body": {}}),
+            good,
+            json.dumps({**score_line("b", "q", "r"), "url": "/v1/nothing"}),
+            json.dumps({**score_line("c", "q", "r"), "url": "/v1/rank"}),
+        ]
+    ).encode()
+    batch = submit(client, content)
+    assert batch.status == "failed" and batch.failed_at is not None
+    assert batch.errors is not None and batch.errors.data is not None
+    found = [(e.line, e.code) for e in batch.errors.data]
+    assert found == [
+        (2, "invalid_json_line"),
+        (3, "missing_custom_id"),
+        (4, "duplicate_custom_id"),
+        (5, "invalid_url"),
+        (6, "mismatched_endpoint"),
+    ]
+    assert batch.request_counts is not None and batch.request_counts.total == 0
+    assert batch.output_file_id is None
+
+
+def test_files_batches_and_keys(jobs_server: RunningServer) -> None:
+    a, b = client_for(jobs_server.url, "key-a"), client_for(jobs_server.url, "key-b")
+    content = jsonl([score_line("only", *QUESTIONS[1])])
+    uploaded = a.files.create(file=("in.jsonl", content), purpose="batch")
+    assert (uploaded.object, uploaded.purpose, uploaded.bytes, uploaded.filename) == (
+        "file",
+        "batch",
+        len(content),
+        "in.jsonl",
+    )
+    assert a.files.retrieve(uploaded.id).id == uploaded.id
+    assert a.files.content(uploaded.id).content == content
+    # Another key sees nothing of it.
+    with pytest.raises(openai.NotFoundError):
+        b.files.retrieve(uploaded.id)
+    with pytest.raises(openai.NotFoundError):
+        b.batches.create(input_file_id=uploaded.id, endpoint="/v1/score", completion_window="24h")  # type: ignore[arg-type]
+    batch = a.batches.create(input_file_id=uploaded.id, endpoint="/v1/score", completion_window="24h")  # type: ignore[arg-type]
+    with pytest.raises(openai.NotFoundError):
+        b.batches.retrieve(batch.id)
+    assert batch.id not in [x.id for x in b.batches.list()]
+    with pytest.raises(openai.AuthenticationError):
+        client_for(jobs_server.url, "wrong").batches.list()
+    # A deleted file: gone, and no batch can be made from it.
+    assert a.files.delete(uploaded.id).deleted is True
+    with pytest.raises(openai.NotFoundError):
+        a.files.retrieve(uploaded.id)
+    with pytest.raises(openai.NotFoundError):
+        a.batches.create(input_file_id=uploaded.id, endpoint="/v1/score", completion_window="24h")  # type: ignore[arg-type]
+    # The batch made before the delete still completes: its lines were copied at creation.
+    assert wait_for(a, batch.id).status == "completed"
+
+
+def test_list_pages_with_limit_and_after(jobs_server: RunningServer) -> None:
+    client = client_for(jobs_server.url, "key-b")
+    made = [submit(client, jsonl([score_line(f"l{k}", *QUESTIONS[k])])).id for k in range(3)]
+    first = client.batches.list(limit=2)
+    assert [b.id for b in first.data] == made[::-1][:2] and first.has_more
+    rest = client.batches.list(limit=2, after=first.data[-1].id)
+    assert [b.id for b in rest.data] == made[:1]
+    assert [b.id for b in client.batches.list(limit=1)][:3] == made[::-1]
+    for batch_id in made:
+        wait_for(client, batch_id)
+
+
+def test_upload_limits(jobs_server: RunningServer) -> None:
+    client = client_for(jobs_server.url, "key-a")
+    limit = jobs_server.app.state.settings.jobs_max_file_bytes
+    with pytest.raises(openai.APIStatusError) as too_big:
+        client.files.create(file=("big.jsonl", b"x" * (limit + 1)), purpose="batch")
+    assert too_big.value.status_code == 413
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.files.create(file=("in.jsonl", b"{}\n"), purpose="fine-tune")
+    response = httpx.post(
+        f"{jobs_server.url}/v1/batches",
+        json={"input_file_id": "file-none", "endpoint": "/v1/embeddings", "completion_window": "24h"},
+        headers={"Authorization": "Bearer key-a"},
+    )
+    assert response.status_code == 422 and response.json()["error"]["type"] == "invalid_request"
+
+
+def _each_line_once(client: openai.OpenAI, done: openai.types.Batch, custom_ids: list[str]) -> list[dict]:
+    """Output and error files together: every custom_id exactly once; returns the error lines."""
+    out, err = lines_of(client, done.output_file_id), lines_of(client, done.error_file_id)
+    assert sorted(o["custom_id"] for o in out + err) == sorted(custom_ids)
+    return err
+
+
+def _many(count: int) -> tuple[bytes, list[str]]:
+    lines = [score_line(f"m{k}", f"Question number {k}: what is {k}+{k}?", f"It is {2 * k}.") for k in range(count)]
+    return jsonl(lines), [line["custom_id"] for line in lines]
+
+
+def test_cancel_keeps_partial_output_and_names_the_rest(jobs_server: RunningServer) -> None:
+    client = client_for(jobs_server.url, "key-a")
+    content, ids = _many(40)
+    batch = submit(client, content)
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at is not None
+    done = wait_for(client, batch.id)
+    assert done.status == "cancelled" and done.cancelled_at is not None
+    errors = _each_line_once(client, done, ids)
+    assert done.request_counts is not None and done.request_counts.completed < 40
+    unfinished = [e for e in errors if e["response"] is None]
+    assert len(unfinished) == 40 - done.request_counts.completed - done.request_counts.failed
+    assert all(e["error"]["code"] == "batch_cancelled" for e in unfinished)
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.batches.cancel(wait_for(client, submit(client, jsonl([score_line("z", *QUESTIONS[0])])).id).id)
+
+
+def test_expiry_ends_the_batch_at_its_window(jobs_server: RunningServer) -> None:
+    client = client_for(jobs_server.url, "key-a")
+    content, ids = _many(60)
+    batch = submit(client, content, window="2s")
+    assert batch.expires_at == batch.created_at + 2
+    done = wait_for(client, batch.id)
+    assert done.status == "expired" and done.expired_at is not None
+    errors = _each_line_once(client, done, ids)
+    assert done.request_counts is not None and done.request_counts.completed < 60
+    assert {e["error"]["code"] for e in errors if e["response"] is None} == {"batch_expired"}

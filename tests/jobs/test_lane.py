@@ -1,0 +1,101 @@
+"""The batch lane on a real transformers engine with a tiny seeded model: it yields the
+engine to online work, and its passes shrink while online work is recent."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from service.batching import BatchQueue
+from service.engines.base import ScoringTask
+from service.engines.transformers import TransformersEngine
+from service.jobs.lane import BatchLane
+from service.metrics import Metrics
+from tests.conftest import tiny_llama
+
+VOCAB = 64
+ONLINE_TOKEN = 63  # the first token of online tasks, so the log tells them apart
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> TransformersEngine:
+    engine = TransformersEngine(
+        tiny_llama(tmp_path_factory.mktemp("tiny"), VOCAB), "tiny", pad_token_id=0, device="cpu"
+    )
+    asyncio.run(engine.start())
+    return engine
+
+
+class Logged:
+    """The real engine, with every pass it ran logged: (online?, items), in start order."""
+
+    def __init__(self, engine: TransformersEngine) -> None:
+        self.engine = engine
+        self.batch_budget = engine.batch_budget
+        self.max_inflight_batches = engine.max_inflight_batches
+        self.max_inflight_critiques = engine.max_inflight_critiques
+        self.passes: list[tuple[bool, int]] = []
+
+    def batch_cost(self, batch):
+        return self.engine.batch_cost(batch)
+
+    async def score(self, batch):
+        self.passes.append((batch[0].token_ids[0] == ONLINE_TOKEN, len(batch)))
+        return await self.engine.score(batch)
+
+    async def critique(self, batch, rows):
+        return await self.engine.critique(batch, rows)
+
+
+def task(n: int, first: int = 1) -> ScoringTask:
+    return ScoringTask(token_ids=(first, *((n + i) % 60 + 1 for i in range(24))), label_ids=(1, 2, 3))
+
+
+def test_online_work_waits_behind_at_most_one_lane_pass_and_lane_passes_shrink(engine: TransformersEngine) -> None:
+    async def scenario() -> Logged:
+        logged = Logged(engine)
+        queue = BatchQueue(logged, Metrics(), max_queue=64, max_batch_size=8, max_wait_s=0.0)
+        queue.start()
+        lane = BatchLane(logged, lambda: queue.depth, max_batch_size=8, busy_items=2)
+        lane.start()
+        batch_work = asyncio.ensure_future(lane.run([task(n) for n in range(64)]))
+        while not logged.passes:
+            await asyncio.sleep(0.001)
+        lane_passes_before = len(logged.passes)
+        online = await queue.run([task(n, ONLINE_TOKEN) for n in range(3)], time.monotonic() + 60)
+        assert len(online) == 3
+        # Online arrived while a lane pass may have been running: at most that one ran first.
+        first_online = next(i for i, (is_online, _) in enumerate(logged.passes) if is_online)
+        assert first_online - lane_passes_before <= 1
+        results = await batch_work
+        assert len(results) == 64
+        await lane.close()
+        await queue.close(0)
+        return logged
+
+    logged = asyncio.run(scenario())
+    first_online = next(i for i, (is_online, _) in enumerate(logged.passes) if is_online)
+    before = [n for is_online, n in logged.passes[:first_online] if not is_online]
+    after = [n for is_online, n in logged.passes[first_online + 1 :] if not is_online]
+    assert before and max(before) > 2  # an idle engine: full lane passes
+    assert after and max(after) <= 2  # online work recent: small lane passes
+
+
+def test_lane_results_equal_the_queue_results(engine: TransformersEngine) -> None:
+    async def scenario() -> tuple[list, list]:
+        queue = BatchQueue(engine, Metrics(), max_queue=64, max_batch_size=8, max_wait_s=0.0)
+        queue.start()
+        lane = BatchLane(engine, lambda: queue.depth, max_batch_size=8, busy_items=2)
+        lane.start()
+        tasks = [task(n) for n in range(12)]
+        from_lane = await lane.run(tasks)
+        from_queue = [(await queue.run([t], time.monotonic() + 60))[0] for t in tasks]
+        await lane.close()
+        await queue.close(0)
+        return from_lane, from_queue
+
+    from_lane, from_queue = asyncio.run(scenario())
+    for a, b in zip(from_lane, from_queue, strict=True):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
