@@ -71,6 +71,9 @@ class VllmEngine:
     # vLLM schedules its own steps: the queue sends every item as its own batch, so each
     # can be aborted alone, and lets many run at once.
     batch_budget = 1
+    # vLLM holds its KV cache in blocks of its own, within its own memory settings: a batch
+    # holds nothing the queue must count.
+    batch_memory_budget = 1 << 62
 
     def __init__(self, model_dir: Path, name: str, settings: Settings, tokenizer: Any = None) -> None:
         self.name = name
@@ -179,6 +182,9 @@ class VllmEngine:
 
     def batch_cost(self, batch: Sequence[ScoringTask]) -> int:
         return len(batch)
+
+    def batch_memory(self, batch: Sequence[ScoringTask], cost: int) -> int:
+        return 0
 
     async def reset_prefix_cache(self) -> None:
         if self._engine is not None and self.settings.prefix_reuse:
