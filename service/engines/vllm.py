@@ -91,6 +91,7 @@ class VllmEngine:
         self.tokenizer = tokenizer
         self._stop_ids: frozenset[int] = frozenset()
         self.layers_unavailable: str | None = "JUDGE_VLLM_LAYERS=false"
+        self._forgetting: set[asyncio.Future[Any]] = set()
 
     @property
     def healthy(self) -> bool:
@@ -235,6 +236,12 @@ class VllmEngine:
         except EngineDeadError as exc:
             self._dead = True
             raise EngineDead("the vLLM engine died") from exc
+        except BaseException:
+            if captured:
+                # Given up (its client left) or failed after the workers captured its layers:
+                # nobody will fetch them, so they go now, not when the store fills.
+                self._forget(request_id)
+            raise
         logprobs = task.label_logprobs(rows)
         if layers is None:
             return LabelScores(logprobs=logprobs)
@@ -242,6 +249,20 @@ class VllmEngine:
         if not task.want_layers:
             return LabelScores(logprobs=logprobs, hidden=hidden)
         return LabelScores(logprobs=logprobs, layer_logits=layers[0], layer_logits_normed=layers[1], hidden=hidden)
+
+    def _forget(self, key: str) -> None:
+        """Drop a request's captured layers on the workers, in the background (the caller is
+        being cancelled)."""
+        if self._engine is None:
+            return
+        forget = asyncio.ensure_future(self._engine.collective_rpc("judge_pop_layer_logits", args=([key],)))
+        self._forgetting.add(forget)
+        forget.add_done_callback(self._forgotten)
+
+    def _forgotten(self, forget: asyncio.Future[Any]) -> None:
+        self._forgetting.discard(forget)
+        if not forget.cancelled() and forget.exception() is not None:
+            logger.warning("dropping a request's captured layers failed: %s", forget.exception())
 
     async def critique(self, batch: Sequence[ScoringTask], rows: Sequence[CritiqueRow]) -> list[LabelScores | None]:
         """Every task as its own engine request (``rows`` are not read: a batch is one item,
