@@ -174,8 +174,12 @@ class PromptPasses:
 
         assert run.cache is not None and run.mask is not None
         picked = torch.tensor(owners, device=self.device)
-        rows = tuple((layer.keys[picked], layer.values[picked]) for layer in run.cache.layers)
-        cache = DynamicCache(ddp_cache_data=rows, config=self.model.config)
+        # Built inline, holding no reference of its own: each layer's copy is freed as the
+        # pass appends the label tokens to it, so a layer holds one copy at a time, not two.
+        cache = DynamicCache(
+            ddp_cache_data=((layer.keys[picked], layer.values[picked]) for layer in run.cache.layers),
+            config=self.model.config,
+        )
         width = max(len(node) for node in tokens)
         input_ids = torch.full((len(owners), width), self.pad_token_id, dtype=torch.long)
         added = torch.zeros((len(owners), width), dtype=torch.long)
