@@ -15,6 +15,7 @@ less the prefix cache's budget, less a share kept free for allocator slack.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,11 @@ INTERMEDIATE_COPIES = 3
 # Per query-key pair: the 4-D attention mask (a byte, shared by the heads) and its float
 # forms. torch's CPU attention kernels work in tiles: the scores never exist whole.
 PAIR_BYTES = 4
+# glibc's mallopt parameters, and the block size from which the allocator maps memory.
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+MAPPED_FROM = 1 << 20
+MALLOC_ARENAS = 2
 # The smallest budget any setting yields: one 2,048-token prompt of a small model fits it.
 MIN_BUDGET = 64 << 20
 
@@ -121,3 +127,20 @@ def batch_memory_budget(configured_mb: int | None, limit_mb: int | None, residen
             MIN_BUDGET >> 20,
         )
     return max(budget, MIN_BUDGET)
+
+
+def map_large_blocks() -> None:
+    """Make freed tensors go back to the system (glibc only; elsewhere nothing changes).
+
+    glibc raises its mmap threshold each time a mapped block is freed, up to 32 MiB: after a
+    few passes, KV-cache layers come from the heap of the pass's thread, where freed memory
+    stays resident and fragments. Measured on the default judge: 32 short responses to one
+    1,700-token instruction left 5.1 GiB resident for good; with the threshold fixed at
+    1 MiB (and two arenas), the same request peaked at 3.3 GiB and 2.0 GiB stayed resident.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, MAPPED_FROM)
+    libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
