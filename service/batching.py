@@ -3,8 +3,10 @@
 Admission (all-or-nothing) is separate from batch forming. A request is refused with 429
 when the queue is full, or when its predicted completion (``service.admission``) would
 miss its deadline. Batches are formed around the oldest waiting item from its nearest
-neighbours by length among the oldest ``max_batch_size`` items, within the engine's own cost budget (padded tokens for
-transformers, one item for vLLM) and an item count, so long items are never starved. One
+neighbours by length among the oldest ``max_batch_size`` items, within the engine's own
+budgets (``service.batch_cost``: its compute cost, padded tokens for transformers and one
+item for vLLM, and the bytes its passes hold) and an item count, so long items are never
+starved. An item whose request gives it up leaves its lane at once. One
 dispatch path: every batch runs as a task, at most ``engine.max_inflight_batches`` at
 once.
 
@@ -28,9 +30,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
 
 from service.admission import Throughput
+from service.batch_cost import BatchEngine, fits, padded_tokens
 from service.engines.base import CritiqueRow, LabelScores, ScoringTask
 from service.errors import ErrorKind, JudgeError, error_for
 from service.metrics import Metrics
@@ -44,22 +46,6 @@ logger = logging.getLogger(__name__)
 # form by length within the oldest items, so a request may wait a little longer than the
 # work ahead of it alone would take.
 ADMISSION_SAFETY = 1.25
-
-
-class BatchEngine(Protocol):
-    """What the queue needs of an engine."""
-
-    batch_budget: int
-    max_inflight_batches: int
-    max_inflight_critiques: int
-
-    def batch_cost(self, batch: Sequence[ScoringTask]) -> int: ...
-
-    async def score(self, batch: Sequence[ScoringTask]) -> Sequence[LabelScores]: ...
-
-    async def critique(
-        self, batch: Sequence[ScoringTask], rows: Sequence[CritiqueRow]
-    ) -> Sequence[LabelScores | None]: ...
 
 
 _Run = Callable[[Sequence[ScoringTask], Sequence[CritiqueRow]], Awaitable[Sequence[LabelScores | None]]]
@@ -81,10 +67,6 @@ class _Lane:
     throughput: Throughput = field(default_factory=Throughput)
     # Tokens admitted and not yet resolved: prompts, and each critique's most it may add.
     work: int = 0
-
-
-def _padded_tokens(entries: Sequence[_Entry]) -> int:
-    return max(e.task.length for e in entries) * len(entries) if entries else 0
 
 
 class BatchQueue:
@@ -152,6 +134,8 @@ class BatchQueue:
 
     def _fail_pending(self, error: JudgeError) -> None:
         for lane in self._lanes:
+            for entry in lane.pending:
+                entry.waiting = False
             self._fail(lane.pending, error)
             lane.pending = []
 
@@ -186,6 +170,7 @@ class BatchQueue:
         for entry in submission.entries:
             lane = self._lane_of(entry.task)
             lane.pending.append(entry)
+            entry.waiting = True
             lane.work += entry.task.cost
         self._depth += len(tasks)
         self._metrics.queue_depth.set(self._depth)
@@ -219,7 +204,13 @@ class BatchQueue:
 
     def _on_done(self, entry: _Entry, _: asyncio.Future[LabelScores]) -> None:
         self._depth -= 1
-        self._lane_of(entry.task).work -= entry.task.cost
+        lane = self._lane_of(entry.task)
+        lane.work -= entry.task.cost
+        if entry.waiting:
+            # Given up while it waited (its client left, say): it leaves the lane now, not when
+            # a batch slot frees, so submit-and-leave loops during a long pass hold nothing.
+            lane.pending.remove(entry)
+            self._skip(entry)
         self._metrics.queue_depth.set(self._depth)
         entry.submission._entry_done(self._metrics)
 
@@ -273,6 +264,7 @@ class BatchQueue:
         if live:
             oldest = min(live, key=lambda e: e.enqueued)
             lane.pending.remove(oldest)
+            oldest.waiting = False
             self._fail([oldest], JudgeError(ErrorKind.INTERNAL, "internal error"))
 
     def _drop_stale(self, lane: _Lane) -> None:
@@ -280,6 +272,7 @@ class BatchQueue:
         live = []
         for entry in lane.pending:
             if entry.future.done() or entry.deadline <= now:
+                entry.waiting = False
                 self._skip(entry)
             else:
                 live.append(entry)
@@ -315,11 +308,13 @@ class BatchQueue:
                 break
             take_left = right is None or (left is not None and target - left.task.length <= right.task.length - target)
             candidate = ordered[lo - 1 : hi] if take_left else ordered[lo : hi + 1]
-            if self._engine.batch_cost([e.task for e in candidate]) > self._engine.batch_budget:
+            if not fits(self._engine, [e.task for e in candidate]):
                 break
             lo, hi = (lo - 1, hi) if take_left else (lo, hi + 1)
         batch = ordered[lo:hi]
         chosen = {id(e) for e in batch}
+        for entry in batch:
+            entry.waiting = False
         lane.pending = [e for e in lane.pending if id(e) not in chosen]
         return batch
 
@@ -345,7 +340,7 @@ class BatchQueue:
             for entry in batch:
                 self._metrics.queue_wait.observe(started - entry.enqueued)
             self._metrics.batch_size.observe(len(batch))
-            self._metrics.batch_tokens.observe(_padded_tokens(batch))
+            self._metrics.batch_tokens.observe(padded_tokens([e.task for e in batch]))
             results = await lane.run([e.task for e in batch], rows)
             if len(results) != len(batch):
                 raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} items")

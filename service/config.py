@@ -61,6 +61,24 @@ class Settings(BaseSettings):
         ),
     )
     max_batch_size: int = Field(32, ge=1, description="Most items in one engine batch.")
+    memory_limit_mb: int | None = Field(
+        None,
+        ge=256,
+        description=(
+            "The memory the server may use, in MiB: the pod's limits.memory (the manifests pass it in). "
+            "Default: the cgroup's memory limit, else the machine's memory."
+        ),
+    )
+    max_batch_memory_mb: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Transformers engine: memory one batch's forward passes may hold, in MiB (every row's KV cache over "
+            "the batch's width, label-trie nodes and activations included); batches are formed within it, and a "
+            "prompt that alone needs more gets 422. Default: 90% of memory_limit_mb, less what the loaded model "
+            "holds and less prefix_cache_mb."
+        ),
+    )
     max_wait_ms: float | None = Field(
         None,
         ge=0,

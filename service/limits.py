@@ -15,7 +15,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from service.engines.base import Critique
+from service.batch_cost import BatchEngine
+from service.engines.base import Critique, ScoringTask
 from service.errors import ErrorKind, JudgeError
 from service.labels import LabelTrie
 from service.lager import LayerWeights
@@ -44,6 +45,7 @@ class Limits:
         max_rank_candidates: int = 16,
         max_queue: int | None = None,
         chat_template_keys: Sequence[str] = (),
+        engine: BatchEngine | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.max_items = max_items
@@ -61,6 +63,7 @@ class Limits:
         self.max_rank_candidates = max_rank_candidates
         self.max_queue = max_queue
         self.chat_template_keys = tuple(chat_template_keys)
+        self.engine = engine
 
     def chat_template_kwargs(self, requested: Mapping[str, Any] | None) -> dict[str, Any]:
         """The request's chat-template arguments, if the server allows every key."""
@@ -128,6 +131,30 @@ class Limits:
                 f"the request needs {count} prompts; the queue holds at most {self.max_queue}",
                 {"prompts": count, "max_queue": self.max_queue},
             )
+
+    def check_memory(self, tasks: Sequence[ScoringTask]) -> None:
+        """Every prompt must fit one batch's memory alone (its cache, its activations and its
+        label-trie nodes' smallest pass), or it could never run: 422 before any work."""
+        if self.engine is None:
+            return
+        budget = self.engine.batch_memory_budget
+        for index, task in enumerate(tasks):
+            need = self.engine.batch_memory([task], self.engine.batch_cost([task]))
+            if need > budget:
+                nodes = len(task.trie.continuations()) if task.trie is not None else 0
+                raise JudgeError(
+                    ErrorKind.INVALID_REQUEST,
+                    f"prompt {index} of the request ({task.cost} tokens, {nodes} multi-token label prefixes) needs "
+                    f"{need / 2**20:.0f} MiB to score; one batch may hold at most {budget / 2**20:.0f} MiB on this "
+                    "server (JUDGE_MAX_BATCH_MEMORY_MB)",
+                    {
+                        "prompt": index,
+                        "prompt_tokens": task.cost,
+                        "label_prefixes": nodes,
+                        "memory_mb": round(need / 2**20, 1),
+                        "max_batch_memory_mb": round(budget / 2**20, 1),
+                    },
+                )
 
     def wants_layers(self, method: str, return_layers: bool) -> bool:
         """Whether a score request needs per-layer logits; refuses what this judge cannot serve."""

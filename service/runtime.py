@@ -19,6 +19,7 @@ from service.batching import BatchQueue
 from service.calibration import Calibration
 from service.config import Settings
 from service.engines import Engine, LabelScores, ScoringTask, build_engine, choose_engine, failpoints
+from service.engines.memory import batch_memory_budget, resident_bytes
 from service.errors import ErrorKind, JudgeError
 from service.lager import LayerWeights
 from service.limits import Limits
@@ -112,11 +113,13 @@ class Runtime:
                 max_rank_candidates=self.settings.max_rank_candidates,
                 max_queue=self.settings.max_queue,
                 chat_template_keys=self.settings.chat_template_keys,
+                engine=engine,
             )
             self.queue = self._make_queue(engine)
             self.engine = engine
             self.metrics.prefix_cache.source = lambda: getattr(self.engine, "prefix_cache", None)
             await self._calibrate(engine, len(tokenizer), min(CALIBRATION_TOKENS, self.limits.max_model_len))
+            self._plan_memory(engine)
         except Exception:
             self.failed = True
             logger.exception("failed to load the judge model")
@@ -181,6 +184,17 @@ class Runtime:
         self.watchdog.plain.throughput.seed(*seed)
         await engine.reset_prefix_cache()
 
+    def _plan_memory(self, engine: Engine) -> None:
+        """The memory one batch may hold, once the model is loaded and warm (``service.engines.memory``)."""
+        if self.engine_kind != "transformers":
+            return
+        s = self.settings
+        cache = (s.prefix_cache_mb << 20) if s.prefix_reuse else 0
+        engine.batch_memory_budget = batch_memory_budget(
+            s.max_batch_memory_mb, s.memory_limit_mb, resident_bytes(), cache
+        )
+        logger.info("one batch may hold %d MiB", engine.batch_memory_budget >> 20)
+
     def _queue_stopped(self) -> None:
         # The batch loop cannot be restarted safely with futures in unknown states: fail
         # health and readiness, and exit so the orchestrator restarts the process.
@@ -230,8 +244,9 @@ class Runtime:
         self, tasks: Sequence[ScoringTask], deadline: float, disconnected: Callable[[], Awaitable[None]] | None
     ) -> list[LabelScores]:
         """Score ``tasks`` through the queue: admission, batching, deadline, disconnect."""
-        if self.queue is None or not self.accepting:
+        if self.queue is None or self.limits is None or not self.accepting:
             raise JudgeError(ErrorKind.UNAVAILABLE, "the judge is not ready")
+        self.limits.check_memory(tasks)
         return await self.queue.run(tasks, deadline, disconnected)
 
     def begin_drain(self) -> None:

@@ -31,6 +31,8 @@ class _Entry:
     enqueued: float = field(default_factory=time.monotonic)
     # Why the request gave this item up ("cancelled", "deadline"), for the skip counter.
     abandoned: str | None = None
+    # Whether the item waits in its lane (not yet taken into a batch nor dropped from it).
+    waiting: bool = False
 
 
 class Submission:

@@ -54,6 +54,7 @@ class Recording:
     def __init__(self, engine: TransformersEngine, budget: int | None = None, poison: int | None = None) -> None:
         self.engine = engine
         self.batch_budget = budget or engine.batch_budget
+        self.batch_memory_budget = engine.batch_memory_budget
         self.max_inflight_batches = engine.max_inflight_batches
         self.max_inflight_critiques = engine.max_inflight_critiques
         self.poison = poison
@@ -63,6 +64,9 @@ class Recording:
         if self.poison is not None and any(self.poison in t.token_ids for t in batch):
             raise ValueError("poisoned batch cost")
         return self.engine.batch_cost(batch)
+
+    def batch_memory(self, batch, cost):
+        return self.engine.batch_memory(batch, cost)
 
     async def score(self, batch):
         self.seen.append([t.length for t in batch])

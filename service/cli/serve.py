@@ -33,8 +33,10 @@ def serve(args: argparse.Namespace) -> None:
 
     from service.app import create_app
     from service.auth import KeysFileError
+    from service.engines.memory import map_large_blocks
     from service.shutdown import DrainingServer
 
+    map_large_blocks()
     settings = settings_from_args(args)
     configure_logging(settings.log_level, settings.log_format)
     try:

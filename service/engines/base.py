@@ -192,6 +192,8 @@ class Engine(Protocol):
     layers_unavailable: str | None
     # The most cost (see batch_cost) one batch may carry.
     batch_budget: int
+    # The most bytes (see batch_memory) one batch's passes may hold.
+    batch_memory_budget: int
     # How many batches the queue may have running at once: 1 for an engine that runs one
     # forward pass at a time, many for one that batches continuously by itself.
     max_inflight_batches: int
@@ -200,6 +202,10 @@ class Engine(Protocol):
 
     def batch_cost(self, batch: Sequence[ScoringTask]) -> int:
         """What running ``batch`` costs, in the unit of ``batch_budget`` (padded tokens, items...)."""
+
+    def batch_memory(self, batch: Sequence[ScoringTask], cost: int) -> int:
+        """Bytes ``batch``'s passes hold at their peak (``cost``: its ``batch_cost``), in the
+        unit of ``batch_memory_budget``; 0 for an engine that holds its cache itself."""
 
     async def start(self) -> None:
         """Load the model and warm it up."""

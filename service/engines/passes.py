@@ -163,6 +163,45 @@ class PromptPasses:
             layers = [torch.cat([run.states[n] for run in runs if run.states])[rank] for n in range(depth)]
         return PromptRun(last, layers), computed, kept
 
+    def continued(
+        self, run: PromptRun, owners: Sequence[int], tokens: Sequence[tuple[int, ...]], starts: Sequence[int]
+    ) -> torch.Tensor:
+        """One pass of label-trie nodes on top of their prompts' cache rows (``owners``: each
+        node's row of ``run``), each on a copy of its row, so ``run``'s cache stays whole for
+        the next group. ``starts``: each owner's prompt length, where the node's positions
+        go on. Returns each node's hidden state at its last token."""
+        from transformers import DynamicCache
+
+        assert run.cache is not None and run.mask is not None
+        picked = torch.tensor(owners, device=self.device)
+        # Built inline, holding no reference of its own: each layer's copy is freed as the
+        # pass appends the label tokens to it, so a layer holds one copy at a time, not two.
+        cache = DynamicCache(
+            ddp_cache_data=((layer.keys[picked], layer.values[picked]) for layer in run.cache.layers),
+            config=self.model.config,
+        )
+        width = max(len(node) for node in tokens)
+        input_ids = torch.full((len(owners), width), self.pad_token_id, dtype=torch.long)
+        added = torch.zeros((len(owners), width), dtype=torch.long)
+        for i, node in enumerate(tokens):
+            input_ids[i, : len(node)] = torch.tensor(node)
+            added[i, : len(node)] = 1
+        mask = torch.cat([run.mask[list(owners)], added], dim=1)
+        # Positions go on from each prompt's own length, whatever padding its cache row holds.
+        positions = torch.tensor(list(starts)).unsqueeze(1) + torch.arange(width).unsqueeze(0)
+        # Without explicit positions (a family whose decoder takes none), the prompt rows
+        # hold no padding: the engine sends such tasks one at a time.
+        extra = {"position_ids": positions.to(self.device)} if self.layout.accepts_position_ids else {}
+        out = self.layout.decoder(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            past_key_values=cache,
+            use_cache=True,
+            **extra,
+        )
+        ends = torch.tensor([len(node) - 1 for node in tokens], device=self.device)
+        return out.last_hidden_state[torch.arange(len(owners), device=self.device), ends, :]
+
     def _extend(
         self, prompts: Sequence[tuple[int, ...]], bases: Sequence[tuple[KV | None, int]], want_layers: bool
     ) -> tuple[Any, Any, torch.Tensor, int]:

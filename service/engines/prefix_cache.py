@@ -23,7 +23,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -145,10 +145,13 @@ def row_kv(cache: Any, row: int, begin: int, end: int) -> KV:
     )
 
 
-def stacked(bases: Sequence[tuple[KV | None, int]], width: int, like: KV) -> KV:
-    """One batch's prefix keys and values, ``width`` positions per row: each row's first
-    ``start`` tokens of its ``kv`` right-aligned, zeros (masked out) before them."""
-    layers = []
+def stacked(
+    bases: Sequence[tuple[KV | None, int]], width: int, like: KV
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One batch's prefix keys and values, ``width`` positions per row, layer by layer: each
+    row's first ``start`` tokens of its ``kv`` right-aligned, zeros (masked out) before them.
+    A generator: the cache copies each layer as it takes it in, so only one layer's stack
+    is held beside the copies, not the whole batch's twice."""
     for layer, (k0, v0) in enumerate(like):
         shape = (len(bases), k0.shape[1], width, k0.shape[3])
         keys = k0.new_zeros(shape)
@@ -157,8 +160,7 @@ def stacked(bases: Sequence[tuple[KV | None, int]], width: int, like: KV) -> KV:
             if kv is not None and start:
                 keys[row, :, width - start :] = kv[layer][0][0, :, :start]
                 values[row, :, width - start :] = kv[layer][1][0, :, :start]
-        layers.append((keys, values))
-    return tuple(layers)
+        yield keys, values
 
 
 class _Tier:

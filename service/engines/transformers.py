@@ -25,6 +25,7 @@ from service.engines.base import CritiqueRow, EngineError, LabelScores, ScoringT
 from service.engines.generation import FairLock, GenerationStopped, GreedyDecoder, greedy_decoder
 from service.engines.heads import LabelHead, check_head, load_causal_lm
 from service.engines.layout import DecoderLayout, find_layout, layer_logits
+from service.engines.memory import PassMemory
 from service.engines.packed_linear import pack_linears
 from service.engines.passes import PromptPasses, PromptRun
 from service.engines.prefix_cache import PrefixCache
@@ -95,6 +96,10 @@ class TransformersEngine:
         # On CPU, padded batches beyond ~2k tokens run slower per item (measured in
         # bench/overhead.py: 16k-token batches gave 0.85 items/s, 2k-token ones 1.46).
         self.batch_budget = max_batch_tokens or (2048 if self.device.type == "cpu" else 16384)
+        # What a batch's passes hold (from the model's config, once loaded), and the most one
+        # batch may hold: the runtime sets it from the memory limit once the model is warm.
+        self.pass_memory: PassMemory | None = None
+        self.batch_memory_budget = 1 << 62
         # Prompt tokens not recomputed thanks to a shared prefix (for metrics and benchmarks).
         self.prefix_tokens_reused = 0
         self.head: LabelHead | None = None
@@ -126,6 +131,24 @@ class TransformersEngine:
         padded = max(task.cost for task in batch) * len(batch)
         return padded - (len(batch) - 1) * self._shared_prefix(batch)
 
+    def batch_memory(self, batch: Sequence[ScoringTask], cost: int) -> int:
+        """Bytes ``batch``'s passes hold at their peak, ``cost`` being its ``batch_cost``: every
+        row's cache over the batch's full width (critique room included), the activations of
+        the tokens computed, and with labels of several tokens the smallest pass of their
+        trie nodes beside it (``_continuations`` runs the nodes as the budget allows)."""
+        if not batch or self.pass_memory is None:
+            return 0
+        width = max(task.cost for task in batch)
+        held = self.pass_memory.prompts(len(batch), width, cost)
+        extra = max((len(node) for task in batch if task.trie for node in task.trie.continuations()), default=0)
+        if not extra:
+            return held
+        if not self.continue_in_cache:
+            # Each node runs as a prompt of its own, in batches of the original size.
+            rows = len(batch)
+            return max(held, self.pass_memory.prompts(rows, width + extra, rows * (width + extra)))
+        return held + self.pass_memory.nodes(1, width, extra)
+
     async def start(self) -> None:
         await asyncio.to_thread(self._load)
 
@@ -144,6 +167,8 @@ class TransformersEngine:
                 "on" if grouped else "off",
             )
         self.max_model_len = int(getattr(model.config, "max_position_embeddings", 2048))
+        head_bytes = 8 if self.device.type == "cpu" else 4  # the LabelHead's dtype below
+        self.pass_memory = PassMemory.of(model.config, torch.finfo(self.dtype).bits // 8, head_bytes)
         # The LM head in float64 on CPU, so label log-probabilities carry no rounding from a
         # 50k-wide matmul and log-softmax; float32 on GPU.
         self.head = LabelHead(model, torch.float64 if self.device.type == "cpu" else torch.float32)
@@ -250,10 +275,13 @@ class TransformersEngine:
         ]
 
     def _continuations(self, batch: Sequence[ScoringTask], run: PromptRun) -> dict[int, list[list[float]]]:
-        """Each task's label-trie nodes past the root, read in one more forward pass on top of
-        its prompt's KV cache: the prompt never runs again. Returns, per batch row, one row of
+        """Each task's label-trie nodes past the root, read in more forward passes on top of
+        its prompt's KV cache: the prompt never runs again. Each node row holds a copy of its
+        prompt's cache row, so the nodes run as many at a time as the batch's memory budget
+        leaves room for beside the prompts' cache. Returns, per batch row, one row of
         log-probabilities (over the node's children) per node, in trie order."""
         assert run.cache is not None and run.mask is not None
+        assert self.passes is not None and self.head is not None
         owners: list[int] = []
         tokens: list[tuple[int, ...]] = []
         children: list[tuple[int, ...]] = []
@@ -263,38 +291,24 @@ class TransformersEngine:
                     owners.append(row)
                     tokens.append(node)
                     children.append(kids)
-        if not owners:
-            return {}
-        # One cache row per node: its prompt's row, repeated.
-        run.cache.batch_select_indices(torch.tensor(owners, device=self.device))
-        width = max(len(node) for node in tokens)
-        input_ids = torch.full((len(owners), width), self.pad_token_id, dtype=torch.long)
-        added = torch.zeros((len(owners), width), dtype=torch.long)
-        for i, node in enumerate(tokens):
-            input_ids[i, : len(node)] = torch.tensor(node)
-            added[i, : len(node)] = 1
-        mask = torch.cat([run.mask[owners], added], dim=1)
-        # Positions go on from each prompt's own length, whatever padding its cache row holds.
-        starts = torch.tensor([batch[row].length for row in owners])
-        positions = starts.unsqueeze(1) + torch.arange(width).unsqueeze(0)
-        assert self.layout is not None and self.head is not None
-        # Without explicit positions (a family whose decoder takes none), the prompt rows
-        # hold no padding: ``_forward`` sends such tasks one at a time.
-        extra = {"position_ids": positions.to(self.device)} if self.layout.accepts_position_ids else {}
-        out = self.layout.decoder(
-            input_ids=input_ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            past_key_values=run.cache,
-            use_cache=True,
-            **extra,
-        )
-        ends = torch.tensor([len(node) - 1 for node in tokens], device=self.device)
-        hidden = out.last_hidden_state[torch.arange(len(owners), device=self.device), ends, :]
-        logprobs = torch.log_softmax(self.head.logits(hidden), dim=-1).cpu()
         nodes: dict[int, list[list[float]]] = {}
-        for i, (row, kids) in enumerate(zip(owners, children, strict=True)):
-            nodes.setdefault(row, []).append(logprobs[i, list(kids)].tolist())
+        step = self._nodes_per_pass(len(batch), run.mask.shape[1], max((len(t) for t in tokens), default=0))
+        for begin in range(0, len(owners), step):
+            group = owners[begin : begin + step]
+            starts = [batch[row].length for row in group]
+            hidden = self.passes.continued(run, group, tokens[begin : begin + step], starts)
+            logprobs = torch.log_softmax(self.head.logits(hidden), dim=-1).cpu()
+            for i, (row, kids) in enumerate(zip(group, children[begin : begin + step], strict=True)):
+                nodes.setdefault(row, []).append(logprobs[i, list(kids)].tolist())
         return nodes
+
+    def _nodes_per_pass(self, rows: int, width: int, extra: int) -> int:
+        """How many label-trie node rows one pass may hold beside ``rows`` prompt cache rows
+        of ``width`` columns, within the batch memory budget (at least one)."""
+        if self.pass_memory is None or not extra:
+            return 1 << 30
+        room = self.batch_memory_budget - self.pass_memory.prompts(rows, width, 0)
+        return max(1, room // self.pass_memory.nodes(1, width, extra))
 
     def _replayed_continuations(self, batch: Sequence[ScoringTask]) -> dict[int, list[list[float]]]:
         """What ``_continuations`` returns, for a model whose KV cache cannot be continued

@@ -71,6 +71,9 @@ class VllmEngine:
     # vLLM schedules its own steps: the queue sends every item as its own batch, so each
     # can be aborted alone, and lets many run at once.
     batch_budget = 1
+    # vLLM holds its KV cache in blocks of its own, within its own memory settings: a batch
+    # holds nothing the queue must count.
+    batch_memory_budget = 1 << 62
 
     def __init__(self, model_dir: Path, name: str, settings: Settings, tokenizer: Any = None) -> None:
         self.name = name
@@ -88,6 +91,7 @@ class VllmEngine:
         self.tokenizer = tokenizer
         self._stop_ids: frozenset[int] = frozenset()
         self.layers_unavailable: str | None = "JUDGE_VLLM_LAYERS=false"
+        self._forgetting: set[asyncio.Future[Any]] = set()
 
     @property
     def healthy(self) -> bool:
@@ -185,6 +189,9 @@ class VllmEngine:
     def batch_cost(self, batch: Sequence[ScoringTask]) -> int:
         return len(batch)
 
+    def batch_memory(self, batch: Sequence[ScoringTask], cost: int) -> int:
+        return 0
+
     async def reset_prefix_cache(self) -> None:
         if self._engine is not None and self.settings.prefix_reuse:
             await self._engine.reset_prefix_cache()
@@ -234,6 +241,12 @@ class VllmEngine:
         except EngineDeadError as exc:
             self._dead = True
             raise EngineDead("the vLLM engine died") from exc
+        except BaseException:
+            if captured:
+                # Given up (its client left) or failed after the workers captured its layers:
+                # nobody will fetch them, so they go now, not when the store fills.
+                self._forget(request_id)
+            raise
         logprobs = task.label_logprobs(rows)
         if layers is None:
             return LabelScores(logprobs=logprobs)
@@ -241,6 +254,20 @@ class VllmEngine:
         if not task.want_layers:
             return LabelScores(logprobs=logprobs, hidden=hidden)
         return LabelScores(logprobs=logprobs, layer_logits=layers[0], layer_logits_normed=layers[1], hidden=hidden)
+
+    def _forget(self, key: str) -> None:
+        """Drop a request's captured layers on the workers, in the background (the caller is
+        being cancelled)."""
+        if self._engine is None:
+            return
+        forget = asyncio.ensure_future(self._engine.collective_rpc("judge_pop_layer_logits", args=([key],)))
+        self._forgetting.add(forget)
+        forget.add_done_callback(self._forgotten)
+
+    def _forgotten(self, forget: asyncio.Future[Any]) -> None:
+        self._forgetting.discard(forget)
+        if not forget.cancelled() and forget.exception() is not None:
+            logger.warning("dropping a request's captured layers failed: %s", forget.exception())
 
     async def critique(self, batch: Sequence[ScoringTask], rows: Sequence[CritiqueRow]) -> list[LabelScores | None]:
         """Every task as its own engine request (``rows`` are not read: a batch is one item,

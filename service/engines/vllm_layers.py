@@ -49,8 +49,11 @@ logger = logging.getLogger(__name__)
 EXTRA_ARGS_KEY = "judge_layers"
 # The hidden-state entries (0 = embeddings, the last = the final normed output) to keep.
 HIDDEN_ARGS_KEY = "judge_hidden"
-# Results not fetched (their request was aborted at the wrong moment) are dropped beyond this.
-MAX_KEPT = 8192
+# Results not fetched (their request was aborted at the wrong moment; the front end also
+# drops what a request it gives up left) go, oldest first, beyond this many bytes.
+MAX_KEPT_BYTES = 64 << 20
+# A kept float, in a Python list: the float object and the list's pointer to it.
+FLOAT_BYTES = 32
 
 # Per request: raw and final-normed label logits per layer, and the asked-for hidden rows.
 LayerLogits = tuple[list[list[float]], list[list[float]], dict[int, list[float]]]
@@ -127,6 +130,7 @@ class LayerCapture:
         self.problem: str | None = None
         self.runner = runner
         self.results: OrderedDict[str, LayerLogits] = OrderedDict()
+        self.kept_bytes = 0
         self._rows: torch.Tensor | None = None
         self._states: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         # Tokens per request id of the engine step being run; None outside execute_model,
@@ -272,13 +276,27 @@ class LayerCapture:
             raw = self.head.label_logits(raw_all[:, column], target.label_ids, dtype)
             lens = self.head.label_logits(normed_all[:, column], target.label_ids, dtype)
             hidden = {layer: raw_all[layer, column].to(dtype).cpu().tolist() for layer in target.hidden}
+            self._drop(target.key)
             self.results[target.key] = (raw.cpu().tolist(), lens.cpu().tolist(), hidden)
-            self.results.move_to_end(target.key)
-        while len(self.results) > MAX_KEPT:
-            self.results.popitem(last=False)
+            self.kept_bytes += _result_bytes(self.results[target.key])
+        while self.kept_bytes > MAX_KEPT_BYTES and self.results:
+            self._drop(next(iter(self.results)))
+
+    def _drop(self, key: str) -> LayerLogits | None:
+        result = self.results.pop(key, None)
+        if result is not None:
+            self.kept_bytes -= _result_bytes(result)
+        return result
 
     def pop(self, keys: list[str]) -> dict[str, LayerLogits]:
-        return {key: self.results.pop(key) for key in keys if key in self.results}
+        taken = {key: self._drop(key) for key in keys}
+        return {key: result for key, result in taken.items() if result is not None}
+
+
+def _result_bytes(result: LayerLogits) -> int:
+    raw, lens, hidden = result
+    floats = sum(map(len, raw)) + sum(map(len, lens)) + sum(map(len, hidden.values()))
+    return floats * FLOAT_BYTES
 
 
 class LayerCaptureExtension:
