@@ -267,5 +267,10 @@ def test_dockerfile_runs_the_readme_entry_point() -> None:
     assert "$(BIN)/judge-service serve" in makefile
     assert re.search(r"^EXPOSE 8000$", dockerfile, flags=re.M)
     assert re.search(r"^USER 10001$", dockerfile, flags=re.M)
-    targets = re.findall(r"^FROM .* AS (\S+)$", dockerfile, flags=re.M)
-    assert targets[-1] == "cpu" and "gpu" in targets  # cpu is the default (last) target
+    stages = re.findall(r"^FROM (\S+) AS (\S+)$", dockerfile, flags=re.M)
+    targets = [target for _, target in stages]
+    # The CPU stages come before the CUDA ones (the legacy builder builds every stage up to
+    # its target), and the last stage, the default target, is the CPU image.
+    assert targets.index("cpu") < targets.index("gpu-build") < targets.index("gpu")
+    assert stages[-1] == ("cpu", "default")
+    assert not dockerfile.startswith("# syntax=")  # a frontend image an air-gapped build cannot pull
