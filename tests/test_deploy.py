@@ -21,6 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 K8S_VERSION = "1.37.0"
 CRD_KINDS = {"ServiceMonitor", "HTTPRoute", "ScaledObject"}
+# Served inside the cluster only: the kubelet's probes and Prometheus reach the pods directly.
+PRIVATE_PATHS = {"/health", "/ready", "/metrics"}
+# The gateway's request timeout is the service's longest deadline plus this, to send the answer.
+REPLY_MARGIN_S = 10
 
 
 def tool(name: str) -> str:
@@ -43,6 +47,40 @@ def render(overlay: str) -> list[dict]:
 def by_kind(docs: list[dict], kind: str) -> dict:
     (doc,) = [d for d in docs if d["kind"] == kind]
     return doc
+
+
+def configured(docs: list[dict]) -> Settings:
+    """The service's settings as the rendered ConfigMap sets them."""
+    data = by_kind(docs, "ConfigMap")["data"]
+    return Settings(**{name.removeprefix("JUDGE_").lower(): value for name, value in data.items()})
+
+
+def gateway_seconds(duration: str) -> float:
+    """A Gateway API duration ("1h", "310s", "500ms") in seconds."""
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?", duration)
+    assert parts and duration, duration
+    hours, minutes, seconds, millis = (int(p or 0) for p in parts.groups())
+    return hours * 3600 + minutes * 60 + seconds + millis / 1000
+
+
+def healthcheck_start_period_s(target: str) -> int:
+    """The ``--start-period`` of the HEALTHCHECK in the Dockerfile's ``target`` stage."""
+    stages = re.split(r"^FROM ", (ROOT / "Dockerfile").read_text(), flags=re.M)
+    (stage,) = [s for s in stages if re.match(rf"\S+ AS {target}$", s.splitlines()[0])]
+    return int(re.search(r"HEALTHCHECK .*--start-period=(\d+)s", stage).group(1))
+
+
+def routed(path: str, matches: list[dict]) -> bool:
+    """Whether an HTTPRoute path match serves ``path`` (a template's parameters stand for
+    any one element). PathPrefix matches whole path elements, as the Gateway API says."""
+    concrete = re.sub(r"\{[^}]*\}", "x", path)
+    for match in matches:
+        value = match["value"]
+        if match["type"] == "Exact" and concrete == value:
+            return True
+        if match["type"] == "PathPrefix" and (concrete == value or concrete.startswith(value.rstrip("/") + "/")):
+            return True
+    return False
 
 
 @pytest.fixture(scope="module", params=["cpu", "gpu", "cpu-keda"])
@@ -107,15 +145,64 @@ def test_probes_ports_and_env_match_the_service(rendered: list[dict]) -> None:
 
 
 @pytest.mark.parametrize("overlay", ["cpu", "gpu", "cpu-keda"])
-def test_termination_grace_is_derived_from_the_one_shutdown_budget(overlay: str) -> None:
-    """The pod's grace period is exactly the preStop delay, the service's shutdown budget
-    and its exit margin: shorter kills a draining pod, longer delays every rollout."""
+def test_route_timeout_deadline_and_grace_agree(overlay: str) -> None:
+    """The gateway waits for the service's longest deadline plus a reply margin, so a late
+    request gets the service's own 504; the pod's grace period is exactly the preStop delay,
+    the shutdown budget and the exit margin (shorter kills a draining pod, longer delays
+    every rollout); and the drain never outlasts the longest deadline."""
     docs = render(overlay)
+    settings = configured(docs)
+    for rule in by_kind(docs, "HTTPRoute")["spec"]["rules"]:
+        timeouts = rule["timeouts"]
+        assert gateway_seconds(timeouts["request"]) == settings.max_request_timeout_s + REPLY_MARGIN_S
+        assert "backendRequest" not in timeouts or gateway_seconds(timeouts["backendRequest"]) >= (
+            settings.max_request_timeout_s
+        )
     spec = by_kind(docs, "Deployment")["spec"]["template"]["spec"]
     (container,) = spec["containers"]
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    settings = Settings(**{k.removeprefix("JUDGE_").lower(): v for k, v in by_kind(docs, "ConfigMap")["data"].items()})
     assert spec["terminationGracePeriodSeconds"] == pre_stop + settings.shutdown_grace_s + EXIT_MARGIN_S
+    assert settings.shutdown_grace_s <= settings.max_request_timeout_s
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu", "cpu-keda"])
+def test_probes_have_timeouts_and_startup_bounds_the_load(overlay: str) -> None:
+    docs = render(overlay)
+    (container,) = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    for name in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = container[name]
+        assert 0 < probe["timeoutSeconds"] <= probe["periodSeconds"], name
+    # Startup succeeds only once the model is loaded and warm, so its window bounds the load.
+    startup = container["startupProbe"]
+    assert startup["httpGet"]["path"] == "/ready"
+    window = startup.get("initialDelaySeconds", 0) + startup["periodSeconds"] * startup["failureThreshold"]
+    # The image allows the same load at least as long before its HEALTHCHECK counts failures.
+    assert healthcheck_start_period_s(container["image"].rsplit(":", 1)[1]) <= window <= 3600
+    # The service's own load deadline, where it has one, fires first and says why in the log.
+    load_timeout_s = getattr(configured(docs), "load_timeout_s", None)
+    assert load_timeout_s is None or load_timeout_s < window
+
+
+def test_every_served_path_is_routed_or_private(rendered: list[dict]) -> None:
+    """Read from the app itself, so a new endpoint cannot be left out of the gateway."""
+    app = create_app(Settings(playground=True))  # builds routes only: no model loads
+    served = {route.path for route in app.routes}
+    assert PRIVATE_PATHS <= served, "a private path the app no longer serves"
+    assert {"/v1/score", "/v1/compare", "/v1/rank", "/playground", "/docs", "/openapi.json"} <= served
+    rules = by_kind(rendered, "HTTPRoute")["spec"]["rules"]
+    matches = [match["path"] for rule in rules for match in rule["matches"]]
+    for path in sorted(served):
+        if path in PRIVATE_PATHS:
+            assert not routed(path, matches), f"{path} is private but the HTTPRoute serves it"
+        else:
+            assert routed(path, matches), f"{path} is served but not routed: add it to httproute.yaml"
+
+
+def test_route_matching_follows_the_gateway_rules() -> None:
+    matches = [{"type": "PathPrefix", "value": "/docs"}, {"type": "Exact", "value": "/openapi.json"}]
+    assert routed("/docs", matches) and routed("/docs/assets/{name}", matches)
+    assert not routed("/docsearch", matches)  # prefixes match whole path elements
+    assert routed("/openapi.json", matches) and not routed("/openapi.json/x", matches)
 
 
 def test_keda_overlay_replaces_the_hpa(client) -> None:
@@ -180,5 +267,10 @@ def test_dockerfile_runs_the_readme_entry_point() -> None:
     assert "$(BIN)/judge-service serve" in makefile
     assert re.search(r"^EXPOSE 8000$", dockerfile, flags=re.M)
     assert re.search(r"^USER 10001$", dockerfile, flags=re.M)
-    targets = re.findall(r"^FROM .* AS (\S+)$", dockerfile, flags=re.M)
-    assert targets[-1] == "cpu" and "gpu" in targets  # cpu is the default (last) target
+    stages = re.findall(r"^FROM (\S+) AS (\S+)$", dockerfile, flags=re.M)
+    targets = [target for _, target in stages]
+    # The CPU stages come before the CUDA ones (the legacy builder builds every stage up to
+    # its target), and the last stage, the default target, is the CPU image.
+    assert targets.index("cpu") < targets.index("gpu-build") < targets.index("gpu")
+    assert stages[-1] == ("cpu", "default")
+    assert not dockerfile.startswith("# syntax=")  # a frontend image an air-gapped build cannot pull
