@@ -60,7 +60,8 @@ Timeout = Annotated[
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a number is a JSON number, not `true` or "5", as the schema says.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class _Response(BaseModel):

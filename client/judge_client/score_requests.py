@@ -131,7 +131,9 @@ class StructuredScoreRequest(_ScoreOptions):
     """Structured items graded against one rubric (the built-in 1-5 one by default), or
     against several criteria at once (``rubrics``), never both."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"not": {"required": ["rubric", "rubrics"]}})
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"not": {"required": ["rubric", "rubrics"]}}
+    )
 
     items: list[StructuredItem] = Field(..., min_length=1)
     rubric: RubricSpec | None = Field(None, description="A general-quality 1-5 rubric by default.")

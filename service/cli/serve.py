@@ -33,11 +33,12 @@ def serve(args: argparse.Namespace) -> None:
 
     from service.app import create_app
     from service.auth import KeysFileError
-    from service.engines.memory import map_large_blocks
+    from service.engines.memory import map_large_blocks, returns_freed_memory
     from service.shutdown import DrainingServer
 
-    map_large_blocks()
     settings = settings_from_args(args)
+    if returns_freed_memory(settings.return_freed_memory, settings.memory_limit_mb):
+        map_large_blocks()
     configure_logging(settings.log_level, settings.log_format)
     try:
         app = create_app(settings)

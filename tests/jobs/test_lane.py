@@ -33,13 +33,11 @@ class Logged:
 
     def __init__(self, engine: TransformersEngine) -> None:
         self.engine = engine
-        self.batch_budget = engine.batch_budget
-        self.max_inflight_batches = engine.max_inflight_batches
-        self.max_inflight_critiques = engine.max_inflight_critiques
         self.passes: list[tuple[bool, int]] = []
 
-    def batch_cost(self, batch):
-        return self.engine.batch_cost(batch)
+    def __getattr__(self, name: str):
+        # Everything else (batch cost, memory, budgets) is the real engine's.
+        return getattr(self.engine, name)
 
     async def score(self, batch):
         self.passes.append((batch[0].token_ids[0] == ONLINE_TOKEN, len(batch)))
