@@ -9,6 +9,7 @@ from judge_client.fields import (
     CHAT_TEMPLATE_KWARGS_DESCRIPTION,
     ChatTemplateKwargs,
     CritiqueSpec,
+    Integer,
     ItemId,
     NonEmptyText,
     Text,
@@ -28,7 +29,7 @@ class ComparePair(_Request):
 class LengthControl(_Request):
     """WildBench's rule: 'slightly better' becomes a tie when the winner is longer by more than K characters."""
 
-    k: int = Field(..., ge=0, description="Characters by which a slightly-better winner may be longer.")
+    k: Integer = Field(..., ge=0, description="Characters by which a slightly-better winner may be longer.")
 
 
 class CompareRequest(_Request):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 MAX_TEXT_CHARS = 200_000
 MAX_LABELS = 32
@@ -49,6 +49,15 @@ CHAT_TEMPLATE_KWARGS_DESCRIPTION = (
     "are a setting (JUDGE_CHAT_TEMPLATE_KWARGS)."
 )
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _integral(value: object) -> object:
+    """A JSON number with no fraction (``5.0``) is an integer, as JSON Schema says."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+# Request models are strict (a number is never `true` or "5"); their integers still take 5.0.
+Integer = Annotated[int, BeforeValidator(_integral)]
 Timeout = Annotated[
     float,
     Field(
@@ -72,7 +81,7 @@ class _Response(BaseModel):
 class CritiqueSpec(_Request):
     """Critique mode: the judge writes greedily first; its labels are read after the marker."""
 
-    max_tokens: int = Field(
+    max_tokens: Integer = Field(
         ..., ge=1, description="Most tokens to generate; at most the server's JUDGE_MAX_CRITIQUE_TOKENS."
     )
     marker: str = Field(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
 
 from judge_client.fields import (
     CHAT_TEMPLATE_KWARGS_DESCRIPTION,
@@ -26,6 +26,7 @@ from judge_client.fields import (
     Template,
     Text,
     Timeout,
+    _integral,
     _Request,
 )
 
@@ -69,7 +70,7 @@ class _ScoreOptions(_Request):
     method: Method = "final"
     return_layers: bool = Field(False, description="Add per-layer label distributions.")
     return_logprobs: bool = Field(False, description="Add each label's raw log-probability.")
-    hidden_layers: list[Annotated[int, Field(ge=0, le=MAX_LAYER_INDEX)]] | None = Field(
+    hidden_layers: list[Annotated[int, Field(ge=0, le=MAX_LAYER_INDEX), BeforeValidator(_integral)]] | None = Field(
         None,
         min_length=1,
         max_length=MAX_HIDDEN_LAYERS,
