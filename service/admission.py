@@ -1,14 +1,14 @@
 """Deadline-aware admission: how long the work already admitted will take.
 
 The queue admits a request only if its predicted completion fits its deadline. The
-prediction has two parts. The work: the prompt tokens admitted and not yet finished (the
-request's own included) over the recently measured throughput, prompt tokens the engine
-completed per second of busy time over a window of recent batches. And one batch latency:
-results come when a whole batch ends, not token by token, so the request's last item
-finishes at the end of a batch, up to one batch after its share of the work is done. Busy time runs from the moment a
-batch starts while none was running to the end of the last batch, so the gaps between
-back-to-back batches count, idle stretches do not, and batches that run at once (vLLM)
-share one clock.
+prediction has two parts. The work: the tokens admitted and not yet computed (the
+request's own included; label-trie nodes count, see ``ScoringTask.work``) over the
+recently measured throughput, tokens the engine completed per second of busy time over a
+window of recent batches. And one batch latency: results come when a whole batch ends, not
+token by token, so the request's last item finishes at the end of a batch, up to one batch
+after its share of the work is done. Busy time runs from the moment a batch starts while
+none was running to the end of the last batch, so the gaps between back-to-back batches
+count, idle stretches do not, and batches that run at once (vLLM) share one clock.
 """
 
 from __future__ import annotations

@@ -159,7 +159,7 @@ class BatchQueue:
                 {"queued": self._depth, "max_queue": self.max_queue, "requested": len(tasks)},
             )
         for lane in self._lanes:
-            if tokens := sum(task.cost for task in tasks if self._lane_of(task) is lane):
+            if tokens := sum(task.work for task in tasks if self._lane_of(task) is lane):
                 self._admit_by_deadline(lane, tokens, deadline)
         loop = asyncio.get_running_loop()
         submission = Submission()
@@ -171,7 +171,7 @@ class BatchQueue:
             lane = self._lane_of(entry.task)
             lane.pending.append(entry)
             entry.waiting = True
-            lane.work += entry.task.cost
+            lane.work += entry.task.work
         self._depth += len(tasks)
         self._metrics.queue_depth.set(self._depth)
         self._metrics.requests_waiting.inc()
@@ -205,7 +205,7 @@ class BatchQueue:
     def _on_done(self, entry: _Entry, _: asyncio.Future[LabelScores]) -> None:
         self._depth -= 1
         lane = self._lane_of(entry.task)
-        lane.work -= entry.task.cost
+        lane.work -= entry.task.work
         if entry.waiting:
             # Given up while it waited (its client left, say): it leaves the lane now, not when
             # a batch slot frees, so submit-and-leave loops during a long pass hold nothing.
@@ -380,7 +380,7 @@ class BatchQueue:
                 self._metrics.generated_tokens.inc(row.tokens)
                 self._skip(entry)
                 continue
-            completed += entry.task.cost
+            completed += entry.task.work
             if result.critique is not None:
                 self._metrics.critiqued(result.critique.tokens)
             if not entry.future.done():

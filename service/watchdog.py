@@ -197,7 +197,7 @@ class WatchedEngine:
         return int(self._engine.batch_cost(batch))
 
     async def score(self, batch: Sequence[ScoringTask]) -> Sequence[LabelScores]:
-        record = _Pass(time.monotonic(), sum(task.cost for task in batch), None)
+        record = _Pass(time.monotonic(), sum(task.work for task in batch), None)
         tokens = record.tokens
         return await self._watchdog.watch(
             self._watchdog.plain, record, lambda: self._engine.score(batch), lambda _: tokens
@@ -205,10 +205,10 @@ class WatchedEngine:
 
     async def critique(self, batch: Sequence[ScoringTask], rows: Sequence[CritiqueRow]) -> Sequence[LabelScores | None]:
         deadline = max((row.deadline for row in rows), default=None)
-        record = _Pass(time.monotonic(), sum(task.cost for task in batch), deadline)
+        record = _Pass(time.monotonic(), sum(task.work for task in batch), deadline)
 
         def completed(results: Sequence[LabelScores | None]) -> int:
-            return sum(task.cost for task, result in zip(batch, results, strict=False) if result is not None)
+            return sum(task.work for task, result in zip(batch, results, strict=False) if result is not None)
 
         return await self._watchdog.watch(
             self._watchdog.critiques, record, lambda: self._engine.critique(batch, rows), completed

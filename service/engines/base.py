@@ -113,6 +113,15 @@ class ScoringTask:
         most it may generate and append."""
         return self.length + (self.critique.room if self.critique is not None else 0)
 
+    @property
+    def work(self) -> int:
+        """Tokens the engine computes for the task, the unit admission and the watchdog
+        predict time in: its cost, plus every label-trie node's tokens, each run on a copy
+        of the prompt's cache (32 labels of many tokens can be most of a request's work)."""
+        if self.trie is None:
+            return self.cost
+        return self.cost + sum(len(node) for node in self.trie.continuations())
+
     def after(self, generated: Sequence[int], marker_found: bool) -> ScoringTask:
         """The plain read that follows this task's critique: the prompt, the generated
         tokens, and the marker's tokens when it never appeared."""
