@@ -11,14 +11,13 @@ from typing import Any
 from judge_client.score_requests import RawItem, RawScoreRequest, StructuredItem, StructuredScoreRequest
 from judge_client.score_results import CalibratedScore, CriterionScore, ItemScore, ScoreResponse
 
-from service import review, scoring
-from service.engines import LabelScores, ScoringTask
-from service.engines.base import CritiqueOutcome
-from service.lager import LayerWeights
-from service.presets import PRESETS, Preset
-from service.probe import Probe
-from service.prompts import DEFAULT_RUBRIC, Prompts, Rubric, combined_version
-from service.runtime import Runtime
+from service.core.tasks import CritiqueOutcome, LabelScores, ScoringTask
+from service.methods import review, scoring
+from service.methods.lager import LayerWeights
+from service.methods.probe import Probe
+from service.requests.presets import PRESETS, Preset
+from service.requests.prompts import DEFAULT_RUBRIC, Prompts, Rubric, combined_version
+from service.serving.runtime import Runtime
 
 ScoreRequest = RawScoreRequest | StructuredScoreRequest
 Disconnected = Callable[[], Awaitable[None]] | None
