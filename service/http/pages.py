@@ -65,7 +65,8 @@ def playground_templates(max_critique_tokens: int) -> list[dict[str, Any]]:
         preset = PRESETS.get(name)
         critique = None
         if preset is not None:
-            critique = {"max_tokens": min(preset.max_tokens, max_critique_tokens), "marker": preset.marker}
+            max_tokens, marker = preset.critique(max_critique_tokens)
+            critique = {"max_tokens": max_tokens, "marker": marker}
         rubric = preset.rubric if preset is not None else DEFAULT_RUBRIC
         templates.append({"name": name, "rubric": _rubric(rubric), "critique": critique})
     return templates

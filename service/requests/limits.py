@@ -20,6 +20,7 @@ from service.core.labels import LabelTrie
 from service.core.tasks import Critique, ScoringTask
 from service.methods.lager import LayerWeights
 from service.methods.probe import Probe
+from service.requests.readouts import reads_layer_logits, reads_per_layer
 from service.scheduling.batch_cost import BatchEngine
 
 
@@ -167,15 +168,14 @@ class Limits:
             raise JudgeError(
                 ErrorKind.INVALID_REQUEST, "method 'probe' needs a probe; the server has none (JUDGE_PROBE_FILE)"
             )
-        wanted = method not in ("final", "probe") or return_layers
-        if (wanted or method == "probe") and not self.supports_layers:
+        if reads_per_layer(method, return_layers) and not self.supports_layers:
             raise JudgeError(
                 ErrorKind.INVALID_REQUEST,
                 f"method {method!r} and return_layers need per-layer scores, "
                 f"which this {self.engine_kind} engine does not provide"
                 + (f" ({self.layers_unavailable})" if self.layers_unavailable else ""),
             )
-        return wanted
+        return reads_layer_logits(method, return_layers)
 
     def hidden_layers(self, method: str, requested: Sequence[int] | None) -> tuple[int, ...]:
         """The hidden-state entries a score request reads: those it asks for, then the probe's."""

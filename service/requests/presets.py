@@ -39,6 +39,11 @@ class Preset:
     label_prefix: str
     render: Callable[[str, str, str | None, Rubric], str]
 
+    def critique(self, max_tokens: int | None = None) -> tuple[int, str]:
+        """The critique this judge writes when a request sets none: (max_tokens, marker),
+        within the server's longest critique ``max_tokens``."""
+        return min(self.max_tokens, max_tokens or self.max_tokens), self.marker
+
 
 PROMETHEUS_SYSTEM = (
     "You are a fair judge assistant tasked with providing clear, objective feedback based on specific criteria, "

@@ -47,6 +47,8 @@ class Runtime:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
+        # Resolved once: ``auto`` probes for vLLM and a GPU, which do not change while serving.
+        self.engine_kind = choose_engine(settings.engine)
         self.engine: Engine | None = None
         self.queue: BatchQueue | None = None
         self.prompts: Prompts | None = None
@@ -77,10 +79,6 @@ class Runtime:
         self.request_exit: Callable[[], None] = lambda: None
 
     @property
-    def engine_kind(self) -> str:
-        return choose_engine(self.settings.engine)
-
-    @property
     def model_name(self) -> str:
         return self.settings.model
 
@@ -92,7 +90,7 @@ class Runtime:
         engine = None
         try:
             model_dir, tokenizer = await asyncio.to_thread(self._load_tokenizer)
-            engine = build_engine(self.settings, model_dir, tokenizer)
+            engine = build_engine(self.settings, self.engine_kind, model_dir, tokenizer)
             await engine.start()
             if self.layer_weights is not None:
                 Limits.check_layer_weights(self.layer_weights, self.settings.layer_weights_file, engine.num_layers)

@@ -17,6 +17,7 @@ from service.methods.lager import LayerWeights
 from service.methods.probe import Probe
 from service.requests.presets import PRESETS, Preset
 from service.requests.prompts import DEFAULT_RUBRIC, Prompts, Rubric, combined_version
+from service.requests.readouts import reads_per_layer
 from service.serving.runtime import Runtime
 
 ScoreRequest = RawScoreRequest | StructuredScoreRequest
@@ -36,7 +37,7 @@ def critique_spec(request: ScoreRequest, max_tokens: int | None = None) -> tuple
         return request.critique.max_tokens, request.critique.marker
     preset = _preset(request)
     if preset is not None and "critique" not in request.model_fields_set:
-        return min(preset.max_tokens, max_tokens or preset.max_tokens), preset.marker
+        return preset.critique(max_tokens)
     return None
 
 
@@ -186,7 +187,7 @@ class ScoreService:
         spec = critique_spec(request, limits.max_critique_tokens)
         # Checked first, from the request alone: a critique with a per-layer readout is refused
         # as such, whether or not this server has layer weights or a probe.
-        per_layer = request.method != "final" or request.return_layers or bool(request.hidden_layers)
+        per_layer = reads_per_layer(request.method, request.return_layers, request.hidden_layers)
         critique = limits.critique(*spec, per_layer) if spec is not None else None
         want_layers = limits.wants_layers(request.method, request.return_layers)
         hidden = limits.hidden_layers(request.method, request.hidden_layers)
@@ -220,11 +221,15 @@ class ScoreService:
                 tasks.append(ScoringTask.reading(token_ids, trie, want_layers, hidden, critique))
         return tasks
 
+    def _layer_norm(self, request: ScoreRequest) -> bool:
+        """Whether LAGER reads the layers through the final norm: the request's choice, else the server's."""
+        return self.runtime.settings.lager_layer_norm if request.layer_norm is None else request.layer_norm
+
     def _readout(self, request: ScoreRequest, criterion: Criterion, task: ScoringTask, result: LabelScores) -> Readout:
         runtime = self.runtime
         labels = request.label_set
         values = scoring.label_values(labels, request.label_values)
-        layer_norm = runtime.settings.lager_layer_norm if request.layer_norm is None else request.layer_norm
+        layer_norm = self._layer_norm(request)
         probe_rows = None
         if request.method == "probe" and runtime.probe is not None and result.hidden is not None:
             rows = dict(zip(task.hidden_layers, result.hidden, strict=True))
@@ -255,7 +260,7 @@ class ScoreService:
             return self._aggregate(item_id, request, criteria, readouts)
         (readout,), (task,), (result,) = readouts, tasks, results
         labels = request.label_set
-        layer_norm = self.runtime.settings.lager_layer_norm if request.layer_norm is None else request.layer_norm
+        layer_norm = self._layer_norm(request)
         layers = result.layer_logits_normed if layer_norm else result.layer_logits
         per_layer = None
         if request.return_layers and layers is not None:

@@ -230,7 +230,7 @@ class TransformersEngine:
     def _forward(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
         if self.model is None:
             raise EngineError("model not loaded")
-        if not self.supports_layers and any(task.want_layers or task.hidden_layers for task in batch):
+        if not self.supports_layers and any(task.per_layer for task in batch):
             raise EngineError(f"per-layer scores are off: {self.layers_unavailable}")
         if not self.batches_exact:
             # This model's padded batches are not exact (found at load): one item at a time.
@@ -240,7 +240,7 @@ class TransformersEngine:
     def _score_batch(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
         assert self.head is not None and self.passes is not None
         want_layers = any(task.want_layers for task in batch)
-        want_states = want_layers or any(task.hidden_layers for task in batch)
+        want_states = any(task.per_layer for task in batch)
         multi_token = any(task.trie is not None for task in batch)
         continuing = multi_token and self.continue_in_cache
         cache = self._cache_for(batch)

@@ -211,7 +211,7 @@ class VllmEngine:
     async def _score_one(self, task: ScoringTask) -> LabelScores:
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        captured = task.want_layers or bool(task.hidden_layers)
+        captured = task.per_layer
         if captured and not self.supports_layers:
             raise EngineError(f"per-layer scores are off on this vLLM engine: {self.layers_unavailable}")
         if self._engine is None:
