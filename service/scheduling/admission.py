@@ -1,6 +1,8 @@
-"""Deadline-aware admission: how long the work already admitted will take.
+"""Admission, the one place a request gets a 429: the queue has no room for its items
+(``queue_full``), or the work already admitted would take it past its deadline
+(``overloaded``); the queue asks both before it admits anything.
 
-The queue admits a request only if its predicted completion fits its deadline. The
+A request is admitted only if its predicted completion fits its deadline. The
 prediction has two parts. The work: the prompt tokens admitted and not yet finished (the
 request's own included) over the recently measured throughput, prompt tokens the engine
 completed per second of busy time over a window of recent batches. And one batch latency:
@@ -13,10 +15,18 @@ share one clock.
 
 from __future__ import annotations
 
+import time
 from collections import deque
+
+from service.core.errors import ErrorKind, JudgeError
 
 # Batches whose wall time makes up the batch latency.
 LATENCY_SAMPLES = 16
+
+# The predicted time to drain the work ahead of a request is stretched by this: batches
+# form by length within the oldest items, so a request may wait a little longer than the
+# work ahead of it alone would take.
+ADMISSION_SAFETY = 1.25
 
 
 class Throughput:
@@ -99,3 +109,37 @@ class Throughput:
         latency. None when nothing was measured."""
         drain, latency = self.seconds_for(tokens), self.batch_latency_s
         return None if drain is None or latency is None else drain * safety + latency
+
+
+def queue_full(depth: int, requested: int, max_queue: int) -> JudgeError | None:
+    """The 429 for a request whose items do not fit in the queue (``depth`` items admitted)."""
+    if depth + requested <= max_queue:
+        return None
+    return JudgeError(
+        ErrorKind.QUEUE_FULL,
+        "the queue is full; retry later",
+        {"queued": depth, "max_queue": max_queue, "requested": requested},
+    )
+
+
+def overloaded(
+    throughput: Throughput, work: int, tokens: int, deadline: float, max_retry_after_s: float | None
+) -> JudgeError | None:
+    """The 429 for a request of ``tokens`` whose predicted completion, behind the ``work``
+    its lane has admitted, misses its ``deadline``. With nothing admitted ahead of it in
+    its lane, a request always gets its chance. ``max_retry_after_s``: the longest wait
+    a Retry-After may ask for."""
+    predicted = throughput.completion_s(work + tokens, ADMISSION_SAFETY)
+    if predicted is None or work == 0:
+        return None
+    budget = deadline - time.monotonic()
+    if predicted <= budget:
+        return None
+    # Work drains at the measured rate, so the request would fit after this long (capped).
+    wait = min(predicted - budget, max_retry_after_s or predicted)
+    return JudgeError(
+        ErrorKind.OVERLOADED,
+        "the request cannot finish within its deadline at the current load; retry later",
+        {"predicted_s": round(predicted, 3), "deadline_s": round(max(0.0, budget), 3)},
+        retry_after_s=wait,
+    )

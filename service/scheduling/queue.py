@@ -1,8 +1,8 @@
 """The batching queue between the services and the engine.
 
 Admission (all-or-nothing) is separate from batch forming. A request is refused with 429
-when the queue is full, or when its predicted completion (``service.scheduling.admission``) would
-miss its deadline. Batches are formed around the oldest waiting item from its nearest
+when the queue is full, or when its predicted completion would miss its deadline (both
+decided in ``service.scheduling.admission``). Batches are formed around the oldest waiting item from its nearest
 neighbours by length among the oldest ``max_batch_size`` items, within the engine's own
 budgets (``service.scheduling.batch_cost``: its compute cost, padded tokens for transformers and one
 item for vLLM, and the bytes its passes hold) and an item count, so long items are never
@@ -34,19 +34,13 @@ from functools import partial
 from service.core.errors import ErrorKind, JudgeError, error_for
 from service.core.tasks import CritiqueRow, LabelScores, ScoringTask
 from service.observability.metrics import Metrics
-from service.scheduling.admission import Throughput
+from service.scheduling.admission import Throughput, overloaded, queue_full
 from service.scheduling.batch_cost import BatchEngine, fits, padded_tokens
 from service.scheduling.submission import ClientGone, Submission, _Entry
 
 __all__ = ["BatchEngine", "BatchQueue", "ClientGone", "Submission"]
 
 logger = logging.getLogger(__name__)
-
-# The predicted time to drain the work ahead of a request is stretched by this: batches
-# form by length within the oldest items, so a request may wait a little longer than the
-# work ahead of it alone would take.
-ADMISSION_SAFETY = 1.25
-
 
 _Run = Callable[[Sequence[ScoringTask], Sequence[CritiqueRow]], Awaitable[Sequence[LabelScores | None]]]
 
@@ -152,15 +146,14 @@ class BatchQueue:
         """Admit all ``tasks`` or none. ``deadline`` is a ``time.monotonic()`` instant."""
         if self._closing or any(lane.loop_task is not None and lane.loop_task.done() for lane in self._lanes):
             raise JudgeError(ErrorKind.UNAVAILABLE, "the service is shutting down")
-        if self._depth + len(tasks) > self.max_queue:
-            raise JudgeError(
-                ErrorKind.QUEUE_FULL,
-                "the queue is full; retry later",
-                {"queued": self._depth, "max_queue": self.max_queue, "requested": len(tasks)},
-            )
+        if (full := queue_full(self._depth, len(tasks), self.max_queue)) is not None:
+            raise full
         for lane in self._lanes:
             if tokens := sum(task.cost for task in tasks if self._lane_of(task) is lane):
-                self._admit_by_deadline(lane, tokens, deadline)
+                late = overloaded(lane.throughput, lane.work, tokens, deadline, self.max_retry_after_s)
+                if late is not None:
+                    self._metrics.admission_refusals.inc()
+                    raise late
         loop = asyncio.get_running_loop()
         submission = Submission()
         for task in tasks:
@@ -182,25 +175,6 @@ class BatchQueue:
 
     def _lane_of(self, task: ScoringTask) -> _Lane:
         return self._critiques if task.critique is not None else self._plain
-
-    def _admit_by_deadline(self, lane: _Lane, tokens: int, deadline: float) -> None:
-        """Refuse (429) a request whose predicted completion misses its deadline. With
-        nothing admitted ahead of it in its lane, a request always gets its chance."""
-        predicted = lane.throughput.completion_s(lane.work + tokens, ADMISSION_SAFETY)
-        if predicted is None or lane.work == 0:
-            return
-        budget = deadline - time.monotonic()
-        if predicted <= budget:
-            return
-        # Work drains at the measured rate, so the request would fit after this long (capped).
-        wait = min(predicted - budget, self.max_retry_after_s or predicted)
-        self._metrics.admission_refusals.inc()
-        raise JudgeError(
-            ErrorKind.OVERLOADED,
-            "the request cannot finish within its deadline at the current load; retry later",
-            {"predicted_s": round(predicted, 3), "deadline_s": round(max(0.0, budget), 3)},
-            retry_after_s=wait,
-        )
 
     def _on_done(self, entry: _Entry, _: asyncio.Future[LabelScores]) -> None:
         self._depth -= 1
