@@ -75,6 +75,14 @@ def playground_templates(max_critique_tokens: int) -> list[dict[str, Any]]:
 def pages_router(playground: bool) -> APIRouter:
     """/docs and /redoc always; /playground only when ``playground`` is on."""
     router = APIRouter(include_in_schema=False)
+    _add_docs(router)
+    if playground:
+        _add_playground(router)
+    return router
+
+
+def _add_docs(router: APIRouter) -> None:
+    """Swagger UI and ReDoc, with their assets served locally."""
 
     @router.get("/docs")
     async def swagger_ui(request: Request) -> HTMLResponse:
@@ -108,8 +116,9 @@ def pages_router(playground: bool) -> APIRouter:
     async def docs_asset(name: str) -> FileResponse:
         return _asset(DOCS_ASSETS, _DOCS_FILES, name)
 
-    if not playground:
-        return router
+
+def _add_playground(router: APIRouter) -> None:
+    """The playground's page, its configuration and its assets."""
 
     @router.get("/playground")
     async def playground_page() -> FileResponse:
@@ -137,5 +146,3 @@ def pages_router(playground: bool) -> APIRouter:
     @router.get("/playground/{name}")
     async def playground_asset(name: str) -> FileResponse:
         return _asset(PLAYGROUND_ASSETS, _PLAYGROUND_FILES, name)
-
-    return router

@@ -92,12 +92,23 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self._declare_requests(r)
+        self._declare_queue(r)
+        self._declare_answers(r)
+        self._declare_critiques_and_jobs(r)
+        self._export_every_series()
+
+    def _declare_requests(self, r: CollectorRegistry) -> None:
+        """Requests by outcome and their latency."""
         self.requests = Counter(
             "judge_requests", "Scoring requests by endpoint and outcome.", ["endpoint", "outcome"], registry=r
         )
         self.request_duration = Histogram(
             "judge_request_duration_seconds", "Request latency.", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r
         )
+
+    def _declare_queue(self, r: CollectorRegistry) -> None:
+        """The queue and the engine batches it runs."""
         self.queue_wait = Histogram(
             "judge_queue_wait_seconds", "Time an item waits before its batch runs.", buckets=LATENCY_BUCKETS, registry=r
         )
@@ -120,6 +131,9 @@ class Metrics:
         self.requests_running = Gauge(
             "judge_num_requests_running", "Admitted requests with prompts in the engine, not yet finished.", registry=r
         )
+
+    def _declare_answers(self, r: CollectorRegistry) -> None:
+        """What answered requests held, what was dropped or refused, and the throughput admission uses."""
         self.items = Counter(
             "judge_items",
             "Request items answered: score items, compare pairs, or rank candidates.",
@@ -150,6 +164,9 @@ class Metrics:
             "Prompt tokens completed per second of busy engine time, recently; admission predicts from it.",
             registry=r,
         )
+
+    def _declare_critiques_and_jobs(self, r: CollectorRegistry) -> None:
+        """Scores and critiques returned, the model, readiness, and the batch jobs."""
         self.expected_score = Histogram(
             "judge_expected_score", "Expected scores returned.", buckets=SCORE_BUCKETS, registry=r
         )
@@ -177,7 +194,9 @@ class Metrics:
         self.batch_lane_depth = Gauge("judge_batch_lane_depth", "Prompts waiting in the batch lane.", registry=r)
         for outcome in ("completed", "failed"):
             self.batch_items.labels(outcome=outcome)
-        # Export every labelled series from the start, so dashboards and alerts see zeros, not gaps.
+
+    def _export_every_series(self) -> None:
+        """Export every labelled series from the start, so dashboards and alerts see zeros, not gaps."""
         for outcome in (*OUTCOMES.values(), "error", "rejected"):
             for endpoint in ENDPOINTS:
                 self.requests.labels(endpoint=endpoint, outcome=outcome)
