@@ -23,15 +23,12 @@ from service.engines.base import Engine
 from service.engines.factory import build_engine, choose_engine
 from service.engines.memory import batch_memory_budget, resident_bytes
 from service.engines.model_store import resolve_model
-from service.methods.calibration import Calibration
-from service.methods.lager import LayerWeights
-from service.methods.probe import Probe
-from service.methods.review import ReviewThresholds
 from service.observability.metrics import Metrics
 from service.requests.limits import Limits
 from service.requests.prompts import Prompts
 from service.scheduling.queue import BatchQueue
 from service.scheduling.watchdog import Stall, Watchdog, WatchedEngine
+from service.serving.readouts import Readouts
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +39,10 @@ CALIBRATION_TOKENS = 256
 
 
 class Runtime:
-    """Model, engine, queue and the service's state."""
+    """Model, engine, queue and the service's state; the fitted readout assets
+    (``readouts``) are built once by the app and handed in."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, readouts: Readouts | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         # Resolved once: ``auto`` probes for vLLM and a GPU, which do not change while serving.
@@ -53,19 +51,7 @@ class Runtime:
         self.queue: BatchQueue | None = None
         self.prompts: Prompts | None = None
         self.limits: Limits | None = None
-        self.layer_weights = LayerWeights.load(settings.layer_weights_file) if settings.layer_weights_file else None
-        self.calibration = Calibration.load(settings.calibration_file) if settings.calibration_file else None
-        self.probe = Probe.load(settings.probe_file) if settings.probe_file else None
-        conformal = self.calibration.min_calibrated_probability if self.calibration else None
-        self.review = ReviewThresholds(
-            min_confidence=settings.review_min_confidence,
-            min_label_mass=settings.review_min_label_mass,
-            min_calibrated_probability=(
-                settings.review_min_calibrated_probability
-                if settings.review_min_calibrated_probability is not None
-                else conformal
-            ),
-        )
+        self.readouts = readouts if readouts is not None else Readouts.load(settings)
         self.ready = False
         self.draining = False
         self.failed = False
@@ -92,10 +78,7 @@ class Runtime:
             model_dir, tokenizer = await asyncio.to_thread(self._load_tokenizer)
             engine = build_engine(self.settings, self.engine_kind, model_dir, tokenizer)
             await engine.start()
-            if self.layer_weights is not None:
-                Limits.check_layer_weights(self.layer_weights, self.settings.layer_weights_file, engine.num_layers)
-            if self.probe is not None:
-                Limits.check_probe(self.probe, self.settings.probe_file, engine.num_layers)
+            self.readouts.check(self.settings, engine.num_layers)
             self.prompts = Prompts(tokenizer)
             self.limits = Limits(
                 tokenizer,
@@ -105,11 +88,11 @@ class Runtime:
                 engine_kind=self.engine_kind,
                 supports_layers=engine.supports_layers,
                 layers_unavailable=engine.layers_unavailable,
-                layer_weights=self.layer_weights,
+                layer_weights=self.readouts.layer_weights,
                 request_timeout_s=self.settings.request_timeout_s,
                 max_request_timeout_s=self.settings.max_request_timeout_s,
                 num_layers=engine.num_layers,
-                probe=self.probe,
+                probe=self.readouts.probe,
                 max_criteria=self.settings.max_criteria,
                 max_rank_candidates=self.settings.max_rank_candidates,
                 max_queue=self.settings.max_queue,

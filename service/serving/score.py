@@ -227,24 +227,25 @@ class ScoreService:
 
     def _readout(self, request: ScoreRequest, criterion: Criterion, task: ScoringTask, result: LabelScores) -> Readout:
         runtime = self.runtime
+        assets = runtime.readouts
         labels = request.label_set
         values = scoring.label_values(labels, request.label_values)
         layer_norm = self._layer_norm(request)
         probe_rows = None
-        if request.method == "probe" and runtime.probe is not None and result.hidden is not None:
+        if request.method == "probe" and assets.probe is not None and result.hidden is not None:
             rows = dict(zip(task.hidden_layers, result.hidden, strict=True))
-            probe_rows = [rows[layer] for layer in runtime.probe.layers]
+            probe_rows = [rows[layer] for layer in assets.probe.layers]
         dist = method_distribution(
-            request.method, labels, values, result, layer_norm, runtime.layer_weights, runtime.probe, probe_rows
+            request.method, labels, values, result, layer_norm, assets.layer_weights, assets.probe, probe_rows
         )
         final_mass = scoring.from_logprobs(labels, result.logprobs, values).label_mass
         calibrated = None
         note: str | None = "the server has no calibration (JUDGE_CALIBRATION_FILE)"
-        if runtime.calibration is not None:
-            note = runtime.calibration.mismatch(runtime.model_name, labels, request.method, criterion.prompt_version)
+        if assets.calibration is not None:
+            note = assets.calibration.mismatch(runtime.model_name, labels, request.method, criterion.prompt_version)
             if note is None:
-                calibrated = scoring.from_probs(labels, runtime.calibration.apply(dist.probs), values)
-        reasons = review.reasons(dist.confidence, final_mass, calibrated.probs if calibrated else None, runtime.review)
+                calibrated = scoring.from_probs(labels, assets.calibration.apply(dist.probs), values)
+        reasons = review.reasons(dist.confidence, final_mass, calibrated.probs if calibrated else None, assets.review)
         return Readout(dist, final_mass, task.length, calibrated, note, reasons, result.critique)
 
     def _item_score(
