@@ -22,7 +22,7 @@ from service.jobs.batches import BatchService
 from service.observability.logs import RequestContext
 from service.observability.metrics import Metrics
 from service.serving import CompareService, RankService, ScoreService
-from service.serving.readouts import Readouts
+from service.serving.assets import ReadoutAssets
 from service.serving.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     # First: a key file that gives no key stops startup (KeysFileError) before anything loads.
     api_keys = ApiKeys.from_settings(settings.api_keys, settings.api_keys_file)
     metrics = metrics or Metrics()
-    runtime = Runtime(settings, metrics, Readouts.load(settings))
+    runtime = Runtime(settings, metrics, ReadoutAssets.load(settings))
     batches = BatchService(settings, runtime)
 
     @contextlib.asynccontextmanager

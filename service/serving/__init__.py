@@ -1,7 +1,7 @@
 """Serving: one service per endpoint (``score``, ``compare``, ``rank``): a validated wire
 request in, tasks through the runtime, a wire answer out. Owns the runtime (``runtime``:
 model, engine, queue, readiness and drain) and the readout assets it is handed
-(``readouts``).
+(``assets``).
 
 May import ``service.requests``, ``service.scheduling``, ``service.engines``,
 ``service.methods``, ``service.core``, ``service.observability`` and ``service.config``;

@@ -28,7 +28,7 @@ from service.requests.limits import Limits
 from service.requests.prompts import Prompts
 from service.scheduling.queue import BatchQueue
 from service.scheduling.watchdog import Stall, Watchdog, WatchedEngine
-from service.serving.readouts import Readouts
+from service.serving.assets import ReadoutAssets
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +40,9 @@ CALIBRATION_TOKENS = 256
 
 class Runtime:
     """Model, engine, queue and the service's state; the fitted readout assets
-    (``readouts``) are built once by the app and handed in."""
+    (``assets``) are built once by the app and handed in."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, readouts: Readouts | None = None) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, assets: ReadoutAssets | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         # Resolved once: ``auto`` probes for vLLM and a GPU, which do not change while serving.
@@ -51,7 +51,7 @@ class Runtime:
         self.queue: BatchQueue | None = None
         self.prompts: Prompts | None = None
         self.limits: Limits | None = None
-        self.readouts = readouts if readouts is not None else Readouts.load(settings)
+        self.assets = assets if assets is not None else ReadoutAssets.load(settings)
         self.ready = False
         self.draining = False
         self.failed = False
@@ -78,7 +78,7 @@ class Runtime:
             model_dir, tokenizer = await asyncio.to_thread(self._load_tokenizer)
             engine = build_engine(self.settings, self.engine_kind, model_dir, tokenizer)
             await engine.start()
-            self.readouts.check(self.settings, engine.num_layers)
+            self.assets.check(self.settings, engine.num_layers)
             self.prompts = Prompts(tokenizer)
             self.limits = Limits(
                 tokenizer,
@@ -88,11 +88,11 @@ class Runtime:
                 engine_kind=self.engine_kind,
                 supports_layers=engine.supports_layers,
                 layers_unavailable=engine.layers_unavailable,
-                layer_weights=self.readouts.layer_weights,
+                layer_weights=self.assets.layer_weights,
                 request_timeout_s=self.settings.request_timeout_s,
                 max_request_timeout_s=self.settings.max_request_timeout_s,
                 num_layers=engine.num_layers,
-                probe=self.readouts.probe,
+                probe=self.assets.probe,
                 max_criteria=self.settings.max_criteria,
                 max_rank_candidates=self.settings.max_rank_candidates,
                 max_queue=self.settings.max_queue,

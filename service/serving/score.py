@@ -227,7 +227,7 @@ class ScoreService:
 
     def _readout(self, request: ScoreRequest, criterion: Criterion, task: ScoringTask, result: LabelScores) -> Readout:
         runtime = self.runtime
-        assets = runtime.readouts
+        assets = runtime.assets
         labels = request.label_set
         values = scoring.label_values(labels, request.label_values)
         layer_norm = self._layer_norm(request)

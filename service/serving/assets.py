@@ -15,14 +15,14 @@ from service.requests.limits import Limits
 
 
 @dataclass(frozen=True)
-class Readouts:
+class ReadoutAssets:
     layer_weights: LayerWeights | None
     calibration: Calibration | None
     probe: Probe | None
     review: ReviewThresholds
 
     @classmethod
-    def load(cls, settings: Settings) -> Readouts:
+    def load(cls, settings: Settings) -> ReadoutAssets:
         layer_weights = LayerWeights.load(settings.layer_weights_file) if settings.layer_weights_file else None
         calibration = Calibration.load(settings.calibration_file) if settings.calibration_file else None
         probe = Probe.load(settings.probe_file) if settings.probe_file else None
