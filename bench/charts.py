@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.figures import tail_key  # noqa: E402
-from service.intervals import fmt  # noqa: E402
+from service.offline.intervals import fmt  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

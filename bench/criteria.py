@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 from judge_client.protocol import score_request  # noqa: E402
 
 from bench import charts, figures  # noqa: E402
-from service import intervals  # noqa: E402
 from service.cli.judge import in_process_settings, open_runtime  # noqa: E402
+from service.offline import intervals  # noqa: E402
 from service.serving import ScoreService  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "topical_chat_usr.jsonl"

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import charts, figures  # noqa: E402
 from bench.overhead import load_items, start_server  # noqa: E402
-from service import intervals  # noqa: E402
+from service.offline import intervals  # noqa: E402
 
 MARKER = "[[NEVER]]"
 

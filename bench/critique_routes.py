@@ -39,10 +39,11 @@ from judge_client.protocol import StructuredScoreRequest  # noqa: E402
 
 from bench import charts, figures  # noqa: E402
 from bench.overhead import load_items  # noqa: E402
-from service import critique, intervals  # noqa: E402
 from service.cli.judge import open_runtime  # noqa: E402
 from service.config import Settings  # noqa: E402
-from service.engines.base import CritiqueRow, ScoringTask  # noqa: E402
+from service.core.tasks import CritiqueRow, ScoringTask  # noqa: E402
+from service.engines import critique  # noqa: E402
+from service.offline import intervals  # noqa: E402
 from service.serving import ScoreService  # noqa: E402
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from service import intervals
+from service.offline import intervals
 
 # Fewer requests than this: the nearest-rank 99th percentile is the maximum.
 TAIL_REQUESTS = 100

@@ -102,7 +102,7 @@ def load_tokenizer(path: Path | None) -> Any:
 
     if path is None:
         from service.config import DEFAULT_MODEL, Settings
-        from service.model_store import resolve_model
+        from service.engines.model_store import resolve_model
 
         path = resolve_model(DEFAULT_MODEL, Settings().cache_dir)
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)

@@ -30,7 +30,7 @@ from judge_client.protocol import score_request
 from bench import figures, gpu_serving, overhead, prefix, roofline
 from bench.gpu_budget import Stage
 from bench.gpu_exactness import WORDS
-from service.intervals import fmt
+from service.offline.intervals import fmt
 
 T = TypeVar("T")
 

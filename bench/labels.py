@@ -30,9 +30,9 @@ from judge_client.protocol import score_request  # noqa: E402
 
 from bench import charts, figures  # noqa: E402
 from bench.overhead import load_items  # noqa: E402
-from service import intervals  # noqa: E402
 from service.cli.judge import in_process_settings, open_runtime  # noqa: E402
-from service.prompts import DEFAULT_RUBRIC  # noqa: E402
+from service.offline import intervals  # noqa: E402
+from service.requests.prompts import DEFAULT_RUBRIC  # noqa: E402
 from service.serving import ScoreService  # noqa: E402
 
 SCALES = {"1-5": [str(n) for n in range(1, 6)], "1-10": [str(n) for n in range(1, 11)]}

@@ -9,7 +9,7 @@ majority, coded a = +1, tie = 0, b = -1: Spearman and Kendall of that difference
 accuracy of its sign on the pairs the humans did not call a tie. ``lager_weighted`` uses
 layer weights fitted in the same run on the fit split of topical_chat_usr.jsonl (seed 0,
 half the items, as ``judge-service eval`` does): pointwise human scores, disjoint data.
-Every method's figures come with bootstrap 95% intervals over pairs (``service.intervals``,
+Every method's figures come with bootstrap 95% intervals over pairs (``service.offline.intervals``,
 as ``eval`` gives them). Writes bench/results/lager_pandalm.json, with every pair's
 scores under every method, and a PNG of Spearman by layer beside it (the methods'
 Spearman as lines, their intervals as bands).
@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import figures  # noqa: E402
-from service import evaluation, intervals  # noqa: E402
 from service.cli.judge import add_judge_arguments  # noqa: E402
 from service.cli.layers import fit_scored, open_scorer  # noqa: E402
-from service.prompts import DEFAULT_RUBRIC  # noqa: E402
+from service.offline import evaluation, intervals  # noqa: E402
+from service.requests.prompts import DEFAULT_RUBRIC  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 PREFERENCE = {"a": 1.0, "tie": 0.0, "b": -1.0}

@@ -34,10 +34,10 @@ sys.path.insert(0, str(ROOT))
 from judge_client.protocol import score_request  # noqa: E402
 
 from bench import charts, figures  # noqa: E402
-from service import intervals  # noqa: E402
 from service.cli.judge import open_runtime  # noqa: E402
 from service.config import Settings  # noqa: E402
-from service.engines.base import ScoringTask  # noqa: E402
+from service.core.tasks import ScoringTask  # noqa: E402
+from service.offline import intervals  # noqa: E402
 from service.serving import ScoreService  # noqa: E402
 
 DATA_DIR = ROOT.parent / "shared" / "data"

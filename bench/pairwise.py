@@ -5,7 +5,7 @@
 Scores every pair in both orders in-process (the same code path as POST /v1/compare) and
 reports accuracy against the human majority ("a", "b" or "tie") with and without position
 swapping, and the mean position consistency, each with a bootstrap 95% interval over
-pairs (``service.intervals``; an accuracy of 0 or 1 gets the exact binomial one). Writes
+pairs (``service.offline.intervals``; an accuracy of 0 or 1 gets the exact binomial one). Writes
 bench/results/pairwise_pandalm.json with every pair's verdicts.
 """
 
@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 from judge_client.protocol import CompareRequest  # noqa: E402
 
 from bench import figures  # noqa: E402
-from service import intervals  # noqa: E402
 from service.cli.judge import in_process_settings, open_judge  # noqa: E402
+from service.offline import intervals  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "pandalm_pairs.jsonl"
 

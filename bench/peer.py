@@ -42,10 +42,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench import charts, figures  # noqa: E402
 from bench.overhead import load_items, start_server, wait_until_up  # noqa: E402
-from service import intervals  # noqa: E402
 from service.config import Settings  # noqa: E402
-from service.model_store import resolve_model  # noqa: E402
-from service.prompts import DEFAULT_RUBRIC, Prompts  # noqa: E402
+from service.engines.model_store import resolve_model  # noqa: E402
+from service.offline import intervals  # noqa: E402
+from service.requests.prompts import DEFAULT_RUBRIC, Prompts  # noqa: E402
 
 LABELS = ["1", "2", "3", "4", "5"]
 # Our three setups: (name, JUDGE_VLLM_LAYERS, the requests' method).

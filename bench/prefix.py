@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 from judge_client.protocol import StructuredScoreRequest  # noqa: E402
 
 from bench import charts, figures  # noqa: E402
-from service import intervals  # noqa: E402
 from service.cli.judge import open_runtime  # noqa: E402
 from service.config import Settings  # noqa: E402
+from service.offline import intervals  # noqa: E402
 from service.serving import ScoreService  # noqa: E402
 
 WORDS = "the answer is clear correct helpful complete concise relevant accurate kind polite".split()

@@ -6,7 +6,7 @@ Builds candidate sets from PandaLM: an instruction with its five distinct respon
 up to N with responses to other instructions (seeded). Every pair of a set is judged in
 both orders once, as ``/v1/rank`` does (the same prompts, through the service's queue);
 the all-pairs Bradley-Terry ranking uses them all, the circulant design of
-``service.ranking`` (as served above 8 candidates) only its own pairs, so both rankings
+``service.methods.ranking`` (as served above 8 candidates) only its own pairs, so both rankings
 come from the same judgements. Also for the first 12 candidates of each set. Reports
 Kendall's tau between the two rankings and how often they agree on the best candidate,
 averaged over 5 shuffles of the design per set, with bootstrap 95% intervals over sets.
@@ -32,8 +32,9 @@ sys.path.insert(0, str(ROOT))
 from judge_client.protocol import RankRequest  # noqa: E402
 
 from bench import charts, figures  # noqa: E402
-from service import intervals, ranking  # noqa: E402
 from service.cli.judge import in_process_settings, open_runtime  # noqa: E402
+from service.methods import ranking  # noqa: E402
+from service.offline import intervals  # noqa: E402
 from service.serving import RankService  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "pandalm_pairs.jsonl"

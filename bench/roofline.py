@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 from bench import charts, figures  # noqa: E402
 from service.cli.judge import open_runtime  # noqa: E402
 from service.config import Settings  # noqa: E402
-from service.engines.base import ScoringTask  # noqa: E402
-from service.intervals import fmt  # noqa: E402
+from service.core.tasks import ScoringTask  # noqa: E402
+from service.offline.intervals import fmt  # noqa: E402
 
 MATMUL_SIZE = 2048
 

@@ -29,8 +29,8 @@ from bench import charts, figures  # noqa: E402
 from bench.overhead import http_load, load_items, start_server  # noqa: E402
 from service.cli.judge import open_runtime  # noqa: E402
 from service.config import Settings  # noqa: E402
-from service.engines.base import ScoringTask  # noqa: E402
-from service.intervals import fmt  # noqa: E402
+from service.core.tasks import ScoringTask  # noqa: E402
+from service.offline.intervals import fmt  # noqa: E402
 
 
 async def level(url: str, items: list[dict], concurrency: int) -> dict:

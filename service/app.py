@@ -10,19 +10,20 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from service import __version__
-from service.auth import ApiKeys
-from service.batch_routes import batch_router
 from service.config import Settings
-from service.errors import install_error_handlers
-from service.logs import RequestContext
-from service.metrics import Metrics
-from service.middleware import BodyLimit, RequestMetrics
-from service.openapi import install_openapi
-from service.pages import pages_router
-from service.routes import router
-from service.runtime import Runtime
+from service.http.auth import ApiKeys
+from service.http.batch_routes import batch_router
+from service.http.errors import install_error_handlers
+from service.http.middleware import BodyLimit, RequestMetrics
+from service.http.openapi import install_openapi
+from service.http.pages import pages_router
+from service.http.routes import router
+from service.jobs.batches import BatchService
+from service.observability.logs import RequestContext
+from service.observability.metrics import Metrics
 from service.serving import CompareService, RankService, ScoreService
-from service.serving.batches import BatchService
+from service.serving.assets import ReadoutAssets
+from service.serving.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     # First: a key file that gives no key stops startup (KeysFileError) before anything loads.
     api_keys = ApiKeys.from_settings(settings.api_keys, settings.api_keys_file)
     metrics = metrics or Metrics()
-    runtime = Runtime(settings, metrics)
+    runtime = Runtime(settings, metrics, ReadoutAssets.load(settings))
     batches = BatchService(settings, runtime)
 
     @contextlib.asynccontextmanager
@@ -69,7 +70,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         version=__version__,
         description="LLM-as-a-judge scoring: label distributions, expected scores and confidence.",
         lifespan=lifespan,
-        # Served by service.pages from the installed packages instead of a public CDN.
+        # Served by service.http.pages from the installed packages instead of a public CDN.
         docs_url=None,
         redoc_url=None,
     )

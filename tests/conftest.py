@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from service.config import Settings
-from service.model_store import embedded_gguf_path
+from service.engines.model_store import embedded_gguf_path
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.admission import Throughput
+from service.scheduling.admission import Throughput
 
 
 def test_rate_is_tokens_over_busy_time_without_idle_gaps() -> None:

@@ -35,12 +35,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, T5Conf
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from service.config import DEFAULT_MODEL, Settings
-from service.engines import heads, vllm_families
-from service.engines.base import ScoringTask, UnsupportedModel
-from service.engines.transformers import TransformersEngine
-from service.engines.vllm import VllmEngine
-from service.labels import LabelTrie
-from service.model_store import resolve_model
+from service.core.errors import UnsupportedModel
+from service.core.labels import LabelTrie
+from service.core.tasks import ScoringTask
+from service.engines import heads
+from service.engines.model_store import resolve_model
+from service.engines.transformers.engine import TransformersEngine
+from service.engines.vllm import families as vllm_families
+from service.engines.vllm.engine import VllmEngine
 from tests.conftest import ROOT, engine_settings, free_port, process_server, start_server, trie_rule_logprobs
 
 COMMON = {

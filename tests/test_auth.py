@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.auth import ApiKeys, KeysFileError
-from service.errors import JudgeError
+from service.core.errors import JudgeError
+from service.http.auth import ApiKeys, KeysFileError
 from tests.conftest import ROOT, RunningServer, free_port, start_server
 
 ITEM = {"items": [{"id": "a", "prompt": "Score:"}]}

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from service.batching import BatchQueue
-from service.engines.base import ScoringTask
-from service.engines.transformers import TransformersEngine
-from service.errors import ErrorKind, JudgeError
-from service.metrics import Metrics
+from service.core.errors import ErrorKind, JudgeError
+from service.core.tasks import ScoringTask
+from service.engines.transformers.engine import TransformersEngine
+from service.observability.metrics import Metrics
+from service.scheduling.queue import BatchQueue
 from tests.conftest import tiny_llama
 
 VOCAB = 64
@@ -415,7 +415,7 @@ def test_a_batch_that_fails_to_launch_fails_its_own_items_at_once(
 ) -> None:
     """A fault between taking a batch from the lane and starting its task: the batch's own
     items fail now (not at their deadline, minutes away), and the loop goes on."""
-    from service.submission import Submission
+    from service.scheduling.submission import Submission
 
     real_start = Submission._start
     faults = [True]

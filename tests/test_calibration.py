@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import calibration
-from service.calibration import Calibration
-from service.evaluation import calibration_error
-from service.scoring import from_probs
+from service.methods import calibration
+from service.methods.calibration import Calibration
+from service.methods.scoring import from_probs
+from service.offline.evaluation import calibration_error
 
 VALUES = np.arange(1.0, 6.0)
 LABELS = ["1", "2", "3", "4", "5"]

@@ -14,14 +14,14 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from service import critique
-from service.batching import BatchQueue
-from service.engines.base import Critique, CritiqueRow, LabelScores, ScoringTask
-from service.engines.generation import GenerationStopped
-from service.engines.transformers import TransformersEngine
-from service.errors import ErrorKind, JudgeError
-from service.labels import LabelTrie
-from service.metrics import Metrics
+from service.core.errors import ErrorKind, JudgeError
+from service.core.labels import LabelTrie
+from service.core.tasks import Critique, CritiqueRow, LabelScores, ScoringTask
+from service.engines import critique
+from service.engines.transformers.engine import TransformersEngine
+from service.engines.transformers.generation import GenerationStopped
+from service.observability.metrics import Metrics
+from service.scheduling.queue import BatchQueue
 from tests.conftest import tiny_llama, trie_rule_logprobs
 
 VOCAB = 64

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service import intervals
+from service.offline import intervals
 
 
 def test_bootstrap_is_the_seeded_percentile_bootstrap() -> None:

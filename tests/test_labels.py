@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from service.labels import LabelTrie
+from service.core.labels import LabelTrie
 
 
 def test_single_token_labels_are_the_root_alone() -> None:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import torch
 
-from service.lager import LayerWeights
+from service.methods.lager import LayerWeights
 from tests.conftest import SHARED_DATA, Reference, RunningServer, engine_settings, process_server
 
 pytestmark = pytest.mark.slow

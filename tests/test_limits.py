@@ -6,8 +6,8 @@ import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from service.errors import ErrorKind, JudgeError
-from service.limits import Limits
+from service.core.errors import ErrorKind, JudgeError
+from service.requests.limits import Limits
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,14 @@ import asyncio
 import pytest
 import torch
 
-from service.batching import BatchQueue
-from service.engines.base import ScoringTask
+from service.core.errors import ErrorKind, JudgeError
+from service.core.labels import LabelTrie
+from service.core.tasks import ScoringTask
 from service.engines.memory import PassMemory, batch_memory_budget
-from service.engines.transformers import TransformersEngine
-from service.errors import ErrorKind, JudgeError
-from service.labels import LabelTrie
-from service.limits import Limits
-from service.metrics import Metrics
+from service.engines.transformers.engine import TransformersEngine
+from service.observability.metrics import Metrics
+from service.requests.limits import Limits
+from service.scheduling.queue import BatchQueue
 from tests.conftest import tiny_llama
 
 VOCAB = 64

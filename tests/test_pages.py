@@ -19,8 +19,8 @@ from judge_client.protocol import Template
 
 from service.app import create_app
 from service.config import Settings
-from service.presets import MT_BENCH_CRITERIA, PROMETHEUS
-from service.prompts import DEFAULT_CRITERIA, DEFAULT_SCORE_DESCRIPTIONS
+from service.requests.presets import MT_BENCH_CRITERIA, PROMETHEUS
+from service.requests.prompts import DEFAULT_CRITERIA, DEFAULT_SCORE_DESCRIPTIONS
 from tests.browser import (
     assert_only_local,
     assert_same,
@@ -135,7 +135,7 @@ def test_a_built_wheel_ships_the_playground(tmp_path: Path) -> None:
     )
     (wheel,) = tmp_path.glob("judge_service-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {f"service/static/playground/{name}" for name in PLAYGROUND_FILES} <= names
+    assert {f"service/http/static/playground/{name}" for name in PLAYGROUND_FILES} <= names
 
 
 @pytest.fixture(scope="module")

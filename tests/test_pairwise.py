@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service import pairwise
+from service.methods import pairwise
 
 
 def test_pairwise_maths() -> None:

@@ -9,9 +9,9 @@ from judge_client.protocol import score_request
 from transformers import AutoTokenizer
 
 from service.config import Settings
-from service.model_store import resolve_model
-from service.presets import MT_BENCH, PROMETHEUS
-from service.prompts import DEFAULT_RUBRIC, REASONING_CLOSE, Prompts, Rubric
+from service.engines.model_store import resolve_model
+from service.requests.presets import MT_BENCH, PROMETHEUS
+from service.requests.prompts import DEFAULT_RUBRIC, REASONING_CLOSE, Prompts, Rubric
 from service.serving.score import read_labels
 
 RUBRIC = Rubric("Is the answer factually correct?", (("1", "Wrong."), ("2", "Partly right."), ("3", "Right.")))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from service import probe
-from service.calibration import soft_targets
+from service.methods import probe
+from service.methods.calibration import soft_targets
 
 VALUES = np.arange(1.0, 6.0)
 

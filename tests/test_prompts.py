@@ -8,10 +8,10 @@ import sys
 import pytest
 from transformers import AutoTokenizer
 
-from service import prompts
 from service.config import Settings
-from service.model_store import resolve_model
-from service.prompts import DEFAULT_RUBRIC, Prompts, Rubric, render_user_message
+from service.engines.model_store import resolve_model
+from service.requests import prompts
+from service.requests.prompts import DEFAULT_RUBRIC, Prompts, Rubric, render_user_message
 from tests.conftest import ROOT
 
 
@@ -24,8 +24,8 @@ def tokenizer():
 VERSION_SCRIPT = """
 from transformers import AutoTokenizer
 from service.config import Settings
-from service.model_store import resolve_model
-from service.prompts import DEFAULT_RUBRIC, Prompts
+from service.engines.model_store import resolve_model
+from service.requests.prompts import DEFAULT_RUBRIC, Prompts
 s = Settings()
 p = Prompts(AutoTokenizer.from_pretrained(str(resolve_model(s.model, s.cache_dir)), local_files_only=True))
 print(p.score_version(DEFAULT_RUBRIC), p.pair_version(None), p.raw_version())

@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from service import ranking
+from service.methods import ranking
 
 
 def minorise_maximise(wins: np.ndarray, iterations: int = 20000) -> np.ndarray:

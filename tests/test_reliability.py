@@ -339,7 +339,7 @@ def test_duplicate_ids_are_scored_in_order(tight_server: RunningServer) -> None:
 
 
 def test_rubric_template_syntax_stays_literal(tight_server: RunningServer) -> None:
-    from service.prompts import Prompts, Rubric
+    from service.requests.prompts import Prompts, Rubric
 
     evil = "{{ 7*7 }} {% for x in range(3) %}{{ x }}{% endfor %} {{ config }} ${HOME} %(name)s {0}"
     rubric = {"criteria": evil, "score_descriptions": {"1": evil, "2": "{{ self.__init__ }}"}}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service import review
-from service.review import ReviewThresholds
+from service.methods import review
+from service.methods.review import ReviewThresholds
 
 
 def draws(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

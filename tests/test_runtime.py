@@ -12,8 +12,8 @@ import psutil
 import pytest
 
 from service.config import Settings
-from service.metrics import Metrics
-from service.runtime import Runtime
+from service.observability.metrics import Metrics
+from service.serving.runtime import Runtime
 from tests.conftest import HANG_S, engine_settings, start_server
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from service import scoring
+from service.methods import scoring
 
 
 def test_distribution_from_logprobs() -> None:

@@ -21,8 +21,8 @@ import uvicorn
 
 from service.app import create_app
 from service.config import DEFAULT_MODEL, EXIT_MARGIN_S, Settings
-from service.model_store import resolve_model
-from service.watchdog import CHECK_PERIOD_S, Watchdog, _Pass
+from service.engines.model_store import resolve_model
+from service.scheduling.watchdog import CHECK_PERIOD_S, Watchdog, _Pass
 from tests.conftest import (
     ROOT,
     VLLM_TEST_SETTINGS,

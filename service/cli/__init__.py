@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from service.cli import calibration, evaluate, layers, probe, score_file, serve
 from service.cli.judge import JudgeFailed
-from service.logs import configure_logging
+from service.observability.logs import configure_logging
 
 
 def main(argv: Sequence[str] | None = None) -> None:

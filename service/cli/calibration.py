@@ -3,7 +3,7 @@
 The file's fit part (``--fit-fraction``, ``--seed``; the rest is left for ``eval``) is
 split again: ``--conformal-fraction`` of it only sets the review threshold by split
 conformal prediction, the rest fits the map, whose kind is chosen by cross-validation on
-that rest (``service.calibration``).
+that rest (``service.methods.calibration``).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from service import calibration, evaluation, review, scoring
-from service.calibration import Calibration
 from service.cli.layers import add_common, labels_and_values, load_items, open_scorer
+from service.methods import calibration, review, scoring
+from service.methods.calibration import Calibration
+from service.offline import evaluation
 
 METHOD = "final"
 

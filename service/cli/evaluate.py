@@ -18,13 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from service import calibration, evaluation, intervals, review, scoring
-from service.calibration import Calibration
 from service.cli import calibration as calibration_cli
 from service.cli import probe as probe_cli
 from service.cli.layers import add_common, fit_scored, labels_and_values, load_items, open_scorer
-from service.lager import LayerWeights
-from service.probe import Probe
+from service.methods import calibration, review, scoring
+from service.methods.calibration import Calibration
+from service.methods.lager import LayerWeights
+from service.methods.probe import Probe
+from service.offline import evaluation, intervals
 
 
 async def _score(args: argparse.Namespace) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from judge_client.protocol import (
 )
 
 from service.config import Settings
-from service.runtime import Runtime
+from service.serving.runtime import Runtime
 
 ScoreRequest = RawScoreRequest | StructuredScoreRequest
 
@@ -113,7 +113,7 @@ async def _remote(url: str, api_key: str | None, retries: int, concurrency: int)
 async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     """The in-process judge: a started runtime, shut down on exit (also after a failed
     start, so no engine or vLLM child process outlives the command)."""
-    from service.metrics import Metrics
+    from service.observability.metrics import Metrics
 
     runtime = Runtime(settings, Metrics())
     try:
@@ -127,7 +127,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
 
 @contextlib.asynccontextmanager
 async def _local(settings: Settings) -> AsyncIterator[JudgeHandle]:
-    from service.errors import JudgeError
+    from service.core.errors import JudgeError
     from service.serving import CompareService, ScoreService
 
     async with open_runtime(settings) as runtime:

@@ -9,10 +9,11 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from service import evaluation, scoring
 from service.cli.judge import add_judge_arguments, open_from_args
-from service.lager import LayerWeights, fit_layer_weights
-from service.prompts import DEFAULT_RUBRIC, TEMPLATES
+from service.methods import scoring
+from service.methods.lager import LayerWeights, fit_layer_weights
+from service.offline import evaluation
+from service.requests.prompts import DEFAULT_RUBRIC, TEMPLATES
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """``judge-service fit-probe``: a learned readout of the judge's hidden states.
 
 Scores the file's fit part (``--fit-fraction``, ``--seed``; the rest is left for
-``eval``) asking for the hidden rows of ``--layers``, and fits ``service.probe``'s
+``eval``) asking for the hidden rows of ``--layers``, and fits ``service.methods.probe``'s
 regularised multinomial logistic regression to the human scores, its L2 strength chosen
 by cross-validation on those items.
 """
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from service import evaluation
 from service.cli.calibration import one_version
 from service.cli.layers import add_common, labels_and_values, load_items, open_scorer
-from service.probe import Probe, fit_probe
+from service.methods.probe import Probe, fit_probe
+from service.offline import evaluation
 
 # The hidden-state entry read by default: the middle of the default 30-layer model. Chosen
 # by 5-fold cross-validation on the fit half of the Topical-Chat split only (single layers

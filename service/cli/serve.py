@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from service.config import Settings
-from service.logs import configure_logging
+from service.observability.logs import configure_logging
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -32,9 +32,9 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from service.app import create_app
-    from service.auth import KeysFileError
     from service.engines.memory import map_large_blocks, returns_freed_memory
-    from service.shutdown import DrainingServer
+    from service.http.auth import KeysFileError
+    from service.http.server import DrainingServer
 
     settings = settings_from_args(args)
     if returns_freed_memory(settings.return_freed_memory, settings.memory_limit_mb):
@@ -45,7 +45,7 @@ def serve(args: argparse.Namespace) -> None:
     except KeysFileError as exc:
         sys.exit(f"judge-service serve: {exc}")
     # One worker per pod: the model and the queue live in this process. The graceful close
-    # of connections gets what is left of the one grace budget (see service.shutdown).
+    # of connections gets what is left of the one grace budget (see service.http.server).
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -63,7 +63,7 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def prepare(args: argparse.Namespace) -> None:
-    from service.model_store import resolve_model
+    from service.engines.model_store import resolve_model
 
     settings = settings_from_args(args)
     configure_logging(settings.log_level)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from service.engines.base import UnsupportedModel
+from service.core.errors import UnsupportedModel
 
 
 @dataclass(frozen=True, slots=True)

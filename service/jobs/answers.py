@@ -3,18 +3,17 @@ the same validation, the same service, the same error envelope and status."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi.exceptions import RequestValidationError
 from judge_client.protocol import CompareRequest, RankRequest, ScoreRequest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from service.errors import ErrorKind, JudgeError, _on_validation_error, error_body
-from service.runtime import Runtime
+from service.core.errors import ErrorKind, JudgeError, error_body
+from service.requests.validation import invalid_request
 from service.serving import CompareService, RankService, ScoreService
+from service.serving.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ class Answerer:
         try:
             request = _ADAPTERS[endpoint].validate_python(body)
         except ValidationError as exc:
-            return 422, await _validation_body(exc)
+            return 422, _validation_body(exc)
         try:
             # No timeout: inside a batch the completion window is the deadline.
             response = await self._serve[endpoint](request, None, None)
@@ -64,10 +63,8 @@ class Answerer:
         return 200, response.model_dump(mode="json")
 
 
-async def _validation_body(exc: ValidationError) -> dict[str, Any]:
+def _validation_body(exc: ValidationError) -> dict[str, Any]:
     """The envelope the endpoint's own validation gives: FastAPI's errors (located under
-    ``body``) through the app's one handler."""
-    errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
-    response = await _on_validation_error(None, RequestValidationError(errors))  # type: ignore[arg-type]
-    decoded: dict[str, Any] = json.loads(bytes(response.body))
-    return decoded
+    ``body``) through the same ``invalid_request``."""
+    error = invalid_request([{**error, "loc": ("body", *error["loc"])} for error in exc.errors()])
+    return error_body(error.kind, error.message, error.details)

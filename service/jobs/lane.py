@@ -1,6 +1,6 @@
 """The batch lane: batch work's own low-priority queue in front of the engine.
 
-Online requests keep the queue (``service.batching``) to themselves: its admission, depth,
+Online requests keep the queue (``service.scheduling.queue``) to themselves: its admission, depth,
 deadlines and gauges never see batch work. The lane runs one engine pass at a time and
 starts one only while the queue holds no online work, so an online request that arrives
 waits behind at most the one lane pass already running. The engine grants passes in
@@ -17,10 +17,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from service.batching import BatchEngine
-from service.engines.base import CritiqueRow, LabelScores, ScoringTask
-from service.errors import ErrorKind, JudgeError, error_for
-from service.runtime import Runtime
+from service.core.errors import ErrorKind, JudgeError, error_for
+from service.core.tasks import CritiqueRow, LabelScores, ScoringTask
+from service.scheduling.queue import BatchEngine
+from service.serving.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from service.jobs.answers import Answerer, Retry
 from service.jobs.lane import BatchLane, LaneRuntime
 from service.jobs.store import Claim, Due, ItemRow, Store, new_id, now_s
-from service.runtime import Runtime
+from service.serving.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,12 @@
-"""One service per task: a validated wire request in, tasks through the runtime, a wire answer out."""
+"""Serving: one service per endpoint (``score``, ``compare``, ``rank``): a validated wire
+request in, tasks through the runtime, a wire answer out. Owns the runtime (``runtime``:
+model, engine, queue, readiness and drain) and the readout assets it is handed
+(``assets``).
+
+May import ``service.requests``, ``service.scheduling``, ``service.engines``,
+``service.methods``, ``service.core``, ``service.observability`` and ``service.config``;
+not HTTP and not the batch jobs (which use it).
+"""
 
 from service.serving.compare import CompareService
 from service.serving.rank import RankService

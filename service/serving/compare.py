@@ -13,12 +13,12 @@ from typing import Any
 
 from judge_client.compare import ComparePair, CompareRequest, CompareResponse, OrderCritique, PairVerdict
 
-from service import pairwise, scoring
-from service.engines import LabelScores, ScoringTask
-from service.limits import Limits
-from service.pairwise import VERDICTS
-from service.prompts import VERDICT_LABELS, Prompts
-from service.runtime import Runtime
+from service.core.tasks import LabelScores, ScoringTask
+from service.methods import pairwise, scoring
+from service.methods.pairwise import VERDICTS
+from service.requests.limits import Limits
+from service.requests.prompts import VERDICT_LABELS, Prompts
+from service.serving.runtime import Runtime
 from service.serving.score import Disconnected
 
 ORDERS = ("ab", "ba")

@@ -12,10 +12,10 @@ import asyncio
 
 from judge_client.rank import RankedCandidate, RankRequest, RankResponse
 
-from service import pairwise, ranking, scoring
-from service.engines import LabelScores, ScoringTask
-from service.prompts import DEFAULT_RUBRIC, VERDICT_LABELS, Rubric
-from service.runtime import Runtime
+from service.core.tasks import LabelScores, ScoringTask
+from service.methods import pairwise, ranking, scoring
+from service.requests.prompts import DEFAULT_RUBRIC, VERDICT_LABELS, Rubric
+from service.serving.runtime import Runtime
 from service.serving.score import Disconnected
 
 

@@ -11,14 +11,14 @@ from typing import Any
 from judge_client.score_requests import RawItem, RawScoreRequest, StructuredItem, StructuredScoreRequest
 from judge_client.score_results import CalibratedScore, CriterionScore, ItemScore, ScoreResponse
 
-from service import review, scoring
-from service.engines import LabelScores, ScoringTask
-from service.engines.base import CritiqueOutcome
-from service.lager import LayerWeights
-from service.presets import PRESETS, Preset
-from service.probe import Probe
-from service.prompts import DEFAULT_RUBRIC, Prompts, Rubric, combined_version
-from service.runtime import Runtime
+from service.core.tasks import CritiqueOutcome, LabelScores, ScoringTask
+from service.methods import review, scoring
+from service.methods.lager import LayerWeights
+from service.methods.probe import Probe
+from service.requests.presets import PRESETS, Preset
+from service.requests.prompts import DEFAULT_RUBRIC, Prompts, Rubric, combined_version
+from service.requests.readouts import reads_per_layer
+from service.serving.runtime import Runtime
 
 ScoreRequest = RawScoreRequest | StructuredScoreRequest
 Disconnected = Callable[[], Awaitable[None]] | None
@@ -37,7 +37,7 @@ def critique_spec(request: ScoreRequest, max_tokens: int | None = None) -> tuple
         return request.critique.max_tokens, request.critique.marker
     preset = _preset(request)
     if preset is not None and "critique" not in request.model_fields_set:
-        return min(preset.max_tokens, max_tokens or preset.max_tokens), preset.marker
+        return preset.critique(max_tokens)
     return None
 
 
@@ -187,7 +187,7 @@ class ScoreService:
         spec = critique_spec(request, limits.max_critique_tokens)
         # Checked first, from the request alone: a critique with a per-layer readout is refused
         # as such, whether or not this server has layer weights or a probe.
-        per_layer = request.method != "final" or request.return_layers or bool(request.hidden_layers)
+        per_layer = reads_per_layer(request.method, request.return_layers, request.hidden_layers)
         critique = limits.critique(*spec, per_layer) if spec is not None else None
         want_layers = limits.wants_layers(request.method, request.return_layers)
         hidden = limits.hidden_layers(request.method, request.hidden_layers)
@@ -221,26 +221,31 @@ class ScoreService:
                 tasks.append(ScoringTask.reading(token_ids, trie, want_layers, hidden, critique))
         return tasks
 
+    def _layer_norm(self, request: ScoreRequest) -> bool:
+        """Whether LAGER reads the layers through the final norm: the request's choice, else the server's."""
+        return self.runtime.settings.lager_layer_norm if request.layer_norm is None else request.layer_norm
+
     def _readout(self, request: ScoreRequest, criterion: Criterion, task: ScoringTask, result: LabelScores) -> Readout:
         runtime = self.runtime
+        assets = runtime.assets
         labels = request.label_set
         values = scoring.label_values(labels, request.label_values)
-        layer_norm = runtime.settings.lager_layer_norm if request.layer_norm is None else request.layer_norm
+        layer_norm = self._layer_norm(request)
         probe_rows = None
-        if request.method == "probe" and runtime.probe is not None and result.hidden is not None:
+        if request.method == "probe" and assets.probe is not None and result.hidden is not None:
             rows = dict(zip(task.hidden_layers, result.hidden, strict=True))
-            probe_rows = [rows[layer] for layer in runtime.probe.layers]
+            probe_rows = [rows[layer] for layer in assets.probe.layers]
         dist = method_distribution(
-            request.method, labels, values, result, layer_norm, runtime.layer_weights, runtime.probe, probe_rows
+            request.method, labels, values, result, layer_norm, assets.layer_weights, assets.probe, probe_rows
         )
         final_mass = scoring.from_logprobs(labels, result.logprobs, values).label_mass
         calibrated = None
         note: str | None = "the server has no calibration (JUDGE_CALIBRATION_FILE)"
-        if runtime.calibration is not None:
-            note = runtime.calibration.mismatch(runtime.model_name, labels, request.method, criterion.prompt_version)
+        if assets.calibration is not None:
+            note = assets.calibration.mismatch(runtime.model_name, labels, request.method, criterion.prompt_version)
             if note is None:
-                calibrated = scoring.from_probs(labels, runtime.calibration.apply(dist.probs), values)
-        reasons = review.reasons(dist.confidence, final_mass, calibrated.probs if calibrated else None, runtime.review)
+                calibrated = scoring.from_probs(labels, assets.calibration.apply(dist.probs), values)
+        reasons = review.reasons(dist.confidence, final_mass, calibrated.probs if calibrated else None, assets.review)
         return Readout(dist, final_mass, task.length, calibrated, note, reasons, result.critique)
 
     def _item_score(
@@ -256,7 +261,7 @@ class ScoreService:
             return self._aggregate(item_id, request, criteria, readouts)
         (readout,), (task,), (result,) = readouts, tasks, results
         labels = request.label_set
-        layer_norm = self.runtime.settings.lager_layer_norm if request.layer_norm is None else request.layer_norm
+        layer_norm = self._layer_norm(request)
         layers = result.layer_logits_normed if layer_norm else result.layer_logits
         per_layer = None
         if request.return_layers and layers is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from service.cli.layers import labels_and_values
-from service.evaluation import read_dataset
+from service.offline.evaluation import read_dataset
 from tests.conftest import ROOT, RunningServer, start_server
 
 pytestmark = pytest.mark.slow

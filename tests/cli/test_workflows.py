@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.evaluation import read_dataset, split
+from service.offline.evaluation import read_dataset, split
 from tests.conftest import SHARED_DATA, RunningServer, start_server
 
 pytestmark = pytest.mark.slow

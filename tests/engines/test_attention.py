@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from service.engines import attention
+from service.engines.transformers import attention
 from tests.conftest import tiny_llama
 
 

@@ -17,9 +17,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from service.engines import packed_linear
-from service.engines.base import ScoringTask
-from service.engines.transformers import TransformersEngine
+from service.core.tasks import ScoringTask
+from service.engines.transformers import packed_linear
+from service.engines.transformers.engine import TransformersEngine
 from tests.conftest import tiny_llama
 
 pytestmark = pytest.mark.skipif(not packed_linear.available(), reason="this torch build has no oneDNN")

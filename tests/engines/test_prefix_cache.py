@@ -16,12 +16,12 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from service.batching import BatchQueue
-from service.engines.base import ScoringTask
-from service.engines.prefix_cache import PASS_OVERHEAD_TOKENS, passes_by_rest
-from service.engines.transformers import TransformersEngine
-from service.labels import LabelTrie
-from service.metrics import Metrics
+from service.core.labels import LabelTrie
+from service.core.tasks import ScoringTask
+from service.engines.transformers.engine import TransformersEngine
+from service.engines.transformers.prefix_cache import PASS_OVERHEAD_TOKENS, passes_by_rest
+from service.observability.metrics import Metrics
+from service.scheduling.queue import BatchQueue
 from tests.conftest import SHARED_DATA, Reference, RunningServer, metric_sum, tiny_llama, trie_rule_logprobs
 
 VOCAB = 64
@@ -213,7 +213,7 @@ def test_served_requests_on_the_default_model_equal_direct_forward_passes(
 def test_vllm_tasks_sharing_a_prefix_wait_for_one_of_them() -> None:
     """The vLLM engine's counterpart within a batch: requests in one engine step would each
     compute a shared prefix, so all but one wait for the first to finish."""
-    from service.engines.vllm import PREFIX_FIRST_TOKENS, prefix_leaders
+    from service.engines.vllm.engine import PREFIX_FIRST_TOKENS, prefix_leaders
 
     rng = random.Random(6)
     shared = tuple(rng.randrange(3, VOCAB) for _ in range(PREFIX_FIRST_TOKENS))

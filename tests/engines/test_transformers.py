@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from service.engines.base import ScoringTask
-from service.engines.transformers import TransformersEngine
-from service.labels import LabelTrie
+from service.core.labels import LabelTrie
+from service.core.tasks import ScoringTask
+from service.engines.transformers.engine import TransformersEngine
 from tests.conftest import tiny_llama, trie_rule_logprobs
 
 VOCAB = 64

@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from service.batching import BatchQueue
-from service.engines.base import ScoringTask
-from service.engines.transformers import TransformersEngine
+from service.core.tasks import ScoringTask
+from service.engines.transformers.engine import TransformersEngine
 from service.jobs.lane import BatchLane
-from service.metrics import Metrics
+from service.observability.metrics import Metrics
+from service.scheduling.queue import BatchQueue
 from tests.conftest import tiny_llama
 
 VOCAB = 64

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from service import pairwise, scoring
-from service.prompts import VERDICT_LABELS, Prompts
+from service.methods import pairwise, scoring
+from service.requests.prompts import VERDICT_LABELS, Prompts
 from tests.conftest import Reference, RunningServer, greedy, read_after, tolerance
 
 pytestmark = pytest.mark.slow

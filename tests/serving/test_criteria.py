@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service import scoring
-from service.prompts import Prompts, Rubric, combined_version
+from service.methods import scoring
+from service.requests.prompts import Prompts, Rubric, combined_version
 from tests.conftest import RunningServer, tolerance
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from service.metrics import CRITIQUE_BUCKETS
+from service.observability.metrics import CRITIQUE_BUCKETS
 from tests.conftest import Reference, RunningServer, greedy, metric_sum, read_after, start_server, tolerance
 
 pytestmark = pytest.mark.slow
@@ -193,8 +193,8 @@ def test_a_preset_writes_first_and_reads_its_labels_after_the_marker(
     """A preset renders its format, generates (its marker, a shorter critique here) and
     reads its labels, with the preset's prefix, after the critique: as computed here from
     the rendered prompt, greedy generation and direct forward passes."""
-    from service.presets import PRESETS
-    from service.prompts import Prompts
+    from service.requests.presets import PRESETS
+    from service.requests.prompts import Prompts
 
     preset = PRESETS[template]
     item = {"id": "a", "instruction": "Name a prime number.", "response": "Nine.", "reference_answer": "Seven."}

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from service.prompts import Prompts, Rubric
+from service.requests.prompts import Prompts, Rubric
 from tests.conftest import Reference, RunningServer, tolerance, trie_rule_logprobs
 
 pytestmark = pytest.mark.slow

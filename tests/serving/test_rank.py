@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service import ranking
-from service.prompts import DEFAULT_RUBRIC, Prompts
+from service.methods import ranking
+from service.requests.prompts import DEFAULT_RUBRIC, Prompts
 from tests.conftest import RunningServer, tolerance
 
 pytestmark = pytest.mark.slow

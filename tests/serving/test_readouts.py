@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from service import review, scoring
-from service.calibration import Calibration
 from service.config import Settings
-from service.model_store import resolve_model
-from service.probe import Probe
-from service.prompts import DEFAULT_RUBRIC, Prompts
+from service.engines.model_store import resolve_model
+from service.methods import review, scoring
+from service.methods.calibration import Calibration
+from service.methods.probe import Probe
+from service.requests.prompts import DEFAULT_RUBRIC, Prompts
 from tests.conftest import ENGINES, Reference, RunningServer, engine_settings, start_server, tolerance
 
 pytestmark = pytest.mark.slow

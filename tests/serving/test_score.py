@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.prompts import DEFAULT_RUBRIC, Prompts
+from service.requests.prompts import DEFAULT_RUBRIC, Prompts
 from tests.conftest import Reference, RunningServer, tolerance
 
 pytestmark = pytest.mark.slow

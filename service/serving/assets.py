@@ -1,0 +1,46 @@
+"""The fitted assets a score is read out with, loaded once when the app is built: LAGER's
+layer weights, the calibration, the probe (each from its file, if set) and the review
+thresholds (the calibration's conformal threshold unless one is set)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.config import Settings
+from service.methods.calibration import Calibration
+from service.methods.lager import LayerWeights
+from service.methods.probe import Probe
+from service.methods.review import ReviewThresholds
+from service.requests.limits import Limits
+
+
+@dataclass(frozen=True)
+class ReadoutAssets:
+    layer_weights: LayerWeights | None
+    calibration: Calibration | None
+    probe: Probe | None
+    review: ReviewThresholds
+
+    @classmethod
+    def load(cls, settings: Settings) -> ReadoutAssets:
+        layer_weights = LayerWeights.load(settings.layer_weights_file) if settings.layer_weights_file else None
+        calibration = Calibration.load(settings.calibration_file) if settings.calibration_file else None
+        probe = Probe.load(settings.probe_file) if settings.probe_file else None
+        conformal = calibration.min_calibrated_probability if calibration else None
+        review = ReviewThresholds(
+            min_confidence=settings.review_min_confidence,
+            min_label_mass=settings.review_min_label_mass,
+            min_calibrated_probability=(
+                settings.review_min_calibrated_probability
+                if settings.review_min_calibrated_probability is not None
+                else conformal
+            ),
+        )
+        return cls(layer_weights, calibration, probe, review)
+
+    def check(self, settings: Settings, num_layers: int) -> None:
+        """At startup: the layer weights and the probe must fit the loaded model."""
+        if self.layer_weights is not None:
+            Limits.check_layer_weights(self.layer_weights, settings.layer_weights_file, num_layers)
+        if self.probe is not None:
+            Limits.check_probe(self.probe, settings.probe_file, num_layers)

@@ -1,0 +1,266 @@
+"""The runtime: the one long-lived object behind every service.
+
+It holds the model's tokenizer, the engine and the queue, and the state every endpoint
+reads: readiness, drain, health and the exit code. The shutdown grace is one budget,
+counted from the moment draining begins: the drain, the server's own graceful close and
+the queue's close all spend the same remaining time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from service.config import Settings
+from service.core.errors import ErrorKind, JudgeError
+from service.core.tasks import LabelScores, ScoringTask
+from service.engines import failpoints
+from service.engines.base import Engine
+from service.engines.factory import build_engine, choose_engine
+from service.engines.memory import batch_memory_budget, resident_bytes
+from service.engines.model_store import resolve_model
+from service.observability.metrics import Metrics
+from service.requests.limits import Limits
+from service.requests.prompts import Prompts
+from service.scheduling.queue import BatchQueue
+from service.scheduling.watchdog import Stall, Watchdog, WatchedEngine
+from service.serving.assets import ReadoutAssets
+
+logger = logging.getLogger(__name__)
+
+# The calibration batch run at startup (twice: a warm-up, then timed): a first throughput
+# measurement, so deadline-aware admission has a prediction before the first real batch.
+CALIBRATION_ITEMS = 4
+CALIBRATION_TOKENS = 256
+
+
+class Runtime:
+    """Model, engine, queue and the service's state; the fitted readout assets
+    (``assets``) are built once by the app and handed in."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, assets: ReadoutAssets | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        # Resolved once: ``auto`` probes for vLLM and a GPU, which do not change while serving.
+        self.engine_kind = choose_engine(settings.engine)
+        self.engine: Engine | None = None
+        self.queue: BatchQueue | None = None
+        self.prompts: Prompts | None = None
+        self.limits: Limits | None = None
+        self.assets = assets if assets is not None else ReadoutAssets.load(settings)
+        self.ready = False
+        self.draining = False
+        self.failed = False
+        self.exit_code = 0
+        self._drain_deadline: float | None = None
+        # A load still running past this instant is hung (set when the load begins).
+        self._load_deadline: float | None = None
+        self.watchdog = Watchdog(settings.stall_multiple, settings.stall_floor_s, on_stall=self._stalled)
+        self._watching: asyncio.Task[None] | None = None
+        # Set by whoever runs the server: stops it (the exit code says why).
+        self.request_exit: Callable[[], None] = lambda: None
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.model
+
+    async def start(self) -> None:
+        """Load the model, warm it up, start the queue; mark ready. A failure is logged and
+        leaves the runtime failed, with any engine that had started closed again."""
+        started = time.monotonic()
+        self._load_deadline = started + self.settings.load_timeout_s
+        engine = None
+        try:
+            model_dir, tokenizer = await asyncio.to_thread(self._load_tokenizer)
+            engine = build_engine(self.settings, self.engine_kind, model_dir, tokenizer)
+            await engine.start()
+            self.assets.check(self.settings, engine.num_layers)
+            self.prompts = Prompts(tokenizer)
+            self.limits = Limits(
+                tokenizer,
+                max_items=self.settings.max_items,
+                max_critique_tokens=self.settings.max_critique_tokens,
+                max_model_len=min(engine.max_model_len, self.settings.max_model_len or engine.max_model_len),
+                engine_kind=self.engine_kind,
+                supports_layers=engine.supports_layers,
+                layers_unavailable=engine.layers_unavailable,
+                layer_weights=self.assets.layer_weights,
+                request_timeout_s=self.settings.request_timeout_s,
+                max_request_timeout_s=self.settings.max_request_timeout_s,
+                num_layers=engine.num_layers,
+                probe=self.assets.probe,
+                max_criteria=self.settings.max_criteria,
+                max_rank_candidates=self.settings.max_rank_candidates,
+                max_queue=self.settings.max_queue,
+                chat_template_keys=self.settings.chat_template_keys,
+                engine=engine,
+            )
+            self.queue = self._make_queue(engine)
+            self.engine = engine
+            self.metrics.prefix_cache.source = lambda: getattr(self.engine, "prefix_cache", None)
+            await self._calibrate(engine, len(tokenizer), min(CALIBRATION_TOKENS, self.limits.max_model_len))
+            self._plan_memory(engine)
+        except Exception:
+            self.failed = True
+            logger.exception("failed to load the judge model")
+            if self.queue is not None:
+                await self.queue.close(0)
+            await self._close(engine)
+            return
+        self.metrics.model_info.info({"model": self.settings.model, "engine": self.engine_kind})
+        self._watching = asyncio.create_task(self.watchdog.run(), name="watchdog")
+        self.ready = True
+        self.metrics.ready.set(1)
+        logger.info(
+            "judge ready: model=%s engine=%s in %.1fs",
+            self.settings.model,
+            self.engine_kind,
+            time.monotonic() - started,
+        )
+
+    def _load_tokenizer(self) -> tuple[Path, Any]:
+        from transformers import AutoTokenizer
+
+        failpoints.block("LOAD_BLOCK")
+        model_dir = resolve_model(self.settings.model, self.settings.cache_dir)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        return model_dir, tokenizer
+
+    def _make_queue(self, engine: Engine) -> BatchQueue:
+        wait_ms = self.settings.max_wait_ms
+        if wait_ms is None:
+            # An engine that batches by itself gains nothing from waiting.
+            wait_ms = 0.0 if engine.max_inflight_batches > 1 else 2.0
+        queue = BatchQueue(
+            WatchedEngine(engine, self.watchdog),
+            self.metrics,
+            max_queue=self.settings.max_queue,
+            max_batch_size=self.settings.max_batch_size,
+            max_wait_s=wait_ms / 1000,
+            on_stopped=self._queue_stopped,
+            max_retry_after_s=self.settings.max_request_timeout_s,
+        )
+        queue.start()
+        return queue
+
+    async def _calibrate(self, engine: Engine, vocab_size: int, length: int) -> None:
+        """Run a batch of distinct prompts on the engine to warm it up, then another, timed:
+        admission's first throughput measurement. No prompt shares a prefix with another,
+        so no prefix cache serves the timed batch; the cache is emptied after."""
+        assert self.queue is not None
+        tasks = [
+            ScoringTask(
+                token_ids=tuple((item * 7919 + k * 104729 + 1000) % vocab_size for k in range(length)),
+                label_ids=(0,),
+            )
+            for item in range(2 * CALIBRATION_ITEMS)
+        ]
+        await engine.score(tasks[:CALIBRATION_ITEMS])
+        timed = tasks[CALIBRATION_ITEMS:]
+        started = time.monotonic()
+        await engine.score(timed)
+        seed = (time.monotonic() - started, sum(task.length for task in timed))
+        self.queue.throughput.seed(*seed)
+        self.watchdog.plain.throughput.seed(*seed)
+        await engine.reset_prefix_cache()
+
+    def _plan_memory(self, engine: Engine) -> None:
+        """The memory one batch may hold, once the model is loaded and warm (``service.engines.memory``)."""
+        if self.engine_kind != "transformers":
+            return
+        s = self.settings
+        cache = (s.prefix_cache_mb << 20) if s.prefix_reuse else 0
+        engine.batch_memory_budget = batch_memory_budget(
+            s.max_batch_memory_mb, s.memory_limit_mb, resident_bytes(), cache
+        )
+        logger.info("one batch may hold %d MiB", engine.batch_memory_budget >> 20)
+
+    def _queue_stopped(self) -> None:
+        # The batch loop cannot be restarted safely with futures in unknown states: fail
+        # health and readiness, and exit so the orchestrator restarts the process.
+        self.failed = True
+        self.metrics.ready.set(0)
+
+    def _stalled(self, _: Stall) -> None:
+        self.metrics.ready.set(0)
+
+    @property
+    def load_overdue(self) -> bool:
+        """Whether the model is still loading past its load deadline (a hung load)."""
+        return not self.ready and self._load_deadline is not None and time.monotonic() > self._load_deadline
+
+    @property
+    def stuck(self) -> bool:
+        """Whether a thread may never return: the engine stalled, or the load hung."""
+        return self.watchdog.stall is not None or self.load_overdue
+
+    @property
+    def problem(self) -> tuple[str, dict[str, Any] | None] | None:
+        """Why the runtime is not alive, with details for /health; None while it is."""
+        if self.watchdog.stall is not None:
+            return "the judge engine stalled", self.watchdog.stall.details
+        if self.load_overdue:
+            return "the model did not load within its deadline", {"load_timeout_s": self.settings.load_timeout_s}
+        if self.failed or (self.engine is not None and not self.engine.healthy):
+            return "the judge is dead", None
+        if self.queue is not None and not self.queue.running:
+            return "the judge is dead", None
+        return None
+
+    @property
+    def alive(self) -> bool:
+        return self.problem is None
+
+    @property
+    def accepting(self) -> bool:
+        return self.ready and not self.draining and self.alive
+
+    def require_ready(self) -> tuple[Prompts, Limits]:
+        if not self.accepting or self.prompts is None or self.limits is None:
+            raise JudgeError(ErrorKind.UNAVAILABLE, "the judge is not ready")
+        return self.prompts, self.limits
+
+    async def run(
+        self, tasks: Sequence[ScoringTask], deadline: float, disconnected: Callable[[], Awaitable[None]] | None
+    ) -> list[LabelScores]:
+        """Score ``tasks`` through the queue: admission, batching, deadline, disconnect."""
+        if self.queue is None or self.limits is None or not self.accepting:
+            raise JudgeError(ErrorKind.UNAVAILABLE, "the judge is not ready")
+        self.limits.check_memory(tasks)
+        return await self.queue.run(tasks, deadline, disconnected)
+
+    def begin_drain(self) -> None:
+        """Stop admitting new requests (503); admitted work still completes. Starts the
+        shutdown grace budget."""
+        if self._drain_deadline is None:
+            self._drain_deadline = time.monotonic() + self.settings.shutdown_grace_s
+        self.draining = True
+        self.metrics.ready.set(0)
+
+    def grace_left(self) -> float:
+        """Seconds left of the shutdown grace budget (all of it before draining began)."""
+        if self._drain_deadline is None:
+            return self.settings.shutdown_grace_s
+        return max(0.0, self._drain_deadline - time.monotonic())
+
+    async def shutdown(self) -> None:
+        self.begin_drain()
+        if self._watching is not None:
+            self._watching.cancel()
+        if self.queue is not None:
+            await self.queue.close(self.grace_left())
+        await self._close(self.engine)
+
+    async def _close(self, engine: Engine | None) -> None:
+        if engine is None:
+            return
+        try:
+            await engine.close()
+        except Exception:
+            logger.exception("closing the engine failed")
+        if engine is self.engine:
+            self.engine = None
