@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import figures  # noqa: E402
 from bench.overhead import load_items  # noqa: E402
-from service.intervals import fmt  # noqa: E402
+from service.offline.intervals import fmt  # noqa: E402
 from tests.conftest import process_server  # noqa: E402
 from tests.test_hostile import CORPUS  # noqa: E402
 from tests.test_memory_process import hostile_labels, peak_mb, pod_memory_limit_mb, words  # noqa: E402
@@ -127,7 +127,9 @@ async def load(url: str, items: list[dict], seconds: float, clients: int, hostil
     return tally
 
 
-def latencies(row: dict) -> str:
+def latencies(row: dict | None) -> str:
+    if row is None:
+        return "none"
     tail = figures.tail_key(row)
     return (
         f"{row['requests']} requests, p50 {fmt(row['p50_ms'], row['p50_ms_ci'], 0)} ms, "
@@ -166,8 +168,8 @@ def main() -> None:
         "5xx": five,
         "hangs": {kind: counts["hang"] for kind, counts in tally.statuses.items()},
         "hostile_wrong_status": dict(tally.hostile_wrong),
-        "good_all": figures.latency(tally.good_latencies),
-        "good_answered": figures.latency(tally.good_answered),
+        "good_all": figures.latency(tally.good_latencies) if tally.good_latencies else None,
+        "good_answered": figures.latency(tally.good_answered) if tally.good_answered else None,
         "good_answered_per_s": round(len(tally.good_answered) / wall, 2),
         "health_after": up,
         "peak_rss_mib": round(peak),

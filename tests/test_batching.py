@@ -351,10 +351,31 @@ def test_admission_refuses_what_cannot_meet_its_deadline(engine: TransformersEng
         queue.start()
         await ahead.wait(later())
         await fits.wait(later())
-        # Nothing ahead: a request always gets its chance, whatever the prediction.
+        # Nothing ahead: a request gets its chance when the prediction is near its deadline.
         assert len(await queue.run([task(60)], time.monotonic() + 5)) == 1
         assert queue.throughput.tokens_per_s is not None and queue.throughput.tokens_per_s != 100
         await queue.close(1)
+
+    asyncio.run(run())
+
+
+def test_a_request_that_alone_misses_its_deadline_by_far_is_refused(engine: TransformersEngine) -> None:
+    async def run() -> None:
+        queue = make_queue(engine, Metrics())
+        # Measured: one batch of 100 prompt tokens in 1 s; nothing is admitted.
+        queue.throughput.batch_started(0.0)
+        queue.throughput.batch_finished(100, 0.0, 1.0)
+        # 2,000 tokens alone: 25 s with the safety margin, plus one batch latency (1 s).
+        with pytest.raises(JudgeError) as refused:
+            queue.submit([task(2000)], time.monotonic() + 5)
+        assert refused.value.kind is ErrorKind.OVERLOADED
+        assert refused.value.details["predicted_s"] == pytest.approx(26.0)
+        # Alone and near its deadline (2.25 s predicted, 1.5 s given): it gets its chance.
+        admitted = queue.submit([task(100)], time.monotonic() + 1.5)
+        assert queue.depth == 1
+        await queue.close(0)
+        with pytest.raises(JudgeError):
+            await admitted.wait(later())
 
     asyncio.run(run())
 

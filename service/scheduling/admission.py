@@ -27,6 +27,11 @@ LATENCY_SAMPLES = 16
 # form by length within the oldest items, so a request may wait a little longer than the
 # work ahead of it alone would take.
 ADMISSION_SAFETY = 1.25
+# With nothing ahead of it, a request gets its chance unless it alone is predicted to miss
+# its deadline by far (both factors): admitted, it would hold the engine past its deadline
+# for everyone else (a transformers pass cannot be interrupted), with no chance to finish.
+LONE_MISS_FACTOR = 2.0
+LONE_MISS_S = 5.0
 
 
 class Throughput:
@@ -130,10 +135,12 @@ def overloaded(
     its lane, a request always gets its chance. ``max_retry_after_s``: the longest wait
     a Retry-After may ask for."""
     predicted = throughput.completion_s(work + tokens, ADMISSION_SAFETY)
-    if predicted is None or work == 0:
+    if predicted is None:
         return None
     budget = deadline - time.monotonic()
     if predicted <= budget:
+        return None
+    if work == 0 and (predicted < LONE_MISS_FACTOR * budget or predicted - budget < LONE_MISS_S):
         return None
     # Work drains at the measured rate, so the request would fit after this long (capped).
     wait = min(predicted - budget, max_retry_after_s or predicted)
