@@ -127,8 +127,10 @@ def schema_type(schema: dict[str, Any]) -> str:
     return "null" if kind == "null" else str(kind)
 
 
-LIMITS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "minLength", "maxLength")
-LIMITS += ("minItems", "maxItems", "minProperties", "maxProperties", "default")
+LIMITS = (
+    *("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "minLength", "maxLength"),
+    *("minItems", "maxItems", "minProperties", "maxProperties", "default"),
+)
 
 
 def schema_limits(schema: dict[str, Any]) -> str:

@@ -60,7 +60,7 @@ def test_docs_curl_examples_work(client) -> None:
             # Needs a probe file: tests/serving/test_readouts.py runs it on a server with one.
             continue
         response = client.post(path, json=body)
-        assert response.status_code == 200, response.text
+        assert response.status_code == 200, (path, body, response.text)
         answer = response.json()
         assert len(answer.get("results", answer.get("ranking", []))) == entries(body)
 
@@ -169,7 +169,7 @@ def test_settings_page_lists_every_setting(site: Path) -> None:
     rows = {row[0]: row for row in table_rows(site / "operating" / "settings" / "index.html") if row}
     assert set(rows) == {f"JUDGE_{name.upper()}" for name in Settings.model_fields}
     for name, field in Settings.model_fields.items():
-        variable, flag, default, meaning = rows[f"JUDGE_{name.upper()}"]
+        _, flag, default, meaning = rows[f"JUDGE_{name.upper()}"]
         assert flag == "--" + name.replace("_", "-"), name
         assert shown_default(field) in default, (name, default)
         assert " ".join((field.description or "").split()) == meaning, name
