@@ -38,6 +38,13 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "make test" in [line.strip() for line in ci]
 
 
+def test_readme_links_reach_files() -> None:
+    """The README is not part of the site, so its links into docs/ are checked here."""
+    links = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", README)
+    missing = [link for link in links if not (ROOT / link).is_file()]
+    assert links and not missing, missing
+
+
 def curl_calls() -> list[tuple[str, dict]]:
     """Every curl example of the README and the docs pages: (path, body)."""
     return [
