@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-fast lint install browser docker-engine wheelhouse bench gpu-wheels
+.PHONY: serve test test-fast lint install browser docker-engine wheelhouse bench gpu-wheels docs
 
 $(STAMP): pyproject.toml client/pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(CHECKED)
 	$(BIN)/ruff format --check $(CHECKED)
 	$(BIN)/mypy service client/judge_client
+
+# The docs site (docs/, mkdocs.yml) built offline, with search, into site/ (ignored by git).
+# --strict: a warning (a broken link, a page missing from the nav) fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # The browser tests drive Debian's Chromium and its chromedriver. Install them where we can
 # (root on Debian, as on CI); elsewhere those tests skip and say why (under CI they fail).
@@ -86,7 +91,7 @@ $(WHEELHOUSE)/.complete: pyproject.toml client/pyproject.toml Makefile
 
 wheelhouse: $(WHEELHOUSE)/.complete
 
-# Every benchmark, each with its README arguments: regenerates bench/results (hours on a
+# Every benchmark, each with the arguments its docs page gives: regenerates bench/results (hours on a
 # CPU; run it on an otherwise idle machine). Runs that need vLLM skip without it.
 bench: $(STAMP)
 	$(BIN)/python bench/all.py

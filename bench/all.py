@@ -1,4 +1,4 @@
-"""Every benchmark in sequence, each with the arguments its README row gives: regenerates
+"""Every benchmark in sequence, each with the arguments its row on the docs' benchmarks page gives: regenerates
 every report and chart under bench/results in one run (hours on a CPU: run it on an
 otherwise idle machine, nothing else measuring).
 

@@ -3,7 +3,7 @@ response bases, and the critique spec that score and compare requests both take.
 
 Structural rules live in the wire models, so the OpenAPI schema states them: a client
 generated from ``/openapi.json`` cannot build a request these models refuse, apart from the
-rules JSON Schema cannot express (named in the README). Limits that depend on the deployment
+rules JSON Schema cannot express (named in the docs' API pages). Limits that depend on the deployment
 (items per request, prompt length in tokens, what the loaded tokenizer makes of a label) are
 checked by the server.
 """
