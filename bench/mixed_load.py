@@ -23,6 +23,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -68,21 +69,33 @@ class Tally:
         self.hostile_wrong: Counter[str] = Counter()
 
 
+async def send(http: httpx.AsyncClient, path: str, body: Any, kind: str, counts: Counter[str]) -> httpx.Response | None:
+    """POST ``body`` (a JSON value, or bytes of content type ``kind``), counting its status,
+    a hang or a connection error in ``counts``; None when there was no answer."""
+    try:
+        if kind == "json":
+            response = await http.post(path, json=body)
+        else:
+            response = await http.post(path, content=body, headers={"Content-Type": kind})
+    except httpx.TimeoutException:
+        counts["hang"] += 1
+        return None
+    except httpx.TransportError:
+        counts["connection error"] += 1
+        return None
+    counts[str(response.status_code)] += 1
+    return response
+
+
 async def good_client(http: httpx.AsyncClient, items: list[dict], stop: float, tally: Tally, seed: int) -> None:
     rng = random.Random(seed)
     while time.monotonic() < stop:
         body = {"items": [rng.choice(items)], "timeout_s": DEADLINE_S}
         started = time.monotonic()
-        try:
-            response = await http.post("/v1/score", json=body)
-        except httpx.TimeoutException:
-            tally.statuses["good"]["hang"] += 1
-            continue
-        except httpx.TransportError:
-            tally.statuses["good"]["connection error"] += 1
+        response = await send(http, "/v1/score", body, "json", tally.statuses["good"])
+        if response is None:
             continue
         latency = time.monotonic() - started
-        tally.statuses["good"][str(response.status_code)] += 1
         tally.good_latencies.append(latency)
         if response.status_code == 200:
             tally.good_answered.append(latency)
@@ -100,19 +113,8 @@ async def hostile_client(http: httpx.AsyncClient, stop: float, tally: Tally, off
     while time.monotonic() < stop:
         name, path, body, kind, allowed = corpus[n % len(corpus)]
         n += 1
-        try:
-            if kind == "json":
-                response = await http.post(path, json=body)
-            else:
-                response = await http.post(path, content=body, headers={"Content-Type": kind})
-        except httpx.TimeoutException:
-            tally.statuses["hostile"]["hang"] += 1
-            continue
-        except httpx.TransportError:
-            tally.statuses["hostile"]["connection error"] += 1
-            continue
-        tally.statuses["hostile"][str(response.status_code)] += 1
-        if response.status_code not in allowed:
+        response = await send(http, path, body, kind, tally.statuses["hostile"])
+        if response is not None and response.status_code not in allowed:
             tally.hostile_wrong[f"{name}: {response.status_code}"] += 1
 
 
