@@ -56,8 +56,10 @@ class Settings(BaseSettings):
         None,
         ge=1,
         description=(
-            "Token budget of one engine batch, padding included; a prefix the whole batch shares counts once. "
-            "Default: 2048 on CPU (larger padded batches are slower there), 16384 on GPU."
+            "Token budget of one transformers batch: the tokens its passes run, padding included (with the "
+            "prefix cache, prefixes already kept cost nothing and a new shared prefix counts once; without "
+            "it, a prefix the whole batch shares counts once). Default: 2048 on CPU (padded batches beyond "
+            "~2k tokens run slower per item there), 16384 on GPU."
         ),
     )
     max_batch_size: int = Field(32, ge=1, description="Most items in one engine batch.")
@@ -83,10 +85,14 @@ class Settings(BaseSettings):
         None,
         ge=1,
         description=(
-            "Transformers engine: memory one batch's forward passes may hold, in MiB (every row's KV cache over "
-            "the batch's width, label-trie nodes and activations included); batches are formed within it, and a "
-            "prompt that alone needs more gets 422. Default: 90% of memory_limit_mb, less what the loaded model "
-            "holds and less prefix_cache_mb."
+            "Transformers engine: memory one batch's forward passes may hold, in MiB. A batch is planned "
+            "with every row's KV cache over the batch's full width (layers x 2 x kv heads x head dim x "
+            "dtype bytes per token, from the model's config; a prefix the rows share is repeated in each), "
+            "the computed tokens' activations, its rows through the LM head, and for labels of several "
+            "tokens the label-trie node rows, each on a copy of its prompt's cache row (run in as many "
+            "passes as the budget needs). Batches are formed within it; a prompt that alone needs more gets"
+            " 422 before any work. Default: 90% of memory_limit_mb, less what the loaded model holds and "
+            "less prefix_cache_mb (in the CPU pod, 4 GiB: 855 MiB for the default judge)."
         ),
     )
     max_wait_ms: float | None = Field(
@@ -118,16 +124,18 @@ class Settings(BaseSettings):
         600.0,
         gt=0,
         description=(
-            "Load deadline: /health answers 200 while the model loads for at most this long, then 503, "
-            "so a load that hangs is restarted."
+            "Load deadline: while the model loads (and warms up), /health answers 200 for at most this "
+            "long, then 503 and the process exits with status 1, so a hung load is restarted. The manifests"
+            " set it below their startup probe's allowance."
         ),
     )
     stall_multiple: float = Field(
         10.0,
         ge=1,
         description=(
-            "Watchdog: the engine is stalled, /health turns 503 and waiting requests get 503, when a lane makes "
-            "no progress for this many times its predicted time plus stall_floor_s."
+            "Watchdog: a lane (plain scores, critiques) that makes no progress for this many times its "
+            "predicted time plus stall_floor_s marks the engine stalled: /health turns 503, every waiting "
+            "request gets 503, and the process exits with status 1."
         ),
     )
     stall_floor_s: float = Field(
@@ -196,8 +204,12 @@ class Settings(BaseSettings):
     cpu_packed_linear: bool = Field(
         True,
         description=(
-            "Transformers engine on CPU: run the decoder's linear layers on weights reordered once for oneDNN's "
-            "matmul kernels (each layer proven equal to torch's own at load). false keeps torch's path."
+            "Transformers engine on CPU: run the decoder's linear layers on weights reordered once for "
+            "oneDNN's matmul kernels (what torch.compile's CPU backend and vLLM's CPU layers do), each "
+            "layer proven equal to torch's own at load; float32 throughout, only the order of the sums "
+            "differs (about 1e-6 relative). It keeps the plain weights too (some families read them), which"
+            " costs the decoder's linear weights once more (0.4 GiB for the default judge). false keeps "
+            "torch's path."
         ),
     )
     gpu_memory_utilization: float = Field(
@@ -229,15 +241,22 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description=(
-            "vLLM on CPU: cores kept from the model's threads for vLLM's scheduler and front end "
-            "(VLLM_CPU_NUM_OF_RESERVED_CPU). vLLM's own default keeps one; on a host of few cores "
-            "that is a large share of the model's compute."
+            "vLLM on CPU: cores kept from the model's threads for vLLM's scheduler and front end (passed as"
+            " VLLM_CPU_NUM_OF_RESERVED_CPU). vLLM's own default keeps one core per worker; on 2 cores that "
+            "halves the model's threads, and 0 runs the model about 1.9x faster there. On a host with many "
+            "cores, 1 costs little."
         ),
     )
     api_keys: str | None = Field(
         None, description="Comma-separated bearer API keys. Auth is off only when no keys are configured."
     )
-    api_keys_file: Path | None = Field(None, description="File with one API key per line (a mounted Secret).")
+    api_keys_file: Path | None = Field(
+        None,
+        description=(
+            "File with one API key per line (# comments allowed, indented or not), e.g. a mounted Secret. Set "
+            "but unreadable or without a key: startup stops (exit status 1)."
+        ),
+    )
     metrics_auth: bool = Field(False, description="Require an API key on /metrics too.")
     playground: bool = Field(
         True,
