@@ -2,9 +2,11 @@
 
 from judge_client.client import AsyncJudgeClient, JudgeClient, JudgeError
 from judge_client.protocol import (
+    Batch,
     CompareRequest,
     CompareResponse,
     CritiqueSpec,
+    FileObject,
     ItemScore,
     OrderCritique,
     PairVerdict,
@@ -21,9 +23,11 @@ from judge_client.protocol import (
 
 __all__ = [
     "AsyncJudgeClient",
+    "Batch",
     "CompareRequest",
     "CompareResponse",
     "CritiqueSpec",
+    "FileObject",
     "ItemScore",
     "JudgeClient",
     "JudgeError",

@@ -13,13 +13,22 @@ import itertools
 import math
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import BaseModel
 
-from judge_client.protocol import CompareRequest, CompareResponse, RankRequest, RankResponse, ScoreResponse
+from judge_client.protocol import (
+    Batch,
+    CompareRequest,
+    CompareResponse,
+    FileObject,
+    RankRequest,
+    RankResponse,
+    ScoreResponse,
+)
 
 RETRY_STATUSES = {429, 503}
 # The longest a client sleeps before one retry, whatever Retry-After or the backoff says.
@@ -160,16 +169,22 @@ class JudgeClient(_Base):
         self._http.close()
 
     def _send(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+        return self._result(self._call(method, path, json=payload))
+
+    def _call(self, method: str, path: str, idempotent: bool = True, **content: Any) -> httpx.Response:
+        """The answer to one request after retries. A request that creates something
+        (``idempotent=False``) is sent again only after a 429 or 503, which created nothing."""
         for attempt in itertools.count():
             try:
-                response = self._http.request(method, path, json=payload)
+                response = self._http.request(method, path, **content)
             except httpx.TransportError:
-                if (delay := self._retry_delay(attempt, None)) is None:
+                if not idempotent or (delay := self._retry_delay(attempt, None)) is None:
                     raise
             else:
                 if (delay := self._retry_delay(attempt, response)) is None:
-                    return self._result(response)
+                    return response
             time.sleep(delay)
+        raise AssertionError("unreachable")
 
     def max_items(self) -> int:
         if self._max_items is None:
@@ -203,6 +218,59 @@ class JudgeClient(_Base):
         return RankResponse.model_validate(
             self._send("POST", "/v1/rank", _rank_payload(candidates, instruction, options))
         )
+
+    def upload_batch_file(self, path: str | Path) -> FileObject:
+        """Upload a JSONL file of requests (``{"custom_id", "method", "url", "body"}`` a line)."""
+        with Path(path).open("rb") as file:
+            files = {"file": (Path(path).name, file, "application/jsonl")}
+            response = self._call("POST", "/v1/files", False, files=files, data={"purpose": "batch"})
+        return FileObject.model_validate(self._result(response))
+
+    def create_batch(
+        self,
+        input_file_id: str,
+        endpoint: str = "/v1/score",
+        completion_window: str = "24h",
+        metadata: Mapping[str, str] | None = None,
+    ) -> Batch:
+        body: dict[str, Any] = {
+            "input_file_id": input_file_id,
+            "endpoint": endpoint,
+            "completion_window": completion_window,
+        }
+        if metadata is not None:
+            body["metadata"] = dict(metadata)
+        return Batch.model_validate(self._result(self._call("POST", "/v1/batches", False, json=body)))
+
+    def batch(self, batch_id: str) -> Batch:
+        return Batch.model_validate(self._send("GET", f"/v1/batches/{batch_id}"))
+
+    def cancel_batch(self, batch_id: str) -> Batch:
+        return Batch.model_validate(self._send("POST", f"/v1/batches/{batch_id}/cancel"))
+
+    def list_batches(self, limit: int = 20, after: str | None = None) -> list[Batch]:
+        """This key's batches, newest first, ``limit`` at a time after the batch ``after``."""
+        params: dict[str, Any] = {"limit": limit} | ({"after": after} if after else {})
+        page = self._result(self._call("GET", "/v1/batches", params=params))
+        return [Batch.model_validate(entry) for entry in page["data"]]
+
+    def file_content(self, file_id: str) -> bytes:
+        """A file's bytes: an uploaded input, or a batch's output or error file (JSONL)."""
+        response = self._call("GET", f"/v1/files/{file_id}/content")
+        if response.status_code != 200:
+            self._result(response)
+        return response.content
+
+    def wait_batch(self, batch_id: str, poll_s: float = 2.0, progress: Callable[[Batch], None] | None = None) -> Batch:
+        """Poll until the batch ends (completed, failed, expired or cancelled); ``progress``
+        sees every poll's answer."""
+        while True:
+            batch = self.batch(batch_id)
+            if progress is not None:
+                progress(batch)
+            if batch.done:
+                return batch
+            time.sleep(poll_s)
 
 
 class AsyncJudgeClient(_Base):

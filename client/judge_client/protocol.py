@@ -2,12 +2,13 @@
 
 One import for all of them; each lives in the module named after what it holds:
 ``fields`` (limits, field types, the critique spec), ``score_requests`` and
-``score_results`` (/v1/score), ``compare`` (/v1/compare), ``rank`` (/v1/rank) and
-``status`` (readiness, health, errors).
+``score_results`` (/v1/score), ``compare`` (/v1/compare), ``rank`` (/v1/rank),
+``batches`` (/v1/files and /v1/batches) and ``status`` (readiness, health, errors).
 """
 
 from __future__ import annotations
 
+from judge_client.batches import FINAL_STATUSES, Batch, BatchRequestCounts, BatchStatus, FileObject
 from judge_client.compare import (
     ComparePair,
     CompareRequest,
@@ -62,6 +63,7 @@ from judge_client.status import ErrorDetail, ErrorResponse, HealthResponse, Read
 __all__ = [
     "CHAT_TEMPLATE_KWARGS_DESCRIPTION",
     "DEFAULT_LABELS",
+    "FINAL_STATUSES",
     "MAX_CRITERIA",
     "MAX_HIDDEN_LAYERS",
     "MAX_LABELS",
@@ -74,6 +76,9 @@ __all__ = [
     "MIN_TIMEOUT_S",
     "MT_BENCH_LABELS",
     "SCORE_REQUEST",
+    "Batch",
+    "BatchRequestCounts",
+    "BatchStatus",
     "CalibratedScore",
     "ChatTemplateKwargs",
     "ChatValue",
@@ -86,6 +91,7 @@ __all__ = [
     "CritiqueSpec",
     "ErrorDetail",
     "ErrorResponse",
+    "FileObject",
     "FiniteFloat",
     "HealthResponse",
     "Integer",

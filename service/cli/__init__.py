@@ -1,6 +1,6 @@
 """Command line: ``judge-service serve`` (also ``python -m service``) and the commands
-that score files, fit LAGER weights, calibrations and probes, and evaluate against human
-scores."""
+that score files (in-process or through a service, or as a server-side batch job), fit
+LAGER weights, calibrations and probes, and evaluate against human scores."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from service.cli import calibration, evaluate, layers, probe, score_file, serve
+from service.cli import batch, calibration, evaluate, layers, probe, score_file, serve
 from service.cli.judge import JudgeFailed
 from service.observability.logs import configure_logging
 
@@ -22,6 +22,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     calibration.register(commands)
     probe.register(commands)
     score_file.register(commands)
+    batch.register(commands)
     words = list(sys.argv[1:] if argv is None else argv)
     if not words or (words[0].startswith("-") and words[0] not in ("-h", "--help")):
         words.insert(0, "serve")

@@ -11,7 +11,7 @@ from types import ModuleType
 import judge_client.protocol as protocol
 import pytest
 
-WIRE_MODULES = ("fields", "score_requests", "score_results", "compare", "rank", "status")
+WIRE_MODULES = ("fields", "score_requests", "score_results", "compare", "rank", "batches", "status")
 
 
 def _defined_public_names(module: ModuleType) -> set[str]:

@@ -4,14 +4,17 @@ upload, create, poll, download, cancel, and the output equal to the synchronous 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+from judge_client import JudgeClient
 
-from tests.conftest import RunningServer, metric_sum, start_server, tolerance
+from tests.conftest import ROOT, RunningServer, metric_sum, start_server, tolerance
 from tests.jobs.helpers import assert_close, client_for, jsonl, lines_of, score_line, submit, wait_for
 
 QUESTIONS = [
@@ -216,3 +219,42 @@ def test_expiry_ends_the_batch_at_its_window(jobs_server: RunningServer) -> None
     errors = _each_line_once(client, done, ids)
     assert done.request_counts is not None and done.request_counts.completed < 60
     assert {e["error"]["code"] for e in errors if e["response"] is None} == {"batch_expired"}
+
+
+def batch_cli(url: str, *words: str, key: str = "key-a") -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "service", "batch", *words, "--url", url, "--api-key", key]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+def test_the_command_line_and_the_typed_client_run_a_batch(jobs_server: RunningServer, tmp_path: Path) -> None:
+    lines = [score_line(f"c{k}", q, a) for k, (q, a) in enumerate(QUESTIONS[:3])]
+    lines.append({"custom_id": "bad", "method": "POST", "url": "/v1/score", "body": {"items": []}})
+    source, out, errors = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
+    source.write_bytes(jsonl(lines))
+    done = batch_cli(jobs_server.url, "submit", str(source), "--wait", "-o", str(out), "--errors", str(errors))
+    assert done.returncode == 0, done.stderr
+    batch = json.loads(done.stdout)
+    assert batch["status"] == "completed" and batch["request_counts"] == {"total": 4, "completed": 3, "failed": 1}
+    assert f"{batch['id']} completed: 4/4 done, 1 failed" in done.stderr  # the progress line
+    output = [json.loads(row) for row in out.read_text().splitlines()]
+    (refused,) = [json.loads(row) for row in errors.read_text().splitlines()]
+    assert refused["custom_id"] == "bad" and refused["response"]["status_code"] == 422
+    with jobs_server.client(headers={"Authorization": "Bearer key-a"}) as http:
+        for line, row in zip(lines, output, strict=False):
+            assert row["custom_id"] == line["custom_id"]
+            want = http.post("/v1/score", json=line["body"]).json()
+            assert_close(row["response"]["body"], want, tolerance(jobs_server))
+    # The typed client sees the same batch and files; status, list and download agree.
+    with JudgeClient(jobs_server.url, api_key="key-a") as judge:
+        typed = judge.batch(batch["id"])
+        assert typed.done and typed.output_file_id == batch["output_file_id"]
+        assert judge.file_content(typed.output_file_id) == out.read_bytes()
+        assert batch["id"] in [entry.id for entry in judge.list_batches(100)]
+    status = batch_cli(jobs_server.url, "status", batch["id"])
+    assert json.loads(status.stdout)["output_file_id"] == batch["output_file_id"]
+    again = tmp_path / "again.jsonl"
+    assert batch_cli(jobs_server.url, "download", batch["id"], "-o", str(again)).returncode == 0
+    assert again.read_bytes() == out.read_bytes()
+    # Another key's batch is not found, said in one line, with no stack trace.
+    other = batch_cli(jobs_server.url, "status", batch["id"], key="key-b")
+    assert other.returncode != 0 and "404" in other.stderr and "Traceback" not in other.stderr
