@@ -12,7 +12,8 @@ passes of 500+ tokens and up to 1.9x on short ones (``bench/engines.py``, the
 holding the reordered weight beside the plain one (some families read a layer's ``weight``
 in their own code; the copy costs the decoder's linear weights once more, 0.4 GiB for the
 default judge). Each layer is proven at load: its packed output on random inputs must equal
-``F.linear`` on its own weight within float rounding, else the layer keeps torch's path.
+``F.linear`` on its own weight within float rounding, else the layer keeps torch's path (as it
+does where oneDNN has no kernel for its dtype on this CPU).
 The arithmetic stays float32 (oneDNN's strict math mode); only the order of the sums
 differs, about 1e-6 relative.
 """
@@ -97,12 +98,21 @@ def pack_linears(model: Any, root: Any) -> int:
                 continue
             if owners.get(id(child.weight), 0) > 1:
                 continue
-            packed = PackedLinear(child)
-            if not _proven(child, packed):
+            try:
+                packed = PackedLinear(child)
+                proven = _proven(child, packed)
+            except RuntimeError:
+                # oneDNN has no kernel for this dtype on this CPU (bfloat16 needs AVX-512 or
+                # AVX-NE-CONVERT): the layer keeps torch's path, as an unproven one does.
+                proven = False
+            if not proven:
                 refused += 1
                 continue
             setattr(parent, name, packed)
             replaced += 1
     if refused:
-        logger.warning("%d linear layers kept torch's path: oneDNN's packed output differed from it", refused)
+        logger.warning(
+            "%d linear layers kept torch's path: oneDNN could not pack them on this CPU or its output differed",
+            refused,
+        )
     return replaced
