@@ -63,6 +63,21 @@ def test_shared_weights_stay_plain() -> None:
     assert type(decoder[1]) is torch.nn.Linear and decoder[1].weight is tied.weight
 
 
+def test_bfloat16_layers_pack_where_the_cpu_can_and_stay_plain_where_it_cannot() -> None:
+    """bfloat16 packing needs AVX-512 or AVX-NE-CONVERT: either way the load goes on, and
+    every layer, packed or plain, gives F.linear's output within bfloat16 rounding."""
+    torch.manual_seed(0)
+    decoder = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 32)).to(torch.bfloat16)
+    plain = copy.deepcopy(decoder)
+    model = torch.nn.ModuleDict({"decoder": decoder})
+    packed = packed_linear.pack_linears(model, decoder)
+    assert packed in (0, 2)
+    x = torch.randn(5, 64).to(torch.bfloat16)
+    with torch.inference_mode():
+        got, want = decoder(x).float(), plain(x).float()
+    assert float((got - want).abs().max()) <= 2e-2 * max(float(want.abs().max()), 1.0)
+
+
 def test_engine_serves_the_same_scores_packed_or_not(model_dir: Path) -> None:
     prompts = [tuple(range(5, 5 + n)) for n in (9, 33, 17)]
     tasks = [ScoringTask(p, (10, 11, 12, 13, 14)) for p in prompts]
