@@ -221,9 +221,9 @@ class JudgeClient(_Base):
 
     def upload_batch_file(self, path: str | Path) -> FileObject:
         """Upload a JSONL file of requests (``{"custom_id", "method", "url", "body"}`` a line)."""
-        with Path(path).open("rb") as file:
-            files = {"file": (Path(path).name, file, "application/jsonl")}
-            response = self._call("POST", "/v1/files", False, files=files, data={"purpose": "batch"})
+        # The bytes, not an open file: a retry after a 429 or 503 sends them again whole.
+        files = {"file": (Path(path).name, Path(path).read_bytes(), "application/jsonl")}
+        response = self._call("POST", "/v1/files", False, files=files, data={"purpose": "batch"})
         return FileObject.model_validate(self._result(response))
 
     def create_batch(
