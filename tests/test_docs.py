@@ -204,9 +204,7 @@ def python_blocks(page: str) -> list[str]:
 def run_snippet(code: str, server: Any, cwd: Path) -> str:
     """Run a docs snippet against the test server, as a user would paste it; its output."""
     code = code.replace("http://127.0.0.1:8000", server.url)
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=600, env={**os.environ}
-    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
