@@ -62,7 +62,7 @@ docker-engine:
 	elif ! docker info >/dev/null 2>&1; then \
 		echo "no Docker engine here and none startable (needs root on Debian)"; fi
 
-test: lint browser
+test: lint browser docker-engine
 	$(BIN)/python -m pytest
 
 # The fast unit tests only: no real servers (about a minute).

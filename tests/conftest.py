@@ -29,13 +29,33 @@ from service.config import Settings
 from service.engines.model_store import embedded_gguf_path
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test on a real server (the session's, or a module's ``*_server`` fixture) is
-    slow, whether or not its module says so."""
+    slow, whether or not its module says so. The image tests go last: their build runs
+    beside the rest of the suite."""
     for item in items:
         names = getattr(item, "fixturenames", ())
         if any(name == "server" or name.endswith(("_server", "_process")) for name in names):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("image") is not None)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the image build in the background when image tests are selected and it can run."""
+    from tests import image as image_build
+
+    if any(item.get_closest_marker("image") for item in session.items) and image_build.unavailable() is None:
+        session.config.stash[image_build.BUILD] = image_build.start_in_background()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A build the session started does not outlive it."""
+    from tests import image as image_build
+
+    build = session.config.stash.get(image_build.BUILD, None)
+    if build is not None and build.poll() is None:
+        build.kill()
 
 
 def tiny_llama(path: Path, vocab: int = 64, head_scale: float = 1.0) -> Path:

@@ -106,6 +106,12 @@ def convert_gguf(gguf: Path, cache_dir: Path, name: str) -> Path:
         config = json.loads((work / "config.json").read_text())
         config.pop("quantization_config", None)
         (work / "config.json").write_text(json.dumps(config, indent=2))
+        # mkdtemp's directory is private (0700), and so are some files the savers write; the
+        # cache is shared, e.g. converted by root at image build time and read by the
+        # service's own user.
+        for path in work.iterdir():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        work.chmod(0o755)
         try:
             work.rename(target)
         except OSError:
