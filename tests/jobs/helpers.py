@@ -12,6 +12,15 @@ from openai.types import Batch
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
+# Questions with right and wrong answers, scored in batches and synchronously alike.
+QUESTIONS = [
+    ("What is the capital of France?", "Paris."),
+    ("What is 2+2?", "It is 5."),
+    ("Name a primary colour.", "Blue is one of them."),
+    ("Who wrote Hamlet?", "Shakespeare wrote it in about 1600."),
+    ("What is the boiling point of water at sea level?", "100 degrees Celsius."),
+]
+
 
 def jsonl(lines: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(line) + "\n" for line in lines).encode()
