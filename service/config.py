@@ -274,7 +274,7 @@ class Settings(BaseSettings):
         description=(
             "PostgreSQL URL (postgresql://user:password@host:5432/db) of the job store that several replicas share, "
             "files' bytes included; unset, each replica keeps its own SQLite file under JUDGE_DATA_DIR. A secret: "
-            "never logged; set but unreachable at startup, startup stops (exit status 1)."
+            "never logged; set but unreachable at startup, startup stops (exit status 3)."
         ),
     )
     jobs_retention_hours: float = Field(
