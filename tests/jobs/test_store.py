@@ -236,6 +236,47 @@ def test_a_connection_lost_while_idle_is_reopened(postgres: PostgresServer) -> N
         store.close()
 
 
+def test_a_connection_lost_inside_a_transaction_answers_unavailable_then_reconnects(
+    postgres: PostgresServer,
+) -> None:
+    url = postgres.database()
+    store = PostgresStore(url)
+    try:
+        batch_id = add_batch(store, lines=2, chunk_items=2)
+        failed: list[BaseException] = []
+
+        def record() -> None:
+            try:
+                store.record(batch_id, 0, 200, {"ok": True})
+            except BaseException as exc:
+                failed.append(exc)
+
+        with psycopg.connect(url, autocommit=True) as admin:
+            with admin.transaction():
+                # Hold the batch's row, so the store's record() waits inside its transaction.
+                admin.execute("SELECT 1 FROM job_batches WHERE id = %s FOR UPDATE", (batch_id,))
+                thread = threading.Thread(target=record, daemon=True)
+                thread.start()
+                waiting = (
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = 'judge-service' "
+                    "AND datname = current_database() AND wait_event_type = 'Lock'"
+                )
+                deadline = time.monotonic() + 30
+                while not (pids := admin.execute(waiting).fetchall()):
+                    assert time.monotonic() < deadline, "record() never waited for the row"
+                    time.sleep(0.02)
+                admin.execute("SELECT pg_terminate_backend(%s)", pids[0])
+                thread.join(timeout=30)
+        assert len(failed) == 1 and isinstance(failed[0], JudgeError)
+        assert failed[0].kind is ErrorKind.UNAVAILABLE and PASSWORD not in failed[0].message
+        # Nothing of the lost transaction was written, and the next call reconnects.
+        assert store.record(batch_id, 0, 200, {"ok": True})
+        batch = store.get_batch(batch_id, "owner")
+        assert batch is not None and batch.completed == 1
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("where", ["closed port", "wrong password"])
 def test_an_unreachable_database_fails_clearly_without_the_secret(postgres: PostgresServer, where: str) -> None:
     wrong = "wrong-" + PASSWORD
