@@ -57,9 +57,6 @@ def serve(args: argparse.Namespace) -> None:
     runtime = app.state.runtime
     server = DrainingServer(config, runtime)
     server.run()
-    if not server.started:
-        # The app's startup failed, e.g. an unreachable job database; uvicorn logged why.
-        sys.exit("judge-service serve: startup failed (the log above says why)")
     code = runtime.exit_code or (1 if runtime.failed else 0)
     if code:
         sys.exit(code)
