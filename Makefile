@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-fast lint install browser docker-engine wheelhouse bench gpu-wheels docs
+.PHONY: serve test test-fast lint install browser postgres docker-engine wheelhouse bench gpu-wheels docs
 
 $(STAMP): pyproject.toml client/pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,6 +48,16 @@ browser:
 			chromium chromium-driver; \
 	else echo "chromium and chromedriver not installed and not installable here: the browser tests will skip"; fi
 
+# The job store's tests run a real PostgreSQL from Debian's binaries (a throwaway cluster
+# per session; no service is started here). Install them where we can (root on Debian, as
+# on CI); elsewhere those tests skip and say why (under CI they fail).
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			postgresql-15; \
+	else echo "PostgreSQL not installed and not installable here: the PostgreSQL tests will skip"; fi
+
 # A Docker engine for building and running the image on a machine that has none (root on
 # Debian): Debian's docker.io, with vfs storage and host networking only, which need no kernel
 # overlay or iptables support, and debootstrap for a base image where none can be pulled.
@@ -62,7 +72,7 @@ docker-engine:
 	elif ! docker info >/dev/null 2>&1; then \
 		echo "no Docker engine here and none startable (needs root on Debian)"; fi
 
-test: lint browser docker-engine
+test: lint browser postgres docker-engine
 	$(BIN)/python -m pytest
 
 # The fast unit tests only: no real servers (about a minute).

@@ -50,11 +50,12 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # First: a job database that cannot be reached stops startup before the model loads.
+        await batches.start()
         tasks = [
             asyncio.create_task(runtime.start(), name="start-runtime"),
             asyncio.create_task(_exit_when_dead(runtime), name="watch-runtime"),
         ]
-        await batches.start()
         try:
             yield
         finally:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from judge_client.protocol import MAX_CRITERIA, MAX_RANK_CANDIDATES
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -268,6 +268,14 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         default_factory=_default_data_dir,
         description="Where the embedded job store (SQLite) keeps batch jobs and their files.",
+    )
+    jobs_database_url: SecretStr | None = Field(
+        None,
+        description=(
+            "PostgreSQL URL (postgresql://user:password@host:5432/db) of the job store that several replicas share, "
+            "files' bytes included; unset, each replica keeps its own SQLite file under JUDGE_DATA_DIR. A secret: "
+            "never logged; set but unreachable at startup, startup stops (exit status 3)."
+        ),
     )
     jobs_retention_hours: float = Field(
         168.0, gt=0, description="Batch jobs, their files and unused input files are deleted this long after they end."

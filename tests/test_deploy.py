@@ -83,7 +83,10 @@ def routed(path: str, matches: list[dict]) -> bool:
     return False
 
 
-@pytest.fixture(scope="module", params=["cpu", "gpu", "cpu-keda"])
+OVERLAYS = ["cpu", "gpu", "cpu-keda", "cpu-postgres"]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
 def rendered(request: pytest.FixtureRequest) -> list[dict]:
     return render(request.param)
 
@@ -144,7 +147,7 @@ def test_probes_ports_and_env_match_the_service(rendered: list[dict]) -> None:
     assert secret_volumes and str(Path(config["JUDGE_API_KEYS_FILE"]).parent) in mounted
 
 
-@pytest.mark.parametrize("overlay", ["cpu", "gpu", "cpu-keda"])
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_route_timeout_deadline_and_grace_agree(overlay: str) -> None:
     """The gateway waits for the service's longest deadline plus a reply margin, so a late
     request gets the service's own 504; the pod's grace period is exactly the preStop delay,
@@ -165,7 +168,7 @@ def test_route_timeout_deadline_and_grace_agree(overlay: str) -> None:
     assert settings.shutdown_grace_s <= settings.max_request_timeout_s
 
 
-@pytest.mark.parametrize("overlay", ["cpu", "gpu", "cpu-keda"])
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_probes_have_timeouts_and_startup_bounds_the_load(overlay: str) -> None:
     docs = render(overlay)
     (container,) = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
@@ -221,6 +224,35 @@ def test_keda_overlay_replaces_the_hpa(client) -> None:
     exported = {s.name for f in text_string_to_metric_families(client.get("/metrics").text) for s in f.samples}
     for metric in re.findall(r"\b(judge_[a-z_]+)\b", prometheus["metadata"]["query"]):
         assert metric in exported, metric
+
+
+def test_the_job_store_has_a_writable_volume(rendered: list[dict]) -> None:
+    """The root filesystem is read-only: JUDGE_DATA_DIR is a mounted, writable volume."""
+    spec = by_kind(rendered, "Deployment")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    data_dir = by_kind(rendered, "ConfigMap")["data"]["JUDGE_DATA_DIR"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == data_dir]
+    assert not mount.get("readOnly")
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    assert "emptyDir" in volume or "persistentVolumeClaim" in volume
+
+
+def test_postgres_overlay_takes_the_database_url_from_a_secret() -> None:
+    docs = render("cpu-postgres")
+    deployment = by_kind(docs, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    (env,) = [e for e in container["env"] if e["name"] == "JUDGE_JOBS_DATABASE_URL"]
+    # Referenced, never inlined: no value in the env, the ConfigMap or a rendered Secret.
+    assert "value" not in env and env["valueFrom"]["secretKeyRef"] == {"name": "judge-jobs-database", "key": "url"}
+    assert "JUDGE_JOBS_DATABASE_URL" not in by_kind(docs, "ConfigMap")["data"]
+    assert "Secret" not in {doc["kind"] for doc in docs}
+    assert "postgresql://" not in json.dumps(docs)
+    # Several replicas share the one database.
+    assert deployment["spec"]["replicas"] > 1 and by_kind(docs, "HorizontalPodAutoscaler")["spec"]["minReplicas"] > 1
+    # The overlays without the component keep their own SQLite store.
+    for overlay in ("cpu", "gpu", "cpu-keda"):
+        (other,) = by_kind(render(overlay), "Deployment")["spec"]["template"]["spec"]["containers"]
+        assert "JUDGE_JOBS_DATABASE_URL" not in {e["name"] for e in other["env"]}
 
 
 def test_gpu_overlay_requests_gpus_and_vllm() -> None:

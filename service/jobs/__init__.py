@@ -2,7 +2,8 @@
 worker through the serving layer in the queue's low-priority batch lane.
 
 Owns the batches service (``batches``: the ``/v1/files`` and ``/v1/batches`` endpoints'
-work), the store (``store`` defines it, ``sqlite`` implements it), the input file's
+work), the store (``store`` defines it, ``sql`` writes it in portable SQL, ``sqlite`` and
+``postgres`` implement it, ``backend`` picks one from the settings), the input file's
 validation (``lines``), the batch lane (``lane``) and the worker (``worker``). May import
 ``service.serving`` (a line is answered by its endpoint's service), ``service.requests``,
 ``service.scheduling``, ``service.core``, ``service.observability`` and ``service.config``;

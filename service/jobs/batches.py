@@ -10,8 +10,8 @@ from typing import Any
 
 from service.config import Settings
 from service.core.errors import ErrorKind, JudgeError
+from service.jobs.backend import open_store
 from service.jobs.lines import ENDPOINTS, count_lines, parse
-from service.jobs.sqlite import SQLiteStore
 from service.jobs.store import BatchRecord, FileRecord, Store, new_id, now_s
 from service.jobs.worker import Worker
 from service.serving.runtime import Runtime
@@ -57,11 +57,16 @@ class BatchService:
         return self._store
 
     async def start(self) -> None:
-        """Open the store and start the worker; a store that cannot open leaves jobs off (503), the rest serving."""
+        """Open the store and start the worker. An embedded store that cannot open leaves
+        jobs off (503), the rest serving; a configured database that cannot be reached
+        stops startup, since every replica depends on it."""
         s = self.settings
         try:
-            self._store = await asyncio.to_thread(SQLiteStore, s.data_dir / "jobs.sqlite3")
-        except Exception:
+            self._store = await asyncio.to_thread(open_store, s)
+        except Exception as exc:
+            if s.jobs_database_url is not None:
+                logger.error("batch jobs: %s; startup stops", exc)
+                raise
             logger.exception("the job store did not open; batch jobs are off")
             return
         metrics = self.runtime.metrics

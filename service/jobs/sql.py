@@ -1,5 +1,5 @@
 """The store in portable SQL; ``sqlite`` and ``postgres`` supply the connection and the
-one statement that differs (how a chunk is claimed without two workers taking it)."""
+row locks (``_row_lock``): the only SQL that differs between them."""
 
 from __future__ import annotations
 
@@ -19,8 +19,17 @@ Row = Any
 class SqlStore:
     """Every store operation over a ``_transaction`` the backend provides."""
 
-    # A claim's select; PostgreSQL adds FOR UPDATE SKIP LOCKED.
-    CLAIM_SUFFIX = ""
+    # Whether transactions run side by side and must lock the rows they decide on.
+    # SQLite's run one at a time (BEGIN IMMEDIATE takes the write lock), so it needs none;
+    # PostgreSQL's run concurrently (READ COMMITTED) and lock with SELECT ... FOR UPDATE.
+    ROW_LOCKS = False
+
+    def _row_lock(self, alias: str, *, skip_locked: bool) -> str:
+        """The suffix that locks the select's rows of ``alias``: ``skip_locked`` passes over
+        rows another transaction holds (a claim takes the next chunk) instead of waiting."""
+        if not self.ROW_LOCKS:
+            return ""
+        return f" FOR UPDATE OF {alias}" + (" SKIP LOCKED" if skip_locked else "")
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Any]:
@@ -126,7 +135,7 @@ class SqlStore:
                 "SELECT c.batch_id, c.chunk, b.endpoint, b.expires_at FROM job_chunks c "
                 "JOIN job_batches b ON b.id = c.batch_id "
                 "WHERE c.state = 'pending' AND c.lease_expires < ? AND b.status = 'in_progress' AND b.expires_at > ? "
-                "ORDER BY b.seq, c.chunk LIMIT 1" + self.CLAIM_SUFFIX,
+                "ORDER BY b.seq, c.chunk LIMIT 1" + self._row_lock("c", skip_locked=True),
                 (now, int(now)),
             ).fetchone()
             if row is None:
@@ -159,11 +168,19 @@ class SqlStore:
     def record(self, batch_id: str, line: int, status_code: int, body: dict[str, Any]) -> bool:
         """Write one line's answer unless it has one, or its batch has ended; counts it."""
         with self._transaction() as tx:
+            # The batch's row first: a finalization holding it ends the batch before this
+            # line can count (the counter below would wait for it anyway).
+            running = tx.execute(
+                "SELECT 1 FROM job_batches b WHERE id = ? AND status IN ('in_progress', 'cancelling')"
+                + self._row_lock("b", skip_locked=False),
+                (batch_id,),
+            ).fetchone()
+            if running is None:
+                return False
             written = tx.execute(
                 "UPDATE job_items SET state = 'done', status_code = ?, response = ? "
-                "WHERE batch_id = ? AND line = ? AND state = 'pending' AND EXISTS "
-                "(SELECT 1 FROM job_batches WHERE id = ? AND status IN ('in_progress', 'cancelling'))",
-                (status_code, json.dumps(body), batch_id, line, batch_id),
+                "WHERE batch_id = ? AND line = ? AND state = 'pending'",
+                (status_code, json.dumps(body), batch_id, line),
             ).rowcount
             if written:
                 column = "completed" if status_code == 200 else "failed"
@@ -208,7 +225,7 @@ class SqlStore:
         stamp = now_s()
         with self._transaction() as tx:
             found = tx.execute(
-                "SELECT owner FROM job_batches WHERE id = ? AND status = ?" + self.CLAIM_SUFFIX,
+                "SELECT owner FROM job_batches b WHERE id = ? AND status = ?" + self._row_lock("b", skip_locked=True),
                 (due.batch_id, due.status),
             ).fetchone()
             if found is None:
@@ -247,11 +264,12 @@ class SqlStore:
         """Delete batches that ended before ``older_than`` with their lines and files, and
         input files as old that no running batch reads. Returns the batches deleted."""
         with self._transaction() as tx:
+            # In id order, so two replicas purging at once take the rows' locks in one order.
             ended = [
                 (row[0], row[1], row[2])
                 for row in tx.execute(
                     "SELECT id, output_file_id, error_file_id FROM job_batches WHERE ended_at IS NOT NULL "
-                    "AND ended_at < ?",
+                    "AND ended_at < ? ORDER BY id",
                     (older_than,),
                 ).fetchall()
             ]

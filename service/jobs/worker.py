@@ -17,6 +17,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from service.core.errors import JudgeError
 from service.jobs.answers import Answerer, Retry
 from service.jobs.lane import BatchLane, LaneRuntime
 from service.jobs.store import Claim, Due, ItemRow, Store, new_id, now_s
@@ -63,6 +64,10 @@ class Worker:
         while True:
             try:
                 await self._step()
+            except JudgeError as exc:
+                # The store answered that it is away (a lost database): its message says
+                # why, and a stack every poll would bury it.
+                logger.warning("the jobs worker skipped a step: %s", exc.message)
             except Exception:
                 # A fault of the store (a locked or unreachable database): try again later.
                 logger.exception("the jobs worker failed a step")

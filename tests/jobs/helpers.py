@@ -12,6 +12,15 @@ from openai.types import Batch
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
+# Questions with right and wrong answers, scored in batches and synchronously alike.
+QUESTIONS = [
+    ("What is the capital of France?", "Paris."),
+    ("What is 2+2?", "It is 5."),
+    ("Name a primary colour.", "Blue is one of them."),
+    ("Who wrote Hamlet?", "Shakespeare wrote it in about 1600."),
+    ("What is the boiling point of water at sea level?", "100 degrees Celsius."),
+]
+
 
 def jsonl(lines: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(line) + "\n" for line in lines).encode()
@@ -44,6 +53,25 @@ def wait_for(client: OpenAI, batch_id: str, statuses: tuple[str, ...] = TERMINAL
             return batch
         time.sleep(0.2)
     pytest.fail(f"batch {batch_id} did not reach {statuses} within {timeout:.0f} s")
+
+
+def wait_progress(client: OpenAI, batch_id: str, completed: int, timeout: float = 600) -> int:
+    """Poll until at least ``completed`` lines of the batch are answered; returns the count seen."""
+    deadline = time.monotonic() + timeout
+    while (counts := client.batches.retrieve(batch_id).request_counts) is None or counts.completed < completed:
+        if time.monotonic() > deadline:
+            pytest.fail(f"batch {batch_id}: fewer than {completed} lines answered within {timeout:.0f} s")
+        time.sleep(0.1)
+    return counts.completed
+
+
+def assert_each_line_once(client: OpenAI, done: Batch, lines: list[dict[str, Any]]) -> None:
+    """The batch completed with every line answered, each custom_id once, in input order."""
+    assert done.status == "completed", done
+    assert done.request_counts is not None and done.request_counts.completed == len(lines)
+    output = lines_of(client, done.output_file_id)
+    assert [o["custom_id"] for o in output] == [line["custom_id"] for line in lines]
+    assert done.error_file_id is None
 
 
 def lines_of(client: OpenAI, file_id: str | None) -> list[dict[str, Any]]:

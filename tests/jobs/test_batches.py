@@ -15,15 +15,7 @@ import pytest
 from judge_client import JudgeClient
 
 from tests.conftest import ROOT, RunningServer, metric_sum, start_server, tolerance
-from tests.jobs.helpers import assert_close, client_for, jsonl, lines_of, score_line, submit, wait_for
-
-QUESTIONS = [
-    ("What is the capital of France?", "Paris."),
-    ("What is 2+2?", "It is 5."),
-    ("Name a primary colour.", "Blue is one of them."),
-    ("Who wrote Hamlet?", "Shakespeare wrote it in about 1600."),
-    ("What is the boiling point of water at sea level?", "100 degrees Celsius."),
-]
+from tests.jobs.helpers import QUESTIONS, assert_close, client_for, jsonl, lines_of, score_line, submit, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,12 @@ the job, and every custom_id appears exactly once."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import process_server
-from tests.jobs.helpers import client_for, jsonl, lines_of, score_line, submit, wait_for
+from tests.jobs.helpers import assert_each_line_once, client_for, jsonl, score_line, submit, wait_for, wait_progress
 
 pytestmark = pytest.mark.slow
 
@@ -22,20 +21,12 @@ def test_kill_mid_job_then_restart_completes_each_line_once(tmp_path: Path) -> N
     with process_server(tmp_path / "first.log", **settings) as (proc, url):
         client = client_for(url)
         batch = submit(client, jsonl(lines))
-        deadline = time.monotonic() + 600
-        while (counts := client.batches.retrieve(batch.id).request_counts) is None or counts.completed < 8:
-            assert time.monotonic() < deadline, "no progress before the kill"
-            time.sleep(0.1)
+        answered = wait_progress(client, batch.id, 8)
         proc.kill()
         proc.wait(timeout=30)
     with process_server(tmp_path / "second.log", **settings) as (_, url):
         client = client_for(url)
         resumed = client.batches.retrieve(batch.id)
         # Nothing answered before the kill is lost.
-        assert resumed.request_counts is not None and resumed.request_counts.completed >= counts.completed
-        done = wait_for(client, batch.id)
-        assert done.status == "completed"
-        assert done.request_counts is not None and done.request_counts.completed == LINES
-        output = lines_of(client, done.output_file_id)
-        assert [o["custom_id"] for o in output] == [line["custom_id"] for line in lines]
-        assert done.error_file_id is None
+        assert resumed.request_counts is not None and resumed.request_counts.completed >= answered
+        assert_each_line_once(client, wait_for(client, batch.id), lines)
