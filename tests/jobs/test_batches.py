@@ -58,6 +58,8 @@ def test_output_equals_the_synchronous_answers(jobs_server: RunningServer) -> No
     assert [o["custom_id"] for o in output] == [line["custom_id"] for line in lines]
     assert metric_sum(jobs_server.url, "judge_batch_items_total", outcome="completed") >= len(lines)
     assert metric_sum(jobs_server.url, "judge_batch_jobs", status="completed") >= 1
+    # Every line is one prompt, scored by a lane pass at least once.
+    assert metric_sum(jobs_server.url, "judge_batch_lane_prompts_total") >= len(lines)
     # Batch work never entered the online queue's gauges.
     assert metric_sum(jobs_server.url, "judge_num_requests_waiting") == 0
     with jobs_server.client(headers={"Authorization": "Bearer key-a"}) as http:
