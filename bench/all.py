@@ -49,6 +49,7 @@ RUNS = [
     Run("prefix-transformers", bench("prefix.py")),
     Run("prefix-vllm", bench("prefix.py", "--engine", "vllm", "--sizes", "1,4,16"), needs_vllm=True),
     Run("roofline", bench("roofline.py")),
+    Run("batch-jobs", bench("batch_jobs.py")),
     Run("scaling-transformers", bench("scaling.py")),
     Run("scaling-vllm", bench("scaling.py", "--engine", "vllm"), needs_vllm=True),
     Run("labels-transformers", bench("labels.py")),

@@ -283,7 +283,38 @@ def critique_routes(report: dict, out: Path) -> None:
     _save(fig, out)
 
 
+def batch_jobs(report: dict, out: Path) -> None:
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(12, 3.8))
+    speed, latency, recovery = report["throughput"], report["latency"], report["recovery"]
+    ratio = fmt(speed["ratio_batch_over_command"], speed["ratio_batch_over_command_ci"], 2)
+    left.bar(["batch job", "judge-service score"], [speed["batch_items_per_s"], speed["command_items_per_s"]])
+    left.set_ylabel("items/s")
+    left.set_title(f"{speed['items']} items, engine idle: batch/command {ratio}", fontsize=9)
+    rows = [("idle", latency["idle"]), ("beside a batch", latency["beside_batch"])]
+    tails = [row[tail_key(row)] for _, row in rows]
+    tail_errors = _errors(tails, [_ci(row, tail_key(row)) for _, row in rows])
+    p50 = [row["p50_ms"] for _, row in rows]
+    positions = range(len(rows))
+    middle.bar([p - 0.2 for p in positions], p50, 0.4, yerr=_errors(p50, [_ci(r, "p50_ms") for _, r in rows]))
+    middle.bar([p + 0.2 for p in positions], tails, 0.4, yerr=tail_errors, label="p99 / max")
+    middle.set_xticks(list(positions), [name for name, _ in rows])
+    middle.set_ylabel("ms, one item a request")
+    middle.legend(["p50", "p99 / max"], fontsize=8)
+    beside = fmt(latency["p50_ratio"], latency["p50_ratio_ci"], 2)
+    middle.set_title(f"online latency, {latency['background_items']}-item batch: p50 x{beside}", fontsize=9)
+    names = ["answered before\nthe kill", "redone after\nthe restart", "one chunk"]
+    values = [recovery["answered_before_kill"], recovery["redone"], recovery["chunk_items"]]
+    right.bar(names, values, color=["#4c72b0", "#c44e52", "#999999"])
+    right.set_ylabel("lines")
+    right.tick_params(axis="x", labelsize=8)
+    right.set_title(f"SIGKILL mid-job, {recovery['items']} lines", fontsize=9)
+    if report.get("quick"):
+        fig.suptitle("--quick: a check that the benchmark runs, not a measurement", fontsize=9)
+    _save(fig, out)
+
+
 CHARTS: dict[str, Callable[[dict, Path], None]] = {
+    "batch-jobs": batch_jobs,
     "critique-routes": critique_routes,
     "engines": engines,
     "critique": critique,

@@ -42,7 +42,7 @@ from tests.browser import (
 from tests.conftest import ROOT, RunningServer, start_server
 
 PAGES = ["/docs", "/redoc", "/playground"]
-PLAYGROUND_FILES = ["index.html", "playground.js", "playground.css"]
+PLAYGROUND_FILES = ["index.html", "playground.js", "batches.js", "playground.css"]
 KEY = "page-key"
 
 

@@ -15,11 +15,13 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
+from judge_client import batch_calls
+from judge_client.batch_calls import BatchCall, Metadata
 from judge_client.protocol import (
     Batch,
     CompareRequest,
@@ -30,6 +32,7 @@ from judge_client.protocol import (
     ScoreResponse,
 )
 
+T = TypeVar("T")
 RETRY_STATUSES = {429, 503}
 # The longest a client sleeps before one retry, whatever Retry-After or the backoff says.
 MAX_RETRY_DELAY_S = 60.0
@@ -131,6 +134,18 @@ class _Base:
         results = [r for part in parts for r in part["results"]]
         return CompareResponse.model_validate({**parts[0], "results": results})
 
+    def _answer(self, call: BatchCall[T], response: httpx.Response) -> T:
+        if call.raw and response.status_code == 200:
+            return call.read(response.content)
+        return call.read(self._result(response))
+
+    @staticmethod
+    def _settled(batch: Batch, progress: Callable[[Batch], None] | None) -> bool:
+        """Whether a polled batch has ended, after ``progress`` has seen it."""
+        if progress is not None:
+            progress(batch)
+        return batch.done
+
     @staticmethod
     def _result(response: httpx.Response) -> Any:
         try:
@@ -219,58 +234,38 @@ class JudgeClient(_Base):
             self._send("POST", "/v1/rank", _rank_payload(candidates, instruction, options))
         )
 
+    def _run(self, call: BatchCall[T]) -> T:
+        return self._answer(call, self._call(call.method, call.path, call.idempotent, **call.content))
+
     def upload_batch_file(self, path: str | Path) -> FileObject:
         """Upload a JSONL file of requests (``{"custom_id", "method", "url", "body"}`` a line)."""
-        # The bytes, not an open file: a retry after a 429 or 503 sends them again whole.
-        files = {"file": (Path(path).name, Path(path).read_bytes(), "application/jsonl")}
-        response = self._call("POST", "/v1/files", False, files=files, data={"purpose": "batch"})
-        return FileObject.model_validate(self._result(response))
+        return self._run(batch_calls.upload(path))
 
     def create_batch(
-        self,
-        input_file_id: str,
-        endpoint: str = "/v1/score",
-        completion_window: str = "24h",
-        metadata: Mapping[str, str] | None = None,
+        self, input_file_id: str, endpoint: str = "/v1/score", completion_window: str = "24h", metadata: Metadata = None
     ) -> Batch:
-        body: dict[str, Any] = {
-            "input_file_id": input_file_id,
-            "endpoint": endpoint,
-            "completion_window": completion_window,
-        }
-        if metadata is not None:
-            body["metadata"] = dict(metadata)
-        return Batch.model_validate(self._result(self._call("POST", "/v1/batches", False, json=body)))
+        return self._run(batch_calls.create(input_file_id, endpoint, completion_window, metadata))
 
     def batch(self, batch_id: str) -> Batch:
-        return Batch.model_validate(self._send("GET", f"/v1/batches/{batch_id}"))
+        return self._run(batch_calls.retrieve(batch_id))
 
     def cancel_batch(self, batch_id: str) -> Batch:
-        return Batch.model_validate(self._send("POST", f"/v1/batches/{batch_id}/cancel"))
+        return self._run(batch_calls.cancel(batch_id))
 
     def list_batches(self, limit: int = 20, after: str | None = None) -> list[Batch]:
         """This key's batches, newest first, ``limit`` at a time after the batch ``after``."""
-        params: dict[str, Any] = {"limit": limit} | ({"after": after} if after else {})
-        page = self._result(self._call("GET", "/v1/batches", params=params))
-        return [Batch.model_validate(entry) for entry in page["data"]]
+        return self._run(batch_calls.listing(limit, after))
 
     def file_content(self, file_id: str) -> bytes:
         """A file's bytes: an uploaded input, or a batch's output or error file (JSONL)."""
-        response = self._call("GET", f"/v1/files/{file_id}/content")
-        if response.status_code != 200:
-            self._result(response)
-        return response.content
+        return self._run(batch_calls.file_content(file_id))
 
     def wait_batch(self, batch_id: str, poll_s: float = 2.0, progress: Callable[[Batch], None] | None = None) -> Batch:
         """Poll until the batch ends (completed, failed, expired or cancelled); ``progress``
         sees every poll's answer."""
-        while True:
-            batch = self.batch(batch_id)
-            if progress is not None:
-                progress(batch)
-            if batch.done:
-                return batch
+        while not self._settled(batch := self.batch(batch_id), progress):
             time.sleep(poll_s)
+        return batch
 
 
 class AsyncJudgeClient(_Base):
@@ -303,17 +298,22 @@ class AsyncJudgeClient(_Base):
         await self._http.aclose()
 
     async def _send(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+        return self._result(await self._call(method, path, json=payload))
+
+    async def _call(self, method: str, path: str, idempotent: bool = True, **content: Any) -> httpx.Response:
+        """As ``JudgeClient._call``, ``concurrency`` requests at a time."""
         async with self._slots:
             for attempt in itertools.count():
                 try:
-                    response = await self._http.request(method, path, json=payload)
+                    response = await self._http.request(method, path, **content)
                 except httpx.TransportError:
-                    if (delay := self._retry_delay(attempt, None)) is None:
+                    if not idempotent or (delay := self._retry_delay(attempt, None)) is None:
                         raise
                 else:
                     if (delay := self._retry_delay(attempt, response)) is None:
-                        return self._result(response)
+                        return response
                 await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
     async def max_items(self) -> int:
         if self._max_items is None:
@@ -341,3 +341,34 @@ class AsyncJudgeClient(_Base):
     ) -> RankResponse:
         payload = _rank_payload(candidates, instruction, options)
         return RankResponse.model_validate(await self._send("POST", "/v1/rank", payload))
+
+    async def _run(self, call: BatchCall[T]) -> T:
+        return self._answer(call, await self._call(call.method, call.path, call.idempotent, **call.content))
+
+    async def upload_batch_file(self, path: str | Path) -> FileObject:
+        """As ``JudgeClient.upload_batch_file``; the calls below likewise."""
+        return await self._run(batch_calls.upload(path))
+
+    async def create_batch(
+        self, input_file_id: str, endpoint: str = "/v1/score", completion_window: str = "24h", metadata: Metadata = None
+    ) -> Batch:
+        return await self._run(batch_calls.create(input_file_id, endpoint, completion_window, metadata))
+
+    async def batch(self, batch_id: str) -> Batch:
+        return await self._run(batch_calls.retrieve(batch_id))
+
+    async def cancel_batch(self, batch_id: str) -> Batch:
+        return await self._run(batch_calls.cancel(batch_id))
+
+    async def list_batches(self, limit: int = 20, after: str | None = None) -> list[Batch]:
+        return await self._run(batch_calls.listing(limit, after))
+
+    async def file_content(self, file_id: str) -> bytes:
+        return await self._run(batch_calls.file_content(file_id))
+
+    async def wait_batch(
+        self, batch_id: str, poll_s: float = 2.0, progress: Callable[[Batch], None] | None = None
+    ) -> Batch:
+        while not self._settled(batch := await self.batch(batch_id), progress):
+            await asyncio.sleep(poll_s)
+        return batch

@@ -21,7 +21,7 @@ DOCS_ASSETS = Path(str(importlib.resources.files("fastapi_offline") / "static"))
 PLAYGROUND_ASSETS = Path(__file__).parent / "static" / "playground"
 
 _DOCS_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
-_PLAYGROUND_FILES = ("playground.js", "playground.css")
+_PLAYGROUND_FILES = ("playground.js", "batches.js", "playground.css")
 # What the playground's critique fields hold for a template without a critique of its own.
 PLAYGROUND_CRITIQUE_TOKENS = 64
 PLAYGROUND_MARKER = "Score:"

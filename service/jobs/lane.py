@@ -48,8 +48,10 @@ class BatchLane:
         max_batch_size: int,
         busy_items: int,
         on_depth: Callable[[int], None] = lambda _: None,
+        on_pass: Callable[[int], None] = lambda _: None,
     ) -> None:
         self._engine = engine
+        self._on_pass = on_pass
         self._online_depth = online_depth
         self.max_batch_size = max_batch_size
         self.busy_items = max(1, busy_items)
@@ -146,6 +148,7 @@ class BatchLane:
                 if not entry.future.done():
                     entry.future.set_exception(error_for(exc))
             return
+        self._on_pass(len(batch))
         for entry, result in zip(batch, results, strict=True):
             if entry.future.done():
                 continue

@@ -44,6 +44,7 @@ class Worker:
         retention_s: float,
         on_line: Callable[[int], None] = lambda _: None,
         on_depth: Callable[[int], None] = lambda _: None,
+        on_pass: Callable[[int], None] = lambda _: None,
     ) -> None:
         self.store = store
         self.runtime = runtime
@@ -52,6 +53,7 @@ class Worker:
         self.retention_s = retention_s
         self._on_line = on_line
         self._on_depth = on_depth
+        self._on_pass = on_pass
         self.name = f"{socket.gethostname()}:{os.getpid()}:{new_id('')[:8]}"
         self.wake = asyncio.Event()
         self.lane: BatchLane | None = None
@@ -116,6 +118,7 @@ class Worker:
                 max_batch_size=runtime.settings.max_batch_size,
                 busy_items=max(1, runtime.settings.max_batch_size // 4),
                 on_depth=self._on_depth,
+                on_pass=self._on_pass,
             )
             self.lane.start()
             self._answerer = Answerer(LaneRuntime(runtime, self.lane))

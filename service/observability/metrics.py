@@ -192,6 +192,11 @@ class Metrics:
             "judge_batch_items", "Batch lines answered, by outcome (completed: 200).", ["outcome"], registry=r
         )
         self.batch_lane_depth = Gauge("judge_batch_lane_depth", "Prompts waiting in the batch lane.", registry=r)
+        self.batch_lane_prompts = Counter(
+            "judge_batch_lane_prompts",
+            "Prompts the batch lane's engine passes scored, whether or not their answers were kept.",
+            registry=r,
+        )
         for outcome in ("completed", "failed"):
             self.batch_items.labels(outcome=outcome)
 

@@ -3,6 +3,7 @@ upload, create, poll, download, cancel, and the output equal to the synchronous 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from judge_client import JudgeClient
+from judge_client import AsyncJudgeClient, Batch, FileObject, JudgeClient, JudgeError
 
 from tests.conftest import ROOT, RunningServer, metric_sum, start_server, tolerance
 from tests.jobs.helpers import QUESTIONS, assert_close, client_for, jsonl, lines_of, score_line, submit, wait_for
@@ -49,6 +50,8 @@ def test_output_equals_the_synchronous_answers(jobs_server: RunningServer) -> No
     assert [o["custom_id"] for o in output] == [line["custom_id"] for line in lines]
     assert metric_sum(jobs_server.url, "judge_batch_items_total", outcome="completed") >= len(lines)
     assert metric_sum(jobs_server.url, "judge_batch_jobs", status="completed") >= 1
+    # Every line is one prompt, scored by a lane pass at least once.
+    assert metric_sum(jobs_server.url, "judge_batch_lane_prompts_total") >= len(lines)
     # Batch work never entered the online queue's gauges.
     assert metric_sum(jobs_server.url, "judge_num_requests_waiting") == 0
     with jobs_server.client(headers={"Authorization": "Bearer key-a"}) as http:
@@ -250,3 +253,54 @@ def test_the_command_line_and_the_typed_client_run_a_batch(jobs_server: RunningS
     # Another key's batch is not found, said in one line, with no stack trace.
     other = batch_cli(jobs_server.url, "status", batch["id"], key="key-b")
     assert other.returncode != 0 and "404" in other.stderr and "Traceback" not in other.stderr
+
+
+async def _async_batch_run(url: str, source: Path, polled: list[Batch]) -> tuple[FileObject, Batch, list[Batch], bytes]:
+    """Every batch call of the async client: upload, create, wait (with progress), list, download,
+    cancel (a running batch, then an ended one), and another key's 404."""
+    async with AsyncJudgeClient(url, api_key="key-a") as judge:
+        uploaded = await judge.upload_batch_file(source)
+        created = await judge.create_batch(uploaded.id, metadata={"run": "async"})
+        done = await judge.wait_batch(created.id, poll_s=0.1, progress=polled.append)
+        listed = await judge.list_batches(100)
+        output = await judge.file_content(done.output_file_id or "")
+        again = await judge.create_batch(uploaded.id)
+        assert (await judge.cancel_batch(again.id)).status in ("cancelling", "cancelled")
+        assert (await judge.wait_batch(again.id, poll_s=0.1)).status == "cancelled"
+        with pytest.raises(JudgeError) as ended:
+            await judge.cancel_batch(done.id)
+        assert ended.value.status == 422 and ended.value.type == "invalid_request"
+    async with AsyncJudgeClient(url, api_key="key-b") as other:
+        with pytest.raises(JudgeError) as hidden:
+            await other.batch(done.id)
+        assert hidden.value.status == 404
+    return uploaded, done, listed, output
+
+
+def test_the_async_client_runs_a_batch_as_the_sync_client_and_the_endpoint_answer(
+    jobs_server: RunningServer, tmp_path: Path
+) -> None:
+    lines = [score_line(f"a{k}", q, a) for k, (q, a) in enumerate(QUESTIONS[3:])]
+    lines.append({"custom_id": "bad", "method": "POST", "url": "/v1/score", "body": {"items": []}})
+    source = tmp_path / "async.jsonl"
+    source.write_bytes(jsonl(lines))
+    polled: list[Batch] = []
+    uploaded, done, listed, output = asyncio.run(_async_batch_run(jobs_server.url, source, polled))
+    assert (uploaded.filename, uploaded.bytes, uploaded.purpose) == ("async.jsonl", len(source.read_bytes()), "batch")
+    assert done.status == "completed" and done.metadata == {"run": "async"}
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (3, 2, 1)
+    # The progress callback saw every poll, the last one being the answer.
+    assert polled[-1] == done and not any(batch.done for batch in polled[:-1])
+    # The blocking client and the async one see the same batch, list and bytes.
+    with JudgeClient(jobs_server.url, api_key="key-a") as judge:
+        assert judge.batch(done.id) == done
+        assert [b.id for b in judge.list_batches(100)][1:] == [b.id for b in listed]
+        assert judge.file_content(done.output_file_id or "") == output
+        (refused,) = [json.loads(row) for row in judge.file_content(done.error_file_id or "").splitlines()]
+    assert refused["custom_id"] == "bad" and refused["response"]["status_code"] == 422
+    rows = [json.loads(row) for row in output.splitlines()]
+    with jobs_server.client(headers={"Authorization": "Bearer key-a"}) as http:
+        for line, row in zip(lines[:2], rows, strict=True):
+            assert row["custom_id"] == line["custom_id"]
+            want = http.post("/v1/score", json=line["body"]).json()
+            assert_close(row["response"]["body"], want, tolerance(jobs_server))
