@@ -2,11 +2,14 @@
 
 Online requests keep the queue (``service.scheduling.queue``) to themselves: its admission, depth,
 deadlines and gauges never see batch work. The lane runs one engine pass at a time and
-starts one only while the queue holds no online work, so an online request that arrives
-waits behind at most the one lane pass already running. The engine grants passes in
-arrival order (its fair lock), so no second lane pass can slip in ahead of it. While
-online traffic is recent, lane passes shrink to ``busy_items`` items: on transformers a
-pass cannot be interrupted, so its size is what an online request may wait for.
+starts one only while the queue holds no online work and none came within
+``ONLINE_GAP_S`` (a client that gets its answer and asks again goes first), so an online
+request that arrives waits behind at most the one lane pass already running. The engine
+grants passes in arrival order (its fair lock), so no second lane pass can slip in ahead
+of it. Under online traffic that never pauses, the lane still runs one pass per
+``LANE_STARVE_S``, so batches progress. While online traffic is recent, lane passes shrink
+to ``busy_items`` items: on transformers a pass cannot be interrupted, so its size is what
+an online request may wait for.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ logger = logging.getLogger(__name__)
 RECENT_ONLINE_S = 2.0
 # How often the lane looks again while online work holds the engine.
 YIELD_POLL_S = 0.005
+# After online work ends, the lane waits this long for more before it takes the engine.
+ONLINE_GAP_S = 0.05
+# The longest the lane defers to online work: then it runs one pass, online work or not.
+LANE_STARVE_S = 1.0
 
 
 @dataclass(eq=False)
@@ -98,11 +105,23 @@ class BatchLane:
             return True
         return False
 
+    async def _await_turn(self) -> None:
+        """Until no online work waits and none came within ``ONLINE_GAP_S``, or the lane has
+        deferred for ``LANE_STARVE_S``."""
+        deferred_since = time.monotonic()
+        while True:
+            busy = self._online_busy()
+            now = time.monotonic()
+            if now - deferred_since >= LANE_STARVE_S:
+                return
+            if not busy and now - self._online_seen >= ONLINE_GAP_S:
+                return
+            await asyncio.sleep(YIELD_POLL_S)
+
     async def _loop(self) -> None:
         while True:
             await self._wake.wait()
-            while self._online_busy():
-                await asyncio.sleep(YIELD_POLL_S)
+            await self._await_turn()
             batch = self._take()
             if not self._pending:
                 self._wake.clear()

@@ -116,7 +116,7 @@ class Worker:
                 runtime.engine,
                 lambda: queue.depth,
                 max_batch_size=runtime.settings.max_batch_size,
-                busy_items=max(1, runtime.settings.max_batch_size // 4),
+                busy_items=max(1, runtime.settings.max_batch_size // 8),
                 on_depth=self._on_depth,
                 on_pass=self._on_pass,
             )

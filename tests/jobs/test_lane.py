@@ -10,7 +10,7 @@ import pytest
 
 from service.core.tasks import ScoringTask
 from service.engines.transformers.engine import TransformersEngine
-from service.jobs.lane import BatchLane
+from service.jobs.lane import LANE_STARVE_S, BatchLane
 from service.observability.metrics import Metrics
 from service.scheduling.queue import BatchQueue
 from tests.conftest import tiny_llama
@@ -97,3 +97,39 @@ def test_lane_results_equal_the_queue_results(engine: TransformersEngine) -> Non
     from_lane, from_queue = asyncio.run(scenario())
     for a, b in zip(from_lane, from_queue, strict=True):
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
+def test_back_to_back_online_requests_go_first_and_the_lane_still_progresses(engine: TransformersEngine) -> None:
+    """A client that sends its next request as soon as it has an answer: between its requests
+    the lane runs at most one pass (it yields to work that came within the gap), and the lane
+    is not starved: it runs about one pass per LANE_STARVE_S."""
+
+    async def scenario() -> tuple[Logged, float, int]:
+        logged = Logged(engine)
+        queue = BatchQueue(logged, Metrics(), max_queue=64, max_batch_size=8, max_wait_s=0.0)
+        queue.start()
+        lane = BatchLane(logged, lambda: queue.depth, max_batch_size=8, busy_items=2)
+        lane.start()
+        batch_work = asyncio.ensure_future(lane.run([task(n) for n in range(400)]))
+        while not logged.passes:
+            await asyncio.sleep(0.001)
+        started = time.monotonic()
+        first = len(logged.passes)
+        while time.monotonic() - started < 3 * LANE_STARVE_S:
+            await queue.run([task(0, ONLINE_TOKEN)], time.monotonic() + 60)
+        took = time.monotonic() - started
+        batch_work.cancel()
+        await lane.close()
+        await queue.close(0)
+        return logged, took, first
+
+    logged, took, first = asyncio.run(scenario())
+    during = logged.passes[first:]
+    online_at = [i for i, (is_online, _) in enumerate(during) if is_online]
+    window = during[online_at[0] : online_at[-1] + 1]
+    lane_runs = [n for is_online, n in window if not is_online]
+    # Never two lane passes between online requests, and those few are small ones.
+    assert all(window[i][0] or window[i + 1][0] for i in range(len(window) - 1))
+    assert lane_runs and max(lane_runs) <= 2
+    # The lane defers, but not forever: one pass per LANE_STARVE_S, give or take one.
+    assert 1 <= len(lane_runs) <= took / LANE_STARVE_S + 1
