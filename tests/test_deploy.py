@@ -83,7 +83,7 @@ def routed(path: str, matches: list[dict]) -> bool:
     return False
 
 
-OVERLAYS = ["cpu", "gpu", "cpu-keda", "cpu-postgres"]
+OVERLAYS = ["cpu", "gpu", "cpu-keda", "cpu-postgres", "cpu-single"]
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -194,11 +194,28 @@ def test_every_served_path_is_routed_or_private(rendered: list[dict]) -> None:
     assert {"/v1/score", "/v1/compare", "/v1/rank", "/playground", "/docs", "/openapi.json"} <= served
     rules = by_kind(rendered, "HTTPRoute")["spec"]["rules"]
     matches = [match["path"] for rule in rules for match in rule["matches"]]
+    shared_jobs = jobs_shared(rendered)
     for path in sorted(served):
-        if path in PRIVATE_PATHS:
+        if path.startswith(BATCH_PATHS):
+            assert routed(path, matches) == shared_jobs, f"{path}: routed only where every replica sees the same jobs"
+        elif path in PRIVATE_PATHS:
             assert not routed(path, matches), f"{path} is private but the HTTPRoute serves it"
         else:
             assert routed(path, matches), f"{path} is served but not routed: add it to httproute.yaml"
+
+
+# The batch API: routed only where every replica sees the same jobs.
+BATCH_PATHS = ("/v1/files", "/v1/batches")
+
+
+def jobs_shared(docs: list[dict]) -> bool:
+    """Whether every replica sees the same batch jobs: one PostgreSQL, or one replica."""
+    (container,) = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    if "JUDGE_JOBS_DATABASE_URL" in {e["name"] for e in container.get("env", [])}:
+        return True
+    autoscalers = [d for d in docs if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")]
+    most = max(d["spec"].get("maxReplicas", d["spec"].get("maxReplicaCount", 100)) for d in autoscalers)
+    return by_kind(docs, "Deployment")["spec"]["replicas"] == 1 and most == 1
 
 
 def test_route_matching_follows_the_gateway_rules() -> None:
