@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from judge_client.fields import MAX_TIMEOUT_S
 from judge_client.protocol import score_request
 from pydantic import ValidationError
 
@@ -32,7 +33,7 @@ async def open_scorer(args: argparse.Namespace) -> AsyncIterator[tuple[Scorer, i
 
         async def score(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             try:
-                request = score_request({"items": items, "method": args.method})
+                request = score_request({"items": items, "method": args.method, "timeout_s": args.timeout_s})
             except ValidationError as exc:
                 # The items themselves are malformed: the service would answer 422 too.
                 first = exc.errors()[0]
@@ -125,6 +126,13 @@ async def _score_chunk(
             for item in chunk:
                 await _score_chunk(scorer, [item], out, err, scored, errors)
             return
+        if exc.status == 429 and len(chunk) > 1:
+            # Still refused after the client's retries: too much for its deadline at this
+            # load. Halves, each retried on its own, fit sooner.
+            half = len(chunk) // 2
+            for part in (chunk[:half], chunk[half:]):
+                await _score_chunk(scorer, part, out, err, scored, errors)
+            return
         for item in chunk:
             record = {"id": item["id"], "status": exc.status, "error": exc.message}
             errors.append(record)
@@ -165,4 +173,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_judge_arguments(parser)
     parser.add_argument("--method", default="final", choices=["final", "lager", "lager_weighted"])
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--timeout-s",
+        type=float,
+        default=MAX_TIMEOUT_S,
+        help="deadline each request asks for; a file waits as long as the service allows, which "
+        "caps it at its JUDGE_MAX_REQUEST_TIMEOUT_S (default: %(default)g)",
+    )
     parser.set_defaults(handler=score_command)
