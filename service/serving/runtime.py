@@ -24,8 +24,12 @@ from service.engines.factory import build_engine, choose_engine
 from service.engines.memory import batch_memory_budget, resident_bytes
 from service.engines.model_store import resolve_model
 from service.observability.metrics import Metrics
+from service.requests.caps import RequestCaps
 from service.requests.limits import Limits
 from service.requests.prompts import Prompts
+from service.requests.readouts import ReadoutSupport
+from service.requests.tokens import TokenLimits
+from service.requests.work import WorkLimits
 from service.scheduling.queue import BatchQueue
 from service.scheduling.watchdog import Watchdog, WatchedEngine
 from service.serving.assets import ReadoutAssets
@@ -80,29 +84,11 @@ class Runtime:
             await engine.start()
             self.assets.check(self.settings, engine.num_layers)
             self.prompts = Prompts(tokenizer)
-            self.limits = Limits(
-                tokenizer,
-                max_items=self.settings.max_items,
-                max_critique_tokens=self.settings.max_critique_tokens,
-                max_model_len=min(engine.max_model_len, self.settings.max_model_len or engine.max_model_len),
-                engine_kind=self.engine_kind,
-                supports_layers=engine.supports_layers,
-                layers_unavailable=engine.layers_unavailable,
-                layer_weights=self.assets.layer_weights,
-                request_timeout_s=self.settings.request_timeout_s,
-                max_request_timeout_s=self.settings.max_request_timeout_s,
-                num_layers=engine.num_layers,
-                probe=self.assets.probe,
-                max_criteria=self.settings.max_criteria,
-                max_rank_candidates=self.settings.max_rank_candidates,
-                max_queue=self.settings.max_queue,
-                chat_template_keys=self.settings.chat_template_keys,
-                engine=engine,
-            )
+            self.limits = self._limits(tokenizer, engine)
             self.queue = self._make_queue(engine)
             self.engine = engine
             self.metrics.prefix_cache.source = lambda: getattr(self.engine, "prefix_cache", None)
-            await self._calibrate(engine, len(tokenizer), min(CALIBRATION_TOKENS, self.limits.max_model_len))
+            await self._calibrate(engine, len(tokenizer), min(CALIBRATION_TOKENS, self.limits.tokens.max_model_len))
             self._plan_memory(engine)
         except Exception:
             self.lifecycle.fail()
@@ -119,6 +105,17 @@ class Runtime:
             self.settings.model,
             self.engine_kind,
             time.monotonic() - started,
+        )
+
+    def _limits(self, tokenizer: Any, engine: Engine) -> Limits:
+        """What requests are checked against, once the engine has started: the model's length
+        is the engine's, capped by the setting."""
+        s = self.settings
+        return Limits(
+            RequestCaps.from_settings(s),
+            TokenLimits(tokenizer, min(engine.max_model_len, s.max_model_len or engine.max_model_len)),
+            ReadoutSupport.of(self.engine_kind, engine, self.assets.layer_weights, self.assets.probe),
+            WorkLimits.from_settings(s, engine),
         )
 
     def _load_tokenizer(self) -> tuple[Path, Any]:
@@ -196,7 +193,7 @@ class Runtime:
         """Score ``tasks`` through the queue: admission, batching, deadline, disconnect."""
         if self.queue is None or self.limits is None or not self.lifecycle.accepting:
             raise JudgeError(ErrorKind.UNAVAILABLE, "the judge is not ready")
-        self.limits.check_memory(tasks)
+        self.limits.work.check_memory(tasks)
         return await self.queue.run(tasks, deadline, disconnected)
 
     async def shutdown(self) -> None:
