@@ -33,28 +33,14 @@ class RequestCaps:
         )
 
     def check_count(self, count: int, what: str) -> None:
-        if count > self.max_items:
-            raise JudgeError(
-                ErrorKind.INVALID_REQUEST,
-                f"{count} {what} exceed the limit of {self.max_items} per request",
-                {what: count, "max_items": self.max_items},
-            )
+        """Items (or pairs) per request."""
+        _at_most(count, what, self.max_items, "max_items")
 
     def check_criteria(self, count: int) -> None:
-        if count > self.max_criteria:
-            raise JudgeError(
-                ErrorKind.INVALID_REQUEST,
-                f"{count} criteria exceed the limit of {self.max_criteria} per request",
-                {"criteria": count, "max_criteria": self.max_criteria},
-            )
+        _at_most(count, "criteria", self.max_criteria, "max_criteria")
 
     def check_candidates(self, count: int) -> None:
-        if count > self.max_rank_candidates:
-            raise JudgeError(
-                ErrorKind.INVALID_REQUEST,
-                f"{count} candidates exceed the limit of {self.max_rank_candidates} per request",
-                {"candidates": count, "max_rank_candidates": self.max_rank_candidates},
-            )
+        _at_most(count, "candidates", self.max_rank_candidates, "max_rank_candidates")
 
     def check_critique_tokens(self, max_tokens: int) -> None:
         if max_tokens > self.max_critique_tokens:
@@ -76,3 +62,12 @@ class RequestCaps:
                 {"refused": refused, "allowed": list(self.chat_template_keys)},
             )
         return kwargs
+
+
+def _at_most(count: int, what: str, cap: int, cap_name: str) -> None:
+    if count > cap:
+        raise JudgeError(
+            ErrorKind.INVALID_REQUEST,
+            f"{count} {what} exceed the limit of {cap} per request",
+            {what: count, cap_name: cap},
+        )
