@@ -58,7 +58,7 @@ def in_thread(deadline: float, **settings: Any) -> Iterator[tuple[str, Any]]:
     thread.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, deadline, lambda: app.state.runtime.failed or not thread.is_alive())
+        _wait_ready(url, deadline, lambda: app.state.lifecycle.failed or not thread.is_alive())
         yield url, app.state.runtime
     finally:
         server.should_exit = True

@@ -6,7 +6,7 @@ holds the table):
 - ``app``, ``config``, ``__main__``, ``cli``: the composition root and the commands;
 - ``http``: routes, auth, middleware, the errors' HTTP mapping, pages, drain;
 - ``jobs``: batch jobs, answered line by line through serving;
-- ``serving``: one service per endpoint, and the runtime they share;
+- ``serving``: one service per endpoint, and the runtime and lifecycle they share;
 - ``requests``: a wire request becomes tasks (prompts, presets, rubrics, limits);
 - ``scheduling``: the queue, batch cost, admission, the watchdog;
 - ``engines``: the engine protocol, its factory, ``transformers/`` and ``vllm/``;

@@ -23,21 +23,10 @@ from service.observability.logs import RequestContext
 from service.observability.metrics import Metrics
 from service.serving import CompareService, RankService, ScoreService
 from service.serving.assets import ReadoutAssets
+from service.serving.lifecycle import Lifecycle
 from service.serving.runtime import Runtime
 
 logger = logging.getLogger(__name__)
-
-
-async def _exit_when_dead(runtime: Runtime) -> None:
-    # A dead engine or batch loop cannot recover in-process: stop admitting (503), then
-    # ask the server to exit so the orchestrator restarts the pod; the exit code says why.
-    while runtime.alive:
-        await asyncio.sleep(0.5)
-    problem = runtime.problem
-    logger.error("%s; draining and exiting", problem[0] if problem else "the judge is dead")
-    runtime.exit_code = 1
-    runtime.begin_drain()
-    runtime.request_exit()
 
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
@@ -45,7 +34,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     # First: a key file that gives no key stops startup (KeysFileError) before anything loads.
     api_keys = ApiKeys.from_settings(settings.api_keys, settings.api_keys_file)
     metrics = metrics or Metrics()
-    runtime = Runtime(settings, metrics, ReadoutAssets.load(settings))
+    lifecycle = Lifecycle(settings, metrics)
+    runtime = Runtime(settings, metrics, ReadoutAssets.load(settings), lifecycle)
     batches = BatchService(settings, runtime)
 
     @contextlib.asynccontextmanager
@@ -54,7 +44,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         await batches.start()
         tasks = [
             asyncio.create_task(runtime.start(), name="start-runtime"),
-            asyncio.create_task(_exit_when_dead(runtime), name="watch-runtime"),
+            asyncio.create_task(lifecycle.exit_when_dead(), name="watch-runtime"),
         ]
         try:
             yield
@@ -77,6 +67,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.runtime = runtime
+    app.state.lifecycle = lifecycle
     app.state.score_service = ScoreService(runtime)
     app.state.compare_service = CompareService(runtime)
     app.state.rank_service = RankService(runtime)

@@ -116,6 +116,10 @@ class RunningServer:
     def runtime(self) -> Any:
         return self.app.state.runtime
 
+    @property
+    def lifecycle(self) -> Any:
+        return self.app.state.lifecycle
+
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", HANG_S), **kwargs)
 
@@ -205,7 +209,7 @@ def start_server(**overrides: Any) -> RunningServer:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    app.state.runtime.request_exit = lambda: setattr(server, "should_exit", True)
+    app.state.lifecycle.request_exit = lambda: setattr(server, "should_exit", True)
     running = RunningServer(app, server, thread, f"http://127.0.0.1:{settings.port}")
     deadline = time.monotonic() + HANG_S
     with running.client() as client:
@@ -215,7 +219,7 @@ def start_server(**overrides: Any) -> RunningServer:
                     return running
             except httpx.TransportError:
                 pass
-            if running.runtime.failed:
+            if running.lifecycle.failed:
                 break
             time.sleep(0.1)
     running.stop()

@@ -158,7 +158,7 @@ def test_engine_failure_gives_generic_500_and_service_recovers(small_server: Run
 
 
 def test_draining_gets_503(small_server: RunningServer) -> None:
-    small_server.runtime.begin_drain()
+    small_server.lifecycle.begin_drain()
     with small_server.client() as client:
         assert_error(client.get("/ready"), 503, "unavailable")
         response = client.post("/v1/score", json={"items": [ITEM]})

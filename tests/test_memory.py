@@ -6,6 +6,7 @@ tiny seeded model."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from service.core.tasks import ScoringTask
 from service.engines.memory import PassMemory, batch_memory_budget
 from service.engines.transformers.engine import TransformersEngine
 from service.observability.metrics import Metrics
-from service.requests.limits import Limits
+from service.requests.work import WorkLimits
 from service.scheduling.queue import BatchQueue
 from tests.conftest import tiny_llama
 
@@ -117,26 +118,14 @@ def test_batches_split_by_memory_and_score_as_one_by_one(engine: TransformersEng
 
 def test_a_prompt_that_cannot_fit_alone_is_refused_before_any_work(engine: TransformersEngine) -> None:
     small = with_budget(engine, 1)
-    limits = Limits(
-        None,
-        max_items=8,
-        max_model_len=256,
-        max_critique_tokens=8,
-        engine_kind="transformers",
-        supports_layers=True,
-        layers_unavailable=None,
-        layer_weights=None,
-        request_timeout_s=10,
-        max_request_timeout_s=10,
-        engine=small,
-    )
+    limits = WorkLimits(request_timeout_s=10, max_request_timeout_s=10, engine=small)
     task = ScoringTask(prompt(50), (1, 2))
     with pytest.raises(JudgeError) as refused:
         limits.check_memory([task])
     assert refused.value.kind is ErrorKind.INVALID_REQUEST
     assert "JUDGE_MAX_BATCH_MEMORY_MB" in refused.value.message
     assert refused.value.details["prompt_tokens"] == 50
-    limits.engine = with_budget(engine, small.batch_memory([task], small.batch_cost([task])))
+    limits = replace(limits, engine=with_budget(engine, small.batch_memory([task], small.batch_cost([task]))))
     limits.check_memory([task])  # exactly its own size fits
 
 

@@ -24,14 +24,14 @@ def test_a_dead_batch_loop_turns_health_and_readiness_503_and_exits_non_zero() -
     # The test stops the server itself once it has read the 503s: a server that exits at
     # once would refuse the connections this test reads them through.
     exit_requested = threading.Event()
-    running.runtime.request_exit = exit_requested.set
+    running.lifecycle.request_exit = exit_requested.set
     try:
         queue = running.runtime.queue
         loop_task = queue._loop_task
         # Kill the loop from outside, as an unforeseen fault would.
         loop_task.get_loop().call_soon_threadsafe(loop_task.cancel)
         deadline = time.monotonic() + HANG_S
-        while running.runtime.alive and time.monotonic() < deadline:
+        while running.lifecycle.alive and time.monotonic() < deadline:
             time.sleep(0.05)
         with running.client() as client:
             statuses = {path: client.get(path).status_code for path in ("/health", "/ready")}
@@ -39,7 +39,7 @@ def test_a_dead_batch_loop_turns_health_and_readiness_503_and_exits_non_zero() -
         assert statuses == {"/health": 503, "/ready": 503}
         assert score.status_code == 503
         assert exit_requested.wait(HANG_S), "the server did not ask to exit"
-        assert running.runtime.exit_code == 1
+        assert running.lifecycle.exit_code == 1
     finally:
         running.stop()
 
@@ -58,7 +58,7 @@ def test_a_failed_load_check_closes_the_started_engine(tmp_path: Path) -> None:
         return runtime
 
     runtime = asyncio.run(start())
-    assert runtime.failed and not runtime.ready and runtime.engine is None
+    assert runtime.lifecycle.failed and not runtime.lifecycle.ready and runtime.engine is None
     deadline = time.monotonic() + HANG_S
     while time.monotonic() < deadline:
         left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()]

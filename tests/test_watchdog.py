@@ -97,7 +97,7 @@ def launch(**overrides: object) -> tuple[RunningServer, threading.Event]:
     settings = Settings(port=free_port(), **overrides)  # type: ignore[arg-type]
     app = create_app(settings)
     exit_requested = threading.Event()
-    app.state.runtime.request_exit = exit_requested.set
+    app.state.lifecycle.request_exit = exit_requested.set
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -106,7 +106,7 @@ def launch(**overrides: object) -> tuple[RunningServer, threading.Event]:
 
 def wait_ready(running: RunningServer, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not running.runtime.failed:
+    while time.monotonic() < deadline and not running.lifecycle.failed:
         try:
             if httpx.get(f"{running.url}/ready", timeout=30).status_code == 200:
                 return
@@ -174,7 +174,7 @@ def stall_scenario(running: RunningServer, exit_requested: threading.Event, bloc
     assert httpx.get(f"{url}/ready", timeout=30).status_code == 503
     # The process asks to exit (status 1) so the orchestrator restarts it.
     assert exit_requested.wait(timeout=30)
-    assert running.runtime.exit_code == 1
+    assert running.lifecycle.exit_code == 1
 
 
 def test_a_pass_that_never_returns_is_noticed(tiny_judge: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -219,7 +219,7 @@ def test_a_load_that_hangs_turns_health_503_at_its_deadline(tiny_judge: Path, mo
         assert turned - started >= load_timeout_s
         assert turned - started <= load_timeout_s + SLACK_S + 5.0, turned - started
         assert exit_requested.wait(timeout=30)
-        assert running.runtime.exit_code == 1
+        assert running.lifecycle.exit_code == 1
     finally:
         monkeypatch.delenv("JUDGE_FAILPOINT_LOAD_BLOCK", raising=False)
         running.stop()
@@ -278,7 +278,7 @@ def test_vllm_start_leaves_health_and_metrics_answering_and_a_stopped_engine_is_
         # While the engine starts (minutes), /health and /metrics answer within a short bound.
         slowest = {"/health": 0.0, "/metrics": 0.0}
         deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and not running.runtime.ready and not running.runtime.failed:
+        while time.monotonic() < deadline and not running.lifecycle.ready and not running.lifecycle.failed:
             for path in slowest:
                 t0 = time.monotonic()
                 try:

@@ -118,7 +118,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     runtime = Runtime(settings, Metrics())
     try:
         await runtime.start()
-        if not runtime.ready:
+        if not runtime.lifecycle.ready:
             raise JudgeFailed(503, "the judge model failed to load; see the log above")
         yield runtime
     finally:

@@ -54,10 +54,10 @@ def serve(args: argparse.Namespace) -> None:
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )
-    runtime = app.state.runtime
-    server = DrainingServer(config, runtime)
+    runtime, lifecycle = app.state.runtime, app.state.lifecycle
+    server = DrainingServer(config, lifecycle, lambda: runtime.queue.depth if runtime.queue is not None else 0)
     server.run()
-    code = runtime.exit_code or (1 if runtime.failed else 0)
+    code = lifecycle.exit_code or (1 if lifecycle.failed else 0)
     if code:
         sys.exit(code)
 

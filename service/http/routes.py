@@ -26,6 +26,7 @@ from service.core.errors import ErrorKind, error_body
 from service.http.errors import error_response
 from service.scheduling.queue import ClientGone
 from service.serving import CompareService, RankService, ScoreService
+from service.serving.lifecycle import Lifecycle
 from service.serving.runtime import Runtime
 
 router = APIRouter()
@@ -34,6 +35,11 @@ router = APIRouter()
 def _runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
+
+
+def _lifecycle(request: Request) -> Lifecycle:
+    lifecycle: Lifecycle = request.app.state.lifecycle
+    return lifecycle
 
 
 def _score_service(request: Request) -> ScoreService:
@@ -52,6 +58,7 @@ def _rank_service(request: Request) -> RankService:
 
 
 RuntimeDep = Annotated[Runtime, Depends(_runtime)]
+LifecycleDep = Annotated[Lifecycle, Depends(_lifecycle)]
 _bearer = HTTPBearer(auto_error=False, description="An API key, when the server has keys configured.")
 RequestTimeout = Annotated[
     float | None,
@@ -148,19 +155,19 @@ async def rank(
 
 
 @router.get("/health", response_model=HealthResponse, responses={503: _error_doc(ErrorKind.UNAVAILABLE, "Dead.")})
-async def health(runtime: RuntimeDep) -> Response | HealthResponse:
+async def health(lifecycle: LifecycleDep) -> Response | HealthResponse:
     """Liveness: the process works, the engine and the batch loop have not died, the engine
     has not stalled (see ``service.scheduling.watchdog``), and a load has not run past its deadline."""
-    if (problem := runtime.problem) is not None:
+    if (problem := lifecycle.problem) is not None:
         return error_response(ErrorKind.UNAVAILABLE, *problem)
     return HealthResponse(status="ok")
 
 
 @router.get("/ready", response_model=ReadyResponse, responses={503: _error_doc(ErrorKind.UNAVAILABLE, "Not ready.")})
-async def ready(runtime: RuntimeDep) -> Response | ReadyResponse:
+async def ready(runtime: RuntimeDep, lifecycle: LifecycleDep) -> Response | ReadyResponse:
     """Readiness: the model is loaded and warm, and the service is not draining."""
-    if not runtime.accepting:
-        return error_response(ErrorKind.UNAVAILABLE, "draining" if runtime.draining else "not ready")
+    if not lifecycle.accepting:
+        return error_response(ErrorKind.UNAVAILABLE, "draining" if lifecycle.draining else "not ready")
     return ReadyResponse(
         status="ok", model=runtime.model_name, engine=runtime.engine_kind, max_items=runtime.settings.max_items
     )

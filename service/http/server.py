@@ -14,13 +14,14 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import NoReturn
 
 import uvicorn
 
 from service.config import EXIT_MARGIN_S
-from service.serving.runtime import Runtime
+from service.serving.lifecycle import Lifecycle
 
 logger = logging.getLogger(__name__)
 
@@ -36,46 +37,46 @@ class DrainingServer(uvicorn.Server):
 
     While draining, the server still accepts connections, so late requests get a clear
     503 instead of a refused connection. A second signal exits at once, with
-    ``forced_exit_code``.
+    ``forced_exit_code``. ``queued`` says how much admitted work is still waiting.
     """
 
-    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, queued: Callable[[], int]) -> None:
         super().__init__(config)
-        self.runtime = runtime
+        self.lifecycle = lifecycle
+        self._queued = queued
         self._draining = False
-        runtime.request_exit = self.exit_within_grace
+        lifecycle.request_exit = self.exit_within_grace
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._draining:
             self._exit_now(sig)
         self._draining = True
-        self.runtime.begin_drain()
-        logger.info("signal %d: draining for up to %.0fs", sig, self.runtime.grace_left())
+        self.lifecycle.begin_drain()
+        logger.info("signal %d: draining for up to %.0fs", sig, self.lifecycle.grace_left())
         threading.Thread(target=self._exit_when_drained, name="drain", daemon=True).start()
 
     def _exit_when_drained(self) -> None:
-        queue = self.runtime.queue
-        while queue is not None and queue.depth > 0 and self.runtime.grace_left() > 0:
+        while self._queued() > 0 and self.lifecycle.grace_left() > 0:
             time.sleep(0.05)
         logger.info("drained; shutting down")
         self.exit_within_grace()
 
     def exit_within_grace(self) -> None:
         """Close the server; open connections get only what is left of the grace budget."""
-        self.runtime.begin_drain()
-        self.config.timeout_graceful_shutdown = self.runtime.grace_left()  # type: ignore[assignment]
+        self.lifecycle.begin_drain()
+        self.config.timeout_graceful_shutdown = self.lifecycle.grace_left()  # type: ignore[assignment]
         self.should_exit = True
-        if self.runtime.stuck:
+        if self.lifecycle.stuck:
             # A pass or a load stuck in its thread would hold the interpreter's exit forever
             # (it joins its worker threads): past the grace and the exit margin, leave anyway.
-            limit = self.runtime.grace_left() + EXIT_MARGIN_S
+            limit = self.lifecycle.grace_left() + EXIT_MARGIN_S
             threading.Thread(target=self._exit_hard_after, args=(limit,), name="hard-exit", daemon=True).start()
 
     def _exit_hard_after(self, seconds: float) -> None:
         time.sleep(seconds)
         logger.critical("the process did not exit within %.0fs of a stuck engine; exiting now", seconds)
         logging.shutdown()
-        os._exit(self.runtime.exit_code or 1)
+        os._exit(self.lifecycle.exit_code or 1)
 
     @staticmethod
     def _exit_now(sig: int) -> NoReturn:

@@ -192,6 +192,6 @@ class LaneRuntime(Runtime):
     async def run(
         self, tasks: Sequence[ScoringTask], deadline: float, disconnected: Callable[[], Awaitable[None]] | None
     ) -> list[LabelScores]:
-        if not self._inner.accepting:
+        if not self._inner.lifecycle.accepting:
             raise JudgeError(ErrorKind.UNAVAILABLE, "the judge is not ready")
         return await self._lane.run(tasks)

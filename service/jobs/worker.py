@@ -108,7 +108,7 @@ class Worker:
     def _ensure_lane(self) -> bool:
         """The lane, once the runtime's engine and queue are up and accepting."""
         runtime = self.runtime
-        if not runtime.accepting or runtime.engine is None or runtime.queue is None:
+        if not runtime.lifecycle.accepting or runtime.engine is None or runtime.queue is None:
             return False
         if self.lane is None:
             queue = runtime.queue

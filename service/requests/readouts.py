@@ -1,10 +1,17 @@
 """What a score request reads besides the final distribution, decided in one place: the
 layers' label logits (LAGER's methods, ``return_layers``), and anything per layer at all
-(those, the probe's hidden rows, ``hidden_layers``)."""
+(those, the probe's hidden rows, ``hidden_layers``); and whether this judge can serve it
+(``ReadoutSupport``: the engine's per-layer capture, the layer weights, the probe)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+from service.core.errors import ErrorKind, JudgeError
+from service.engines.base import Engine
+from service.methods.lager import LayerWeights
+from service.methods.probe import Probe
 
 
 def reads_layer_logits(method: str, return_layers: bool) -> bool:
@@ -15,3 +22,73 @@ def reads_layer_logits(method: str, return_layers: bool) -> bool:
 def reads_per_layer(method: str, return_layers: bool, hidden_layers: Sequence[int] | None = None) -> bool:
     """Whether the request reads anything per layer: label logits or hidden rows."""
     return reads_layer_logits(method, return_layers) or method == "probe" or bool(hidden_layers)
+
+
+@dataclass(frozen=True)
+class ReadoutSupport:
+    """What this judge can read out: per-layer capture (the engine's, and why not), the
+    model's hidden-state entries (0..``num_layers``), the layer weights and the probe."""
+
+    engine_kind: str
+    supports_layers: bool
+    layers_unavailable: str | None = None
+    num_layers: int = 0
+    layer_weights: LayerWeights | None = None
+    probe: Probe | None = None
+
+    @classmethod
+    def of(
+        cls, engine_kind: str, engine: Engine, layer_weights: LayerWeights | None, probe: Probe | None
+    ) -> ReadoutSupport:
+        return cls(
+            engine_kind, engine.supports_layers, engine.layers_unavailable, engine.num_layers, layer_weights, probe
+        )
+
+    def _unavailable(self) -> str:
+        return f" ({self.layers_unavailable})" if self.layers_unavailable else ""
+
+    def wants_layers(self, method: str, return_layers: bool) -> bool:
+        """Whether a score request needs per-layer logits; refuses what this judge cannot serve."""
+        if method == "lager_weighted" and self.layer_weights is None:
+            raise JudgeError(
+                ErrorKind.INVALID_REQUEST,
+                "method 'lager_weighted' needs layer weights; the server has none (JUDGE_LAYER_WEIGHTS_FILE)",
+            )
+        if method == "probe" and self.probe is None:
+            raise JudgeError(
+                ErrorKind.INVALID_REQUEST, "method 'probe' needs a probe; the server has none (JUDGE_PROBE_FILE)"
+            )
+        if reads_per_layer(method, return_layers) and not self.supports_layers:
+            raise JudgeError(
+                ErrorKind.INVALID_REQUEST,
+                f"method {method!r} and return_layers need per-layer scores, "
+                f"which this {self.engine_kind} engine does not provide" + self._unavailable(),
+            )
+        return reads_layer_logits(method, return_layers)
+
+    def hidden_layers(self, method: str, requested: Sequence[int] | None) -> tuple[int, ...]:
+        """The hidden-state entries a score request reads: those it asks for, then the probe's."""
+        wanted = list(requested or ())
+        for layer in wanted:
+            if layer > self.num_layers:
+                raise JudgeError(
+                    ErrorKind.INVALID_REQUEST,
+                    f"hidden layer {layer} is out of range; this model has entries 0..{self.num_layers}",
+                    {"hidden_layer": layer, "max_hidden_layer": self.num_layers},
+                )
+        if method == "probe" and self.probe is not None:
+            wanted += [layer for layer in self.probe.layers if layer not in wanted]
+        if wanted and not self.supports_layers:
+            raise JudgeError(
+                ErrorKind.INVALID_REQUEST,
+                f"hidden_layers and method 'probe' need per-layer capture, which this {self.engine_kind} engine "
+                "does not provide" + self._unavailable(),
+            )
+        return tuple(wanted)
+
+    def check_probe_fits(self, model: str, labels: Sequence[str], prompt_version: str) -> None:
+        """A probe serves only the setup it was fitted for."""
+        assert self.probe is not None
+        reason = self.probe.mismatch(model, labels, prompt_version)
+        if reason is not None:
+            raise JudgeError(ErrorKind.INVALID_REQUEST, f"method 'probe' cannot serve this request: {reason}")

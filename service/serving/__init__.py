@@ -1,6 +1,7 @@
 """Serving: one service per endpoint (``score``, ``compare``, ``rank``): a validated wire
 request in, tasks through the runtime, a wire answer out. Owns the runtime (``runtime``:
-model, engine, queue, readiness and drain) and the readout assets it is handed
+model, engine, queue, prompts and limits), the lifecycle it moves along (``lifecycle``:
+readiness, drain, liveness, the exit code) and the readout assets it is handed
 (``assets``).
 
 May import ``service.requests``, ``service.scheduling``, ``service.engines``,

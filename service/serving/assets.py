@@ -11,7 +11,6 @@ from service.methods.calibration import Calibration
 from service.methods.lager import LayerWeights
 from service.methods.probe import Probe
 from service.methods.review import ReviewThresholds
-from service.requests.limits import Limits
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,13 @@ class ReadoutAssets:
 
     def check(self, settings: Settings, num_layers: int) -> None:
         """At startup: the layer weights and the probe must fit the loaded model."""
-        if self.layer_weights is not None:
-            Limits.check_layer_weights(self.layer_weights, settings.layer_weights_file, num_layers)
-        if self.probe is not None:
-            Limits.check_probe(self.probe, settings.probe_file, num_layers)
+        weights, probe = self.layer_weights, self.probe
+        if weights is not None and len(weights.weights) != num_layers:
+            raise ValueError(
+                f"{settings.layer_weights_file} has {len(weights.weights)} layer weights; the model needs "
+                f"{num_layers} (one per layer entry but the final normed one)"
+            )
+        if probe is not None and any(not 0 <= layer <= num_layers for layer in probe.layers):
+            raise ValueError(
+                f"{settings.probe_file} reads hidden-state entries {probe.layers}; the model has 0..{num_layers}"
+            )

@@ -36,8 +36,8 @@ class CompareService:
         arrived: float | None = None,
     ) -> CompareResponse:
         prompts, limits = self.runtime.require_ready()
-        deadline = limits.deadline(timeout_s, arrived)
-        chat_kwargs = limits.chat_template_kwargs(request.chat_template_kwargs)
+        deadline = limits.work.deadline(timeout_s, arrived)
+        chat_kwargs = limits.caps.chat_template_kwargs(request.chat_template_kwargs)
         tasks = await asyncio.to_thread(self._tasks, request, prompts, limits, chat_kwargs)
         results = await self.runtime.run(tasks, deadline, disconnected)
         per_pair = 2 if request.swap else 1
@@ -59,9 +59,9 @@ class CompareService:
     ) -> list[ScoringTask]:
         """Two tasks per pair (A first, then B first), or one without swapping; in critique
         mode each is a critique task, with its own critique in its own order."""
-        limits.check_count(len(request.pairs), "pairs")
-        limits.check_prompts(len(request.pairs) * (2 if request.swap else 1))
-        trie = limits.label_trie(VERDICT_LABELS)
+        limits.caps.check_count(len(request.pairs), "pairs")
+        limits.work.check_prompts(len(request.pairs) * (2 if request.swap else 1))
+        trie = limits.tokens.label_trie(VERDICT_LABELS)
         spec = request.critique
         critique = limits.critique(spec.max_tokens, spec.marker, False) if spec is not None else None
         marker = spec.marker if spec is not None else None
@@ -72,7 +72,7 @@ class CompareService:
                 orders.append((pair.response_b, pair.response_a))
             for first, second in orders:
                 text = prompts.pair(pair.instruction, first, second, request.criteria, chat_kwargs, marker)
-                token_ids = limits.encode(text, index, pair.id, critique)
+                token_ids = limits.tokens.encode(text, index, pair.id, critique)
                 tasks.append(ScoringTask.reading(token_ids, trie, critique=critique))
         return tasks
 

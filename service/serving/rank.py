@@ -31,8 +31,8 @@ class RankService:
         arrived: float | None = None,
     ) -> RankResponse:
         prompts, limits = self.runtime.require_ready()
-        deadline = limits.deadline(timeout_s, arrived)
-        limits.check_candidates(len(request.candidates))
+        deadline = limits.work.deadline(timeout_s, arrived)
+        limits.caps.check_candidates(len(request.candidates))
         if request.strategy == "pointwise":
             rubric = self._rubric(request)
             version = prompts.score_version(rubric)
@@ -66,18 +66,18 @@ class RankService:
 
     def _pointwise_tasks(self, request: RankRequest, rubric: Rubric) -> list[ScoringTask]:
         prompts, limits = self.runtime.require_ready()
-        trie = limits.label_trie(rubric.labels)
+        trie = limits.tokens.label_trie(rubric.labels)
         texts = [prompts.score(request.instruction, c.response, None, rubric) for c in request.candidates]
         return [
-            ScoringTask.reading(limits.encode(text, i, c.id), trie)
+            ScoringTask.reading(limits.tokens.encode(text, i, c.id), trie)
             for i, (c, text) in enumerate(zip(request.candidates, texts, strict=True))
         ]
 
     def pairwise_tasks(self, request: RankRequest, pairs: list[tuple[int, int]]) -> list[ScoringTask]:
         """Two tasks per pair: its first candidate shown first, then second."""
         prompts, limits = self.runtime.require_ready()
-        limits.check_prompts(2 * len(pairs))
-        trie = limits.label_trie(VERDICT_LABELS)
+        limits.work.check_prompts(2 * len(pairs))
+        trie = limits.tokens.label_trie(VERDICT_LABELS)
         candidates = request.candidates
         tasks = []
         for i, j in pairs:
@@ -85,7 +85,7 @@ class RankService:
                 text = prompts.pair(
                     request.instruction, candidates[first].response, candidates[second].response, request.criteria
                 )
-                tasks.append(ScoringTask.reading(limits.encode(text, first, candidates[first].id), trie))
+                tasks.append(ScoringTask.reading(limits.tokens.encode(text, first, candidates[first].id), trie))
         return tasks
 
     @staticmethod

@@ -1,9 +1,9 @@
 """The runtime: the one long-lived object behind every service.
 
-It holds the model's tokenizer, the engine and the queue, and the state every endpoint
-reads: readiness, drain, health and the exit code. The shutdown grace is one budget,
-counted from the moment draining begins: the drain, the server's own graceful close and
-the queue's close all spend the same remaining time.
+It loads the model's tokenizer, starts the engine and the queue, and builds the prompts
+and the limits requests are checked against; it moves its ``Lifecycle`` (readiness, drain,
+liveness, the exit code: ``service.serving.lifecycle``) along as it starts, fails and
+shuts down.
 """
 
 from __future__ import annotations
@@ -24,11 +24,16 @@ from service.engines.factory import build_engine, choose_engine
 from service.engines.memory import batch_memory_budget, resident_bytes
 from service.engines.model_store import resolve_model
 from service.observability.metrics import Metrics
+from service.requests.caps import RequestCaps
 from service.requests.limits import Limits
 from service.requests.prompts import Prompts
+from service.requests.readouts import ReadoutSupport
+from service.requests.tokens import TokenLimits
+from service.requests.work import WorkLimits
 from service.scheduling.queue import BatchQueue
-from service.scheduling.watchdog import Stall, Watchdog, WatchedEngine
+from service.scheduling.watchdog import Watchdog, WatchedEngine
 from service.serving.assets import ReadoutAssets
+from service.serving.lifecycle import Lifecycle
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +44,16 @@ CALIBRATION_TOKENS = 256
 
 
 class Runtime:
-    """Model, engine, queue and the service's state; the fitted readout assets
-    (``assets``) are built once by the app and handed in."""
+    """Model, engine and queue; the fitted readout assets (``assets``) and the lifecycle
+    are built once by the app and handed in."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, assets: ReadoutAssets | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        assets: ReadoutAssets | None = None,
+        lifecycle: Lifecycle | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
         # Resolved once: ``auto`` probes for vLLM and a GPU, which do not change while serving.
@@ -52,17 +63,10 @@ class Runtime:
         self.prompts: Prompts | None = None
         self.limits: Limits | None = None
         self.assets = assets if assets is not None else ReadoutAssets.load(settings)
-        self.ready = False
-        self.draining = False
-        self.failed = False
-        self.exit_code = 0
-        self._drain_deadline: float | None = None
-        # A load still running past this instant is hung (set when the load begins).
-        self._load_deadline: float | None = None
-        self.watchdog = Watchdog(settings.stall_multiple, settings.stall_floor_s, on_stall=self._stalled)
+        self.lifecycle = lifecycle if lifecycle is not None else Lifecycle(settings, metrics)
+        self.lifecycle.parts_alive = self._parts_alive
+        self.watchdog = Watchdog(settings.stall_multiple, settings.stall_floor_s, on_stall=self.lifecycle.stalled)
         self._watching: asyncio.Task[None] | None = None
-        # Set by whoever runs the server: stops it (the exit code says why).
-        self.request_exit: Callable[[], None] = lambda: None
 
     @property
     def model_name(self) -> str:
@@ -72,7 +76,7 @@ class Runtime:
         """Load the model, warm it up, start the queue; mark ready. A failure is logged and
         leaves the runtime failed, with any engine that had started closed again."""
         started = time.monotonic()
-        self._load_deadline = started + self.settings.load_timeout_s
+        self.lifecycle.loading()
         engine = None
         try:
             model_dir, tokenizer = await asyncio.to_thread(self._load_tokenizer)
@@ -80,32 +84,14 @@ class Runtime:
             await engine.start()
             self.assets.check(self.settings, engine.num_layers)
             self.prompts = Prompts(tokenizer)
-            self.limits = Limits(
-                tokenizer,
-                max_items=self.settings.max_items,
-                max_critique_tokens=self.settings.max_critique_tokens,
-                max_model_len=min(engine.max_model_len, self.settings.max_model_len or engine.max_model_len),
-                engine_kind=self.engine_kind,
-                supports_layers=engine.supports_layers,
-                layers_unavailable=engine.layers_unavailable,
-                layer_weights=self.assets.layer_weights,
-                request_timeout_s=self.settings.request_timeout_s,
-                max_request_timeout_s=self.settings.max_request_timeout_s,
-                num_layers=engine.num_layers,
-                probe=self.assets.probe,
-                max_criteria=self.settings.max_criteria,
-                max_rank_candidates=self.settings.max_rank_candidates,
-                max_queue=self.settings.max_queue,
-                chat_template_keys=self.settings.chat_template_keys,
-                engine=engine,
-            )
+            self.limits = self._limits(tokenizer, engine)
             self.queue = self._make_queue(engine)
             self.engine = engine
             self.metrics.prefix_cache.source = lambda: getattr(self.engine, "prefix_cache", None)
-            await self._calibrate(engine, len(tokenizer), min(CALIBRATION_TOKENS, self.limits.max_model_len))
+            await self._calibrate(engine, len(tokenizer), min(CALIBRATION_TOKENS, self.limits.tokens.max_model_len))
             self._plan_memory(engine)
         except Exception:
-            self.failed = True
+            self.lifecycle.fail()
             logger.exception("failed to load the judge model")
             if self.queue is not None:
                 await self.queue.close(0)
@@ -113,13 +99,23 @@ class Runtime:
             return
         self.metrics.model_info.info({"model": self.settings.model, "engine": self.engine_kind})
         self._watching = asyncio.create_task(self.watchdog.run(), name="watchdog")
-        self.ready = True
-        self.metrics.ready.set(1)
+        self.lifecycle.loaded()
         logger.info(
             "judge ready: model=%s engine=%s in %.1fs",
             self.settings.model,
             self.engine_kind,
             time.monotonic() - started,
+        )
+
+    def _limits(self, tokenizer: Any, engine: Engine) -> Limits:
+        """What requests are checked against, once the engine has started: the model's length
+        is the engine's, capped by the setting."""
+        s = self.settings
+        return Limits(
+            RequestCaps.from_settings(s),
+            TokenLimits(tokenizer, min(engine.max_model_len, s.max_model_len or engine.max_model_len)),
+            ReadoutSupport.of(self.engine_kind, engine, self.assets.layer_weights, self.assets.probe),
+            WorkLimits.from_settings(s, engine),
         )
 
     def _load_tokenizer(self) -> tuple[Path, Any]:
@@ -141,7 +137,8 @@ class Runtime:
             max_queue=self.settings.max_queue,
             max_batch_size=self.settings.max_batch_size,
             max_wait_s=wait_ms / 1000,
-            on_stopped=self._queue_stopped,
+            # The batch loop cannot be restarted safely: the judge fails, and exits.
+            on_stopped=self.lifecycle.fail,
             max_retry_after_s=self.settings.max_request_timeout_s,
         )
         queue.start()
@@ -179,48 +176,14 @@ class Runtime:
         )
         logger.info("one batch may hold %d MiB", engine.batch_memory_budget >> 20)
 
-    def _queue_stopped(self) -> None:
-        # The batch loop cannot be restarted safely with futures in unknown states: fail
-        # health and readiness, and exit so the orchestrator restarts the process.
-        self.failed = True
-        self.metrics.ready.set(0)
-
-    def _stalled(self, _: Stall) -> None:
-        self.metrics.ready.set(0)
-
-    @property
-    def load_overdue(self) -> bool:
-        """Whether the model is still loading past its load deadline (a hung load)."""
-        return not self.ready and self._load_deadline is not None and time.monotonic() > self._load_deadline
-
-    @property
-    def stuck(self) -> bool:
-        """Whether a thread may never return: the engine stalled, or the load hung."""
-        return self.watchdog.stall is not None or self.load_overdue
-
-    @property
-    def problem(self) -> tuple[str, dict[str, Any] | None] | None:
-        """Why the runtime is not alive, with details for /health; None while it is."""
-        if self.watchdog.stall is not None:
-            return "the judge engine stalled", self.watchdog.stall.details
-        if self.load_overdue:
-            return "the model did not load within its deadline", {"load_timeout_s": self.settings.load_timeout_s}
-        if self.failed or (self.engine is not None and not self.engine.healthy):
-            return "the judge is dead", None
-        if self.queue is not None and not self.queue.running:
-            return "the judge is dead", None
-        return None
-
-    @property
-    def alive(self) -> bool:
-        return self.problem is None
-
-    @property
-    def accepting(self) -> bool:
-        return self.ready and not self.draining and self.alive
+    def _parts_alive(self) -> bool:
+        """Whether the engine (if any) is healthy and the batch loop (if any) runs."""
+        if self.engine is not None and not self.engine.healthy:
+            return False
+        return self.queue is None or self.queue.running
 
     def require_ready(self) -> tuple[Prompts, Limits]:
-        if not self.accepting or self.prompts is None or self.limits is None:
+        if not self.lifecycle.accepting or self.prompts is None or self.limits is None:
             raise JudgeError(ErrorKind.UNAVAILABLE, "the judge is not ready")
         return self.prompts, self.limits
 
@@ -228,31 +191,17 @@ class Runtime:
         self, tasks: Sequence[ScoringTask], deadline: float, disconnected: Callable[[], Awaitable[None]] | None
     ) -> list[LabelScores]:
         """Score ``tasks`` through the queue: admission, batching, deadline, disconnect."""
-        if self.queue is None or self.limits is None or not self.accepting:
+        if self.queue is None or self.limits is None or not self.lifecycle.accepting:
             raise JudgeError(ErrorKind.UNAVAILABLE, "the judge is not ready")
-        self.limits.check_memory(tasks)
+        self.limits.work.check_memory(tasks)
         return await self.queue.run(tasks, deadline, disconnected)
 
-    def begin_drain(self) -> None:
-        """Stop admitting new requests (503); admitted work still completes. Starts the
-        shutdown grace budget."""
-        if self._drain_deadline is None:
-            self._drain_deadline = time.monotonic() + self.settings.shutdown_grace_s
-        self.draining = True
-        self.metrics.ready.set(0)
-
-    def grace_left(self) -> float:
-        """Seconds left of the shutdown grace budget (all of it before draining began)."""
-        if self._drain_deadline is None:
-            return self.settings.shutdown_grace_s
-        return max(0.0, self._drain_deadline - time.monotonic())
-
     async def shutdown(self) -> None:
-        self.begin_drain()
+        self.lifecycle.begin_drain()
         if self._watching is not None:
             self._watching.cancel()
         if self.queue is not None:
-            await self.queue.close(self.grace_left())
+            await self.queue.close(self.lifecycle.grace_left())
         await self._close(self.engine)
 
     async def _close(self, engine: Engine | None) -> None:

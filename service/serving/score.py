@@ -126,7 +126,7 @@ class ScoreService:
         arrived: float | None = None,
     ) -> ScoreResponse:
         _, limits = self.runtime.require_ready()
-        deadline = limits.deadline(timeout_s, arrived)
+        deadline = limits.work.deadline(timeout_s, arrived)
         criteria = await asyncio.to_thread(self.criteria, request)
         tasks = await asyncio.to_thread(self.tasks, request, criteria)
         results = await self.runtime.run(tasks, deadline, disconnected)
@@ -162,7 +162,7 @@ class ScoreService:
         if isinstance(request, RawScoreRequest):
             return [Criterion(None, None, 1.0, prompts.raw_version(_marker(request)))]
         if request.rubrics is not None:
-            limits.check_criteria(len(request.rubrics))
+            limits.caps.check_criteria(len(request.rubrics))
             out = []
             for name, spec in request.rubrics.items():
                 rubric = Rubric(spec.criteria, tuple(spec.score_descriptions.items()))
@@ -176,7 +176,7 @@ class ScoreService:
 
     def _version(self, prompts: Prompts, rubric: Rubric, request: StructuredScoreRequest) -> str:
         limits = self.runtime.require_ready()[1]
-        kwargs = limits.chat_template_kwargs(request.chat_template_kwargs)
+        kwargs = limits.caps.chat_template_kwargs(request.chat_template_kwargs)
         return prompts.score_version(rubric, request.template, kwargs, _marker(request))
 
     def tasks(self, request: ScoreRequest, criteria: Sequence[Criterion] | None = None) -> list[ScoringTask]:
@@ -184,24 +184,24 @@ class ScoreService:
         limit is checked before anything is queued."""
         prompts, limits = self.runtime.require_ready()
         criteria = criteria if criteria is not None else self.criteria(request)
-        spec = critique_spec(request, limits.max_critique_tokens)
+        spec = critique_spec(request, limits.caps.max_critique_tokens)
         # Checked first, from the request alone: a critique with a per-layer readout is refused
         # as such, whether or not this server has layer weights or a probe.
         per_layer = reads_per_layer(request.method, request.return_layers, request.hidden_layers)
         critique = limits.critique(*spec, per_layer) if spec is not None else None
-        want_layers = limits.wants_layers(request.method, request.return_layers)
-        hidden = limits.hidden_layers(request.method, request.hidden_layers)
+        want_layers = limits.readouts.wants_layers(request.method, request.return_layers)
+        hidden = limits.readouts.hidden_layers(request.method, request.hidden_layers)
         if request.method == "probe":
             for criterion in criteria:
-                limits.check_probe_fits(self.runtime.model_name, request.label_set, criterion.prompt_version)
-        limits.check_count(len(request.items), "items")
-        limits.check_prompts(len(request.items) * len(criteria))
-        trie = limits.label_trie(read_labels(request), want_layers)
+                limits.readouts.check_probe_fits(self.runtime.model_name, request.label_set, criterion.prompt_version)
+        limits.caps.check_count(len(request.items), "items")
+        limits.work.check_prompts(len(request.items) * len(criteria))
+        trie = limits.tokens.label_trie(read_labels(request), want_layers)
         tasks = []
         items: Sequence[RawItem | StructuredItem] = request.items
         chat_kwargs = {}
         if isinstance(request, StructuredScoreRequest):
-            chat_kwargs = limits.chat_template_kwargs(request.chat_template_kwargs)
+            chat_kwargs = limits.caps.chat_template_kwargs(request.chat_template_kwargs)
         for index, item in enumerate(items):
             for criterion in criteria:
                 if isinstance(item, RawItem):
@@ -217,7 +217,7 @@ class ScoreService:
                         chat_kwargs,
                         writes_first=critique is not None,
                     )
-                token_ids = limits.encode(text, index, item.id, critique)
+                token_ids = limits.tokens.encode(text, index, item.id, critique)
                 tasks.append(ScoringTask.reading(token_ids, trie, want_layers, hidden, critique))
         return tasks
 

@@ -212,8 +212,8 @@ def test_engine_death_fails_fast_and_exits() -> None:
         deadline = time.monotonic() + HANG_S
         while running.thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert running.runtime.exit_code == 1
-        assert not running.runtime.accepting
+        assert running.lifecycle.exit_code == 1
+        assert not running.lifecycle.accepting
         assert not running.thread.is_alive(), "the server did not exit after the engine died"
     finally:
         running.stop()

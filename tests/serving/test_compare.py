@@ -155,7 +155,7 @@ def test_compare_critique_errors(client, options: dict, field: str) -> None:
 
 
 def test_compare_prompts_must_leave_room_for_their_critiques(server: RunningServer, client) -> None:
-    limit = server.runtime.limits.max_model_len
+    limit = server.runtime.limits.tokens.max_model_len
     long_pair = {**PAIR, "response_a": "x " * (limit - 300)}
     body = {"pairs": [long_pair], "critique": {"max_tokens": 500, "marker": "."}}
     response = client.post("/v1/compare", json=body)

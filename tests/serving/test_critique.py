@@ -150,10 +150,10 @@ def test_critique_counts_its_tokens_in_the_metrics(
 
 
 def test_a_prompt_must_leave_room_for_its_critique(server: RunningServer, client: httpx.Client) -> None:
-    limit = server.runtime.limits.max_model_len
+    limit = server.runtime.limits.tokens.max_model_len
     prompt = "x " * (limit - 300)
     items = [{"id": "a", "prompt": prompt}]
-    n = len(server.runtime.limits.tokenizer.encode(prompt, add_special_tokens=False))
+    n = len(server.runtime.limits.tokens.tokenizer.encode(prompt, add_special_tokens=False))
     assert n + 500 > limit
     response = client.post("/v1/score", json={"items": items, "critique": {"max_tokens": 500, "marker": "."}})
     assert response.status_code == 422, response.text
