@@ -152,6 +152,17 @@ def prompts_taken_in(url: str) -> float:
     return metric_sum(url, "judge_queue_depth") + metric_sum(url, "judge_prompts_total")
 
 
+def post_admitted(client: httpx.Client, path: str, body: dict[str, Any]) -> httpx.Response:
+    """POST as a patient client does: a 429 (a slow machine's predicted miss) is retried
+    after its Retry-After, for tests about answers rather than admission."""
+    deadline = time.monotonic() + HANG_S
+    while True:
+        response = client.post(path, json=body)
+        if response.status_code != 429 or time.monotonic() > deadline:
+            return response
+        time.sleep(min(float(response.headers.get("Retry-After", 1)), 30.0))
+
+
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = HANG_S) -> None:
     """Poll ``condition`` (something the server reports) until it holds; ``timeout`` only
     bounds a hang."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from service.scheduling.admission import Throughput
+from service.scheduling.admission import LONE_MISS_FACTOR, LONE_MISS_S, Throughput, overloaded
 
 
 def test_rate_is_tokens_over_busy_time_without_idle_gaps() -> None:
@@ -85,3 +87,23 @@ def test_completion_adds_one_batch_latency_to_the_stretched_drain_time() -> None
     # Rate: 400 tokens in 4 s of busy time; latency: the mean of 1 s and 3 s.
     assert meter.batch_latency_s == pytest.approx(2.0)
     assert meter.completion_s(400, 1.0) == pytest.approx(4.0 + 2.0)
+
+
+def test_a_lone_request_is_refused_only_on_a_measured_rate_and_a_miss_by_far() -> None:
+    """1,000 tokens at 10 tokens/s: 100 s, against a 1 s deadline."""
+    deadline = time.monotonic() + 1.0
+    seeded = Throughput(window_s=100)
+    seeded.seed(1.0, 10)
+    assert not seeded.measured
+    # The startup seed alone is one rough measurement: a lone request gets its chance.
+    assert overloaded(seeded, work=0, tokens=1000, deadline=deadline, max_retry_after_s=None) is None
+    # Behind admitted work the seed still counts: the queue's own rule.
+    assert overloaded(seeded, work=10, tokens=1000, deadline=deadline, max_retry_after_s=None) is not None
+    measured = Throughput(window_s=100)
+    measured.seed(1.0, 10)
+    measured.add(1.0, 10)
+    assert measured.measured
+    refused = overloaded(measured, work=0, tokens=1000, deadline=deadline, max_retry_after_s=None)
+    assert refused is not None and refused.details["predicted_s"] > LONE_MISS_FACTOR * 1.0 + LONE_MISS_S
+    # A miss that is not by far: admitted, to get its 504 if it does miss.
+    assert overloaded(measured, work=0, tokens=30, deadline=deadline, max_retry_after_s=None) is None

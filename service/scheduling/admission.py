@@ -27,9 +27,10 @@ LATENCY_SAMPLES = 16
 # form by length within the oldest items, so a request may wait a little longer than the
 # work ahead of it alone would take.
 ADMISSION_SAFETY = 1.25
-# With nothing ahead of it, a request gets its chance unless it alone is predicted to miss
-# its deadline by far (both factors): admitted, it would hold the engine past its deadline
-# for everyone else (a transformers pass cannot be interrupted), with no chance to finish.
+# With nothing ahead of it, a request gets its chance unless it alone is predicted, at a
+# rate measured on real batches, to miss its deadline by far (both factors): admitted, it
+# would hold the engine past its deadline for everyone else (a transformers pass cannot be
+# interrupted), with no chance to finish.
 LONE_MISS_FACTOR = 2.0
 LONE_MISS_S = 5.0
 
@@ -95,6 +96,12 @@ class Throughput:
             self._tokens -= old_tokens
 
     @property
+    def measured(self) -> bool:
+        """Whether the rate comes from real batches, not only the startup seed (one rough
+        measurement, taken while the process may still share the machine with its load)."""
+        return bool(self._samples)
+
+    @property
     def tokens_per_s(self) -> float | None:
         """The measured rate; None before anything was measured."""
         if self._busy_s > 0 and self._tokens > 0:
@@ -140,7 +147,9 @@ def overloaded(
     budget = deadline - time.monotonic()
     if predicted <= budget:
         return None
-    if work == 0 and (predicted < LONE_MISS_FACTOR * budget or predicted - budget < LONE_MISS_S):
+    if work == 0 and (
+        not throughput.measured or predicted < LONE_MISS_FACTOR * budget or predicted - budget < LONE_MISS_S
+    ):
         return None
     # Work drains at the measured rate, so the request would fit after this long (capped).
     wait = min(predicted - budget, max_retry_after_s or predicted)

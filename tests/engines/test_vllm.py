@@ -22,6 +22,7 @@ from tests.conftest import (
     VLLM_TEST_SETTINGS,
     RunningServer,
     engine_settings,
+    post_admitted,
     prompts_taken_in,
     start_server,
     wait_admitted,
@@ -85,7 +86,7 @@ def test_parity_with_transformers_engine(vllm_server: RunningServer) -> None:
     payloads = [raw, structured, labels]
     assert len(raw["items"]) + len(structured["items"]) >= 20
     with vllm_server.client() as client:
-        served = [client.post("/v1/score", json=p).json()["results"] for p in payloads]
+        served = [post_admitted(client, "/v1/score", p).json()["results"] for p in payloads]
     expected = transformers_scores(payloads)
     for got_rows, want_rows in zip(served, expected, strict=True):
         for got, want in zip(got_rows, want_rows, strict=True):
@@ -162,7 +163,7 @@ def test_lager_and_layers_parity_under_continuous_batching(vllm_server: RunningS
     def call(payload: dict) -> list[dict]:
         # The longest deadline: this test is about parity, not admission.
         with vllm_server.client(timeout=600) as client:
-            response = client.post("/v1/score", json={**payload, "timeout_s": 300})
+            response = post_admitted(client, "/v1/score", {**payload, "timeout_s": 300})
         assert response.status_code == 200, response.text
         return response.json()["results"]
 
