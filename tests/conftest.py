@@ -46,7 +46,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     from tests import image as image_build
 
     if any(item.get_closest_marker("image") for item in session.items) and image_build.unavailable() is None:
-        session.config.stash[image_build.BUILD] = image_build.start_in_background()
+        build = image_build.start_in_background()
+        # Reaped as soon as it ends, so it is never left a zombie among our children.
+        threading.Thread(target=build.wait, name="image-build-reaper", daemon=True).start()
+        session.config.stash[image_build.BUILD] = build
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -150,6 +153,22 @@ def metric_sum(url: str, sample: str, **labels: str) -> float:
 def prompts_taken_in(url: str) -> float:
     """Prompts the server has taken in so far (queued, running or scored), from its own metrics."""
     return metric_sum(url, "judge_queue_depth") + metric_sum(url, "judge_prompts_total")
+
+
+def engine_cores() -> list[Any]:
+    """This process's vLLM engine-core children. Others that end or are ended while we
+    look (a finished child not yet reaped is a zombie, whose command line cannot be read)
+    are passed over."""
+    import psutil
+
+    cores = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if "EngineCore" in process.name() or "EngineCore" in " ".join(process.cmdline()):
+                cores.append(process)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue
+    return cores
 
 
 def post_admitted(client: httpx.Client, path: str, body: dict[str, Any]) -> httpx.Response:

@@ -27,6 +27,7 @@ from tests.conftest import (
     ROOT,
     VLLM_TEST_SETTINGS,
     RunningServer,
+    engine_cores,
     engine_settings,
     free_port,
     prompts_taken_in,
@@ -259,14 +260,6 @@ def test_a_server_process_whose_load_hangs_exits_with_status_1(tiny_judge: Path,
 def one_vllm_server_at_a_time() -> Iterator[None]:
     engine_settings("vllm")  # skips or fails when vLLM is missing
     yield
-
-
-def engine_cores() -> list[psutil.Process]:
-    return [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline())
-    ]
 
 
 def test_vllm_start_leaves_health_and_metrics_answering_and_a_stopped_engine_is_noticed(

@@ -10,7 +10,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import psutil
 import pytest
 from judge_client.protocol import MAX_TIMEOUT_S, score_request
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,6 +20,7 @@ from tests.conftest import (
     SHARED_DATA,
     VLLM_TEST_SETTINGS,
     RunningServer,
+    engine_cores,
     engine_settings,
     post_admitted,
     prompts_taken_in,
@@ -183,11 +183,7 @@ def test_engine_death_fails_fast_and_exits() -> None:
             response = client.post("/v1/score", json={"items": [{"id": "p", "prompt": "x"}], "method": "lager"})
         assert response.status_code == 422
         assert "JUDGE_VLLM_LAYERS" in response.json()["error"]["message"]
-        cores = [
-            p
-            for p in psutil.Process().children(recursive=True)
-            if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline())
-        ]
+        cores = engine_cores()
         assert cores, "no vLLM engine-core process found"
         # The longest deadlines: every request must be admitted (deadline-aware admission
         # refuses what a slow machine cannot finish in time) before the engine dies.
