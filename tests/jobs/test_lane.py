@@ -51,16 +51,25 @@ def task(n: int, first: int = 1) -> ScoringTask:
     return ScoringTask(token_ids=(first, *((n + i) % 60 + 1 for i in range(24))), label_ids=(1, 2, 3))
 
 
+async def lane_under_way(
+    engine: TransformersEngine, lines: int
+) -> tuple[Logged, BatchQueue, BatchLane, asyncio.Future[list]]:
+    """A queue and a lane on the logged engine, the lane given ``lines`` tasks and its first
+    pass started."""
+    logged = Logged(engine)
+    queue = BatchQueue(logged, Metrics(), max_queue=64, max_batch_size=8, max_wait_s=0.0)
+    queue.start()
+    lane = BatchLane(logged, lambda: queue.depth, max_batch_size=8, busy_items=2)
+    lane.start()
+    batch_work = asyncio.ensure_future(lane.run([task(n) for n in range(lines)]))
+    while not logged.passes:
+        await asyncio.sleep(0.001)
+    return logged, queue, lane, batch_work
+
+
 def test_online_work_waits_behind_at_most_one_lane_pass_and_lane_passes_shrink(engine: TransformersEngine) -> None:
     async def scenario() -> Logged:
-        logged = Logged(engine)
-        queue = BatchQueue(logged, Metrics(), max_queue=64, max_batch_size=8, max_wait_s=0.0)
-        queue.start()
-        lane = BatchLane(logged, lambda: queue.depth, max_batch_size=8, busy_items=2)
-        lane.start()
-        batch_work = asyncio.ensure_future(lane.run([task(n) for n in range(64)]))
-        while not logged.passes:
-            await asyncio.sleep(0.001)
+        logged, queue, lane, batch_work = await lane_under_way(engine, lines=64)
         lane_passes_before = len(logged.passes)
         online = await queue.run([task(n, ONLINE_TOKEN) for n in range(3)], time.monotonic() + 60)
         assert len(online) == 3
@@ -105,14 +114,7 @@ def test_back_to_back_online_requests_go_first_and_the_lane_still_progresses(eng
     is not starved: it runs about one pass per LANE_STARVE_S."""
 
     async def scenario() -> tuple[Logged, float, int]:
-        logged = Logged(engine)
-        queue = BatchQueue(logged, Metrics(), max_queue=64, max_batch_size=8, max_wait_s=0.0)
-        queue.start()
-        lane = BatchLane(logged, lambda: queue.depth, max_batch_size=8, busy_items=2)
-        lane.start()
-        batch_work = asyncio.ensure_future(lane.run([task(n) for n in range(400)]))
-        while not logged.passes:
-            await asyncio.sleep(0.001)
+        logged, queue, lane, batch_work = await lane_under_way(engine, lines=400)
         started = time.monotonic()
         first = len(logged.passes)
         while time.monotonic() - started < 3 * LANE_STARVE_S:
