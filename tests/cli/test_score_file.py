@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.conftest import RunningServer
+from tests.conftest import HANG_S, RunningServer, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -45,3 +47,45 @@ def test_score_cli_in_process(tmp_path: Path) -> None:
     result = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
     assert "scored 2" in result.stdout
     assert len(out.read_text().splitlines()) == 2
+
+
+def test_score_cli_splits_a_chunk_the_queue_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk still refused with 429 is split in halves, each sent on its own: with four of
+    the queue's eight places held by a pass that does not end, the command's chunk of eight
+    is refused and its halves of four are admitted; every item is scored once, as the
+    endpoint scores it."""
+    running = start_server(max_items=8, max_queue=8, stall_floor_s=HANG_S)
+    items = [{"id": f"i{n}", "instruction": f"What is {n}+{n}?", "response": str(2 * n)} for n in range(8)]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(item) + "\n" for item in items))
+    out = tmp_path / "out.jsonl"
+    try:
+        queue = running.runtime.queue
+        monkeypatch.setenv("JUDGE_FAILPOINT_PASS_BLOCK", "1")
+        holding = threading.Thread(
+            target=lambda: httpx.post(f"{running.url}/v1/score", json={"items": items[:4]}, timeout=HANG_S)
+        )
+        holding.start()
+        wait_until(lambda: queue.depth == 4, "the held request was not admitted")
+        command = [sys.executable, "-m", "service", "score", str(source), "-o", str(out), "--url", running.url]
+        proc = subprocess.Popen(
+            [*command, "--retries", "0", "--concurrency", "1", "--no-progress"], stdout=subprocess.PIPE, text=True
+        )
+        # The chunk of eight cannot fit beside the held four; a half can.
+        wait_until(lambda: queue.depth == 8 or proc.poll() is not None, "the command neither split nor ended")
+        monkeypatch.delenv("JUDGE_FAILPOINT_PASS_BLOCK")
+        stdout, _ = proc.communicate(timeout=HANG_S)
+        holding.join(HANG_S)
+        assert proc.returncode == 0
+        assert "scored 8, already done 0, failed 0" in stdout, stdout
+        served = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+        assert sorted(served) == [item["id"] for item in items]
+        with running.client() as client:
+            want = client.post("/v1/score", json={"items": items}).json()["results"]
+        for result in want:
+            got = served[result["id"]]
+            assert got["distribution"] == pytest.approx(result["distribution"], abs=1e-4)
+            assert got["expected_score"] == pytest.approx(result["expected_score"], abs=1e-4)
+    finally:
+        monkeypatch.delenv("JUDGE_FAILPOINT_PASS_BLOCK", raising=False)
+        running.stop()
