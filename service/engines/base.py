@@ -32,6 +32,10 @@ class Engine(Protocol):
     max_inflight_batches: int
     # How many critique batches (generations) may run at once, apart from plain batches.
     max_inflight_critiques: int
+    # How many background items (the batch lane's) the engine may hold at once, scheduling
+    # them itself behind online work; 0 for an engine that runs passes in the order it
+    # gets them (the lane then holds its passes back while online work runs).
+    background_slots: int
 
     def batch_cost(self, batch: Sequence[ScoringTask]) -> int:
         """What running ``batch`` costs, in the unit of ``batch_budget`` (padded tokens, items...)."""
@@ -43,15 +47,18 @@ class Engine(Protocol):
     async def start(self) -> None:
         """Load the model and warm it up."""
 
-    async def score(self, batch: Sequence[ScoringTask]) -> Sequence[LabelScores]:
-        """Score a batch; one result per task, in order."""
+    async def score(self, batch: Sequence[ScoringTask], *, background: bool = False) -> Sequence[LabelScores]:
+        """Score a batch; one result per task, in order. ``background`` work (the batch
+        lane's) goes behind online work where the engine schedules its own requests."""
 
-    async def critique(self, batch: Sequence[ScoringTask], rows: Sequence[CritiqueRow]) -> Sequence[LabelScores | None]:
+    async def critique(
+        self, batch: Sequence[ScoringTask], rows: Sequence[CritiqueRow], *, background: bool = False
+    ) -> Sequence[LabelScores | None]:
         """Generate each task's critique, then read its labels after it; one result per
-        task, in order. ``rows`` holds each task's drop signal: an engine that can drop
-        one row of a running batch returns None for a row that was dropped or whose
-        deadline passed (else it may ignore them). Cancelling the call stops the
-        generation."""
+        task, in order (``background`` as for ``score``). ``rows`` holds each task's drop
+        signal: an engine that can drop one row of a running batch returns None for a row
+        that was dropped or whose deadline passed (else it may ignore them). Cancelling the
+        call stops the generation."""
 
     async def reset_prefix_cache(self) -> None:
         """Forget every cached prompt prefix (after the start-up calibration)."""

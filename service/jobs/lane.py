@@ -10,15 +10,22 @@ of it. Under online traffic that never pauses, the lane still runs one pass per
 ``LANE_STARVE_S``, so batches progress. While online traffic is recent, lane passes shrink
 to ``busy_items`` items: on transformers a pass cannot be interrupted, so its size is what
 an online request may wait for.
+
+An engine that schedules its own requests by priority (vLLM: ``engine.background_slots`` >
+0) orders the lane's work behind online work itself: the lane then keeps up to that many
+items in the engine at once as background requests, without waiting for online work to
+pause, and up to ``busy_items`` while online work is recent (they share its steps).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from service.core.errors import ErrorKind, JudgeError, error_for
 from service.core.tasks import CritiqueRow, LabelScores, ScoringTask
@@ -67,6 +74,11 @@ class BatchLane:
         self._wake = asyncio.Event()
         self._online_seen = float("-inf")
         self._task: asyncio.Task[None] | None = None
+        # Engines that schedule background work themselves: the lane's passes in the engine.
+        self._slots = engine.background_slots
+        self._passes: set[asyncio.Task[None]] = set()
+        self._in_engine = 0
+        self._pass_ended = asyncio.Event()
 
     @property
     def depth(self) -> int:
@@ -79,6 +91,9 @@ class BatchLane:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        for running in self._passes:
+            running.cancel()
+        await asyncio.gather(*self._passes, return_exceptions=True)
         for entry in self._pending:
             if not entry.future.done():
                 entry.future.set_exception(JudgeError(ErrorKind.UNAVAILABLE, "the service is shutting down"))
@@ -118,16 +133,43 @@ class BatchLane:
                 return
             await asyncio.sleep(YIELD_POLL_S)
 
+    async def _await_slot(self) -> None:
+        """Until the engine holds fewer of the lane's items than it may: ``background_slots``,
+        or ``busy_items`` while online work is recent."""
+        while True:
+            self._online_busy()
+            recent = time.monotonic() - self._online_seen < RECENT_ONLINE_S
+            if self._in_engine < (min(self.busy_items, self._slots) if recent else self._slots):
+                return
+            self._pass_ended.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._pass_ended.wait(), RECENT_ONLINE_S)
+
     async def _loop(self) -> None:
         while True:
             await self._wake.wait()
-            await self._await_turn()
+            if self._slots:
+                await self._await_slot()
+            else:
+                await self._await_turn()
             batch = self._take()
             if not self._pending:
                 self._wake.clear()
             self._on_depth(len(self._pending))
-            if batch:
+            if not batch:
+                continue
+            if not self._slots:
                 await self._run(batch)
+                continue
+            self._in_engine += len(batch)
+            running = asyncio.create_task(self._run(batch), name="batch-lane-pass")
+            self._passes.add(running)
+            running.add_done_callback(partial(self._ended, len(batch)))
+
+    def _ended(self, items: int, running: asyncio.Task[None]) -> None:
+        self._passes.discard(running)
+        self._in_engine -= items
+        self._pass_ended.set()
 
     def _take(self) -> list[_Entry]:
         """The oldest live item and its nearest by length among the next items, of its kind
@@ -158,9 +200,15 @@ class BatchLane:
             if batch[0].task.critique is not None:
                 # No deadline inside a batch: the worker gives a line up when its window ends.
                 rows = [CritiqueRow(float("inf")) for _ in batch]
-                results: Sequence[LabelScores | None] = await self._engine.critique(tasks, rows)
+                results: Sequence[LabelScores | None] = await self._engine.critique(tasks, rows, background=True)
             else:
-                results = await self._engine.score(tasks)
+                results = await self._engine.score(tasks, background=True)
+        except asyncio.CancelledError:
+            # The lane is closing: its callers hear why rather than wait.
+            for entry in batch:
+                if not entry.future.done():
+                    entry.future.set_exception(JudgeError(ErrorKind.UNAVAILABLE, "the service is shutting down"))
+            raise
         except Exception as exc:
             logger.error("a batch-lane pass of %d items failed", len(batch), exc_info=exc)
             for entry in batch:

@@ -23,15 +23,18 @@ class BatchEngine(Protocol):
     batch_memory_budget: int
     max_inflight_batches: int
     max_inflight_critiques: int
+    # How many background items (the batch lane's) the engine schedules itself behind
+    # online work, at once; 0 when it runs passes in the order it gets them.
+    background_slots: int
 
     def batch_cost(self, batch: Sequence[ScoringTask]) -> int: ...
 
     def batch_memory(self, batch: Sequence[ScoringTask], cost: int) -> int: ...
 
-    async def score(self, batch: Sequence[ScoringTask]) -> Sequence[LabelScores]: ...
+    async def score(self, batch: Sequence[ScoringTask], *, background: bool = False) -> Sequence[LabelScores]: ...
 
     async def critique(
-        self, batch: Sequence[ScoringTask], rows: Sequence[CritiqueRow]
+        self, batch: Sequence[ScoringTask], rows: Sequence[CritiqueRow], *, background: bool = False
     ) -> Sequence[LabelScores | None]: ...
 
 

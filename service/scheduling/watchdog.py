@@ -189,6 +189,7 @@ class WatchedEngine:
         self.batch_budget: int = engine.batch_budget
         self.max_inflight_batches: int = engine.max_inflight_batches
         self.max_inflight_critiques: int = engine.max_inflight_critiques
+        self.background_slots: int = engine.background_slots
 
     def __getattr__(self, name: str) -> Any:
         # Anything else the queue may read of its engine comes from the engine itself.
@@ -197,20 +198,23 @@ class WatchedEngine:
     def batch_cost(self, batch: Sequence[ScoringTask]) -> int:
         return int(self._engine.batch_cost(batch))
 
-    async def score(self, batch: Sequence[ScoringTask]) -> Sequence[LabelScores]:
+    async def score(self, batch: Sequence[ScoringTask], *, background: bool = False) -> Sequence[LabelScores]:
         record = _Pass(time.monotonic(), sum(task.work for task in batch), None)
         tokens = record.tokens
         return await self._watchdog.watch(
-            self._watchdog.plain, record, lambda: self._engine.score(batch), lambda _: tokens
+            self._watchdog.plain, record, lambda: self._engine.score(batch, background=background), lambda _: tokens
         )
 
-    async def critique(self, batch: Sequence[ScoringTask], rows: Sequence[CritiqueRow]) -> Sequence[LabelScores | None]:
+    async def critique(
+        self, batch: Sequence[ScoringTask], rows: Sequence[CritiqueRow], *, background: bool = False
+    ) -> Sequence[LabelScores | None]:
         deadline = max((row.deadline for row in rows), default=None)
         record = _Pass(time.monotonic(), sum(task.work for task in batch), deadline)
 
         def completed(results: Sequence[LabelScores | None]) -> int:
             return sum(task.work for task, result in zip(batch, results, strict=False) if result is not None)
 
-        return await self._watchdog.watch(
-            self._watchdog.critiques, record, lambda: self._engine.critique(batch, rows), completed
-        )
+        def call() -> Awaitable[Sequence[LabelScores | None]]:
+            return self._engine.critique(batch, rows, background=background)
+
+        return await self._watchdog.watch(self._watchdog.critiques, record, call, completed)

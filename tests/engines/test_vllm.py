@@ -15,6 +15,7 @@ from judge_client.protocol import MAX_TIMEOUT_S, score_request
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.cli.judge import in_process_settings, open_judge
+from service.core.tasks import ScoringTask
 from tests.conftest import (
     HANG_S,
     SHARED_DATA,
@@ -25,8 +26,10 @@ from tests.conftest import (
     post_admitted,
     prompts_taken_in,
     start_server,
+    tolerance,
     wait_admitted,
 )
+from tests.jobs.helpers import QUESTIONS, assert_close, client_for, jsonl, lines_of, score_line, submit, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -214,3 +217,53 @@ def test_engine_death_fails_fast_and_exits() -> None:
         assert not running.thread.is_alive(), "the server did not exit after the engine died"
     finally:
         running.stop()
+
+
+def test_batch_lines_on_vllm_equal_the_synchronous_answers(vllm_server: RunningServer) -> None:
+    """The batch lane on vLLM sends its items as background requests, many at once: each
+    line's answer is still the endpoint's own."""
+    client = client_for(vllm_server.url)
+    lines = [score_line(f"q{k}", q, a) for k, (q, a) in enumerate(QUESTIONS * 3)]
+    lines = [{**line, "custom_id": f"{line['custom_id']}-{n}"} for n, line in enumerate(lines)]
+    body = {"items": [{"id": "w", "prompt": "Is water wet? Answer yes or no:"}], "labels": [" yes", " no"]}
+    lines.append({"custom_id": "labels", "method": "POST", "url": "/v1/score", "body": body})
+    done = wait_for(client, submit(client, jsonl(lines)).id)
+    assert done.status == "completed", done
+    output = lines_of(client, done.output_file_id)
+    assert [o["custom_id"] for o in output] == [line["custom_id"] for line in lines]
+    with vllm_server.client() as http:
+        for line, out in zip(lines, output, strict=True):
+            assert out["response"]["status_code"] == 200, out
+            want = post_admitted(http, "/v1/score", line["body"]).json()
+            assert_close(out["response"]["body"], want, tolerance(vllm_server))
+
+
+def test_background_requests_go_behind_online_ones(vllm_server: RunningServer) -> None:
+    """vLLM schedules the batch lane's requests after online ones. Nine prompts of 600
+    tokens, in 1024-token steps, finish under two per step: an online request sent after
+    eight background ones finishes among the first four, where arrival order (vLLM's
+    default policy) would finish it last."""
+    engine = vllm_server.runtime.engine
+    assert engine.background_slots >= 1
+    rng = random.Random(11)
+
+    def long_task() -> ScoringTask:
+        return ScoringTask(token_ids=tuple(rng.randrange(100, 40000) for _ in range(600)), label_ids=(33, 34, 35))
+
+    async def finishing_order() -> list[str]:
+        finished: list[str] = []
+
+        async def one(name: str, task: ScoringTask, background: bool) -> None:
+            await engine.score([task], background=background)
+            finished.append(name)
+
+        behind = [asyncio.create_task(one(f"batch{i}", long_task(), True)) for i in range(8)]
+        await asyncio.sleep(0.05)  # the background requests reach the engine first
+        await one("online", long_task(), False)
+        await asyncio.gather(*behind)
+        return finished
+
+    loop = vllm_server.runtime.queue._loop_task.get_loop()
+    finished = asyncio.run_coroutine_threadsafe(finishing_order(), loop).result(HANG_S)
+    assert len(finished) == 9
+    assert finished.index("online") <= 3, finished

@@ -39,12 +39,12 @@ class Logged:
         # Everything else (batch cost, memory, budgets) is the real engine's.
         return getattr(self.engine, name)
 
-    async def score(self, batch):
+    async def score(self, batch, **kwargs):
         self.passes.append((batch[0].token_ids[0] == ONLINE_TOKEN, len(batch)))
-        return await self.engine.score(batch)
+        return await self.engine.score(batch, **kwargs)
 
-    async def critique(self, batch, rows):
-        return await self.engine.critique(batch, rows)
+    async def critique(self, batch, rows, **kwargs):
+        return await self.engine.critique(batch, rows, **kwargs)
 
 
 def task(n: int, first: int = 1) -> ScoringTask:

@@ -56,6 +56,8 @@ class TransformersEngine:
     max_inflight_batches = 1
     # One generation at a time, beside the scoring batches (steps and passes take turns).
     max_inflight_critiques = 1
+    # No scheduler of its own: the batch lane holds its passes back while online work runs.
+    background_slots = 0
 
     def __init__(
         self,
@@ -192,10 +194,14 @@ class TransformersEngine:
         self.model = None
         self.head = self.layout = self.generator = self.passes = None
 
-    async def score(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
+    # ``background`` changes nothing here: a pass runs whole, in the order passes come, so
+    # the batch lane decides when its passes start (``service.jobs.lane``).
+    async def score(self, batch: Sequence[ScoringTask], *, background: bool = False) -> list[LabelScores]:
         return await self._in_thread(lambda: self._forward(batch))
 
-    async def critique(self, batch: Sequence[ScoringTask], rows: Sequence[CritiqueRow]) -> list[LabelScores | None]:
+    async def critique(
+        self, batch: Sequence[ScoringTask], rows: Sequence[CritiqueRow], *, background: bool = False
+    ) -> list[LabelScores | None]:
         return await self._in_thread(lambda: self._critique(batch, rows), rows)
 
     async def _in_thread(self, work: Callable[[], _Results], rows: Sequence[CritiqueRow] = ()) -> _Results:

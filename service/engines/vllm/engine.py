@@ -11,6 +11,11 @@ position of the requests that ask (LAGER, ``return_layers``), in the same forwar
 The model stays compiled; only the engine steps that hold such a request run eagerly,
 since hooks do not run inside compiled graphs.
 
+The engine schedules by priority: online requests at ``ONLINE_PRIORITY``, the batch lane's
+at ``BACKGROUND_PRIORITY``. vLLM takes waiting requests in priority order and, short of KV
+cache, preempts the lowest first; it never preempts for a sequence slot, so background
+work holds at most half of them (``background_slots``) and online requests always find one.
+
 Only architectures whose vLLM scores are verified against transformers are served
 (``vllm_families``); at start the worker also proves that vLLM's head equals the
 family's own (``vllm_head``), or the model is refused.
@@ -42,6 +47,9 @@ PREFIX_FIRST_TOKENS = 64
 # KV-cache block size on CPU: the smallest the CPU attention kernel takes (multiples of 32).
 # vLLM's CPU default, 128, leaves up to 127 tokens of a shared prefix to every request.
 CPU_BLOCK_SIZE = 32
+# vLLM serves lower values first.
+ONLINE_PRIORITY = 0
+BACKGROUND_PRIORITY = 1
 
 
 def prefix_leaders(batch: Sequence[ScoringTask]) -> list[int | None]:
@@ -81,6 +89,8 @@ class VllmEngine:
         self.max_inflight_batches = settings.max_queue
         # Generations are engine requests too; vLLM steps them beside the scoring requests.
         self.max_inflight_critiques = settings.max_queue
+        # Set from the engine's sequence slots at start.
+        self.background_slots = 0
         self.tokenizer = tokenizer
         self._stop_ids: frozenset[int] = frozenset()
         self.layers_unavailable: str | None = "JUDGE_VLLM_LAYERS=false"
@@ -116,6 +126,8 @@ class VllmEngine:
             # Label sets are up to 32 tokens; allow that many requested log-probabilities.
             max_logprobs=64,
             disable_log_stats=False,
+            # Batch-lane requests go behind online ones (see the module's docstring).
+            scheduling_policy="priority",
         )
         block_size = s.vllm_block_size or (None if on_gpu else CPU_BLOCK_SIZE)
         if block_size is not None:
@@ -137,6 +149,7 @@ class VllmEngine:
         config = self._engine.model_config
         self.max_model_len = int(config.max_model_len)
         self.num_layers = int(config.hf_text_config.num_hidden_layers)
+        self.background_slots = max(1, int(self._engine.vllm_config.scheduler_config.max_num_seqs) // 2)
         try:
             problems = [p for p in await self._engine.collective_rpc("judge_check_head") if p]
             if problems:
@@ -189,26 +202,27 @@ class VllmEngine:
         if self._engine is not None and self.settings.prefix_reuse:
             await self._engine.reset_prefix_cache()
 
-    async def score(self, batch: Sequence[ScoringTask]) -> list[LabelScores]:
+    async def score(self, batch: Sequence[ScoringTask], *, background: bool = False) -> list[LabelScores]:
         """Every task as its own engine request, at once; except that tasks sharing a prefix
         of ``PREFIX_FIRST_TOKENS`` or more wait for the first of them to finish. Requests
         scheduled in one engine step would each compute the prefix: vLLM's prefix cache
         serves only blocks already computed."""
         leaders = prefix_leaders(batch) if self.settings.prefix_reuse else [None] * len(batch)
         finished = {lead: asyncio.Event() for lead in leaders if lead is not None}
+        priority = BACKGROUND_PRIORITY if background else ONLINE_PRIORITY
 
         async def one(i: int) -> LabelScores:
             if (lead := leaders[i]) is not None:
                 await finished[lead].wait()
             try:
-                return await self._score_one(batch[i])
+                return await self._score_one(batch[i], priority)
             finally:
                 if i in finished:
                     finished[i].set()
 
         return list(await asyncio.gather(*(one(i) for i in range(len(batch)))))
 
-    async def _score_one(self, task: ScoringTask) -> LabelScores:
+    async def _score_one(self, task: ScoringTask, priority: int = ONLINE_PRIORITY) -> LabelScores:
         from vllm.v1.engine.exceptions import EngineDeadError
 
         captured = task.per_layer
@@ -218,7 +232,9 @@ class VllmEngine:
             raise EngineDead("the vLLM engine is not running")
         request_id = f"judge-{next(self._ids)}"
         try:
-            root = await self._next_logprobs(task.token_ids, task.label_ids, request_id, captured, task.hidden_layers)
+            root = await self._next_logprobs(
+                task.token_ids, task.label_ids, request_id, priority, captured, task.hidden_layers
+            )
             rows = [root]
             if task.trie is not None and task.trie.continuations():
                 # Each trie node past the root is the prompt plus a label prefix: the prompt's
@@ -226,7 +242,7 @@ class VllmEngine:
                 trie = task.trie
                 rows += await asyncio.gather(
                     *(
-                        self._next_logprobs(task.token_ids + node, children, f"{request_id}-{i}", False)
+                        self._next_logprobs(task.token_ids + node, children, f"{request_id}-{i}", priority, False)
                         for i, (node, children) in enumerate(zip(trie.continuations(), trie.children[1:], strict=True))
                     )
                 )
@@ -262,12 +278,15 @@ class VllmEngine:
         if not forget.cancelled() and forget.exception() is not None:
             logger.warning("dropping a request's captured layers failed: %s", forget.exception())
 
-    async def critique(self, batch: Sequence[ScoringTask], rows: Sequence[CritiqueRow]) -> list[LabelScores | None]:
+    async def critique(
+        self, batch: Sequence[ScoringTask], rows: Sequence[CritiqueRow], *, background: bool = False
+    ) -> list[LabelScores | None]:
         """Every task as its own engine request (``rows`` are not read: a batch is one item,
         and the queue aborts its engine request when the item is given up)."""
-        return list(await asyncio.gather(*(self._critique_one(task) for task in batch)))
+        priority = BACKGROUND_PRIORITY if background else ONLINE_PRIORITY
+        return list(await asyncio.gather(*(self._critique_one(task, priority) for task in batch)))
 
-    async def _critique_one(self, task: ScoringTask) -> LabelScores:
+    async def _critique_one(self, task: ScoringTask, priority: int) -> LabelScores:
         """Generate with the marker as a stop string, keep the tokens the rule in
         ``service.engines.critique`` keeps (vLLM cuts its text at the stop string, possibly inside
         a token; its token ids run to the token that completed it), then read the labels
@@ -290,7 +309,10 @@ class VllmEngine:
         final = None
         try:
             async for output in self._engine.generate(
-                TokensPrompt(prompt_token_ids=list(task.token_ids)), params, request_id=f"judge-{next(self._ids)}"
+                TokensPrompt(prompt_token_ids=list(task.token_ids)),
+                params,
+                request_id=f"judge-{next(self._ids)}",
+                priority=priority,
             ):
                 final = output
         except EngineDeadError as exc:
@@ -300,7 +322,7 @@ class VllmEngine:
             raise EngineError("vLLM returned no generation")
         decode = critique.decoder(self.tokenizer)
         generated, found = critique.truncate(final.outputs[0].token_ids, spec, self._stop_ids, decode)
-        scores = await self._score_one(task.after(generated, found))
+        scores = await self._score_one(task.after(generated, found), priority)
         return LabelScores(scores.logprobs, critique=critique.outcome(generated, found, decode))
 
     async def _next_logprobs(
@@ -308,6 +330,7 @@ class VllmEngine:
         token_ids: Sequence[int],
         read: Sequence[int],
         request_id: str,
+        priority: int,
         want_layers: bool,
         hidden_layers: Sequence[int] = (),
     ) -> tuple[float, ...]:
@@ -320,7 +343,7 @@ class VllmEngine:
         params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(read), extra_args=extra)
         final = None
         async for output in self._engine.generate(
-            TokensPrompt(prompt_token_ids=list(token_ids)), params, request_id=request_id
+            TokensPrompt(prompt_token_ids=list(token_ids)), params, request_id=request_id, priority=priority
         ):
             final = output
         if final is None or not final.outputs or not final.outputs[0].logprobs:
