@@ -51,6 +51,17 @@ class _Entry:
     enqueued: float = field(default_factory=time.monotonic)
 
 
+def _shutting_down() -> JudgeError:
+    return JudgeError(ErrorKind.UNAVAILABLE, "the service is shutting down")
+
+
+def _fail(entries: Sequence[_Entry], error: BaseException) -> None:
+    """Fail every entry not answered yet with ``error``."""
+    for entry in entries:
+        if not entry.future.done():
+            entry.future.set_exception(error)
+
+
 class BatchLane:
     """Batch work's queue: runs passes only while no online work waits or runs."""
 
@@ -94,9 +105,7 @@ class BatchLane:
         for running in self._passes:
             running.cancel()
         await asyncio.gather(*self._passes, return_exceptions=True)
-        for entry in self._pending:
-            if not entry.future.done():
-                entry.future.set_exception(JudgeError(ErrorKind.UNAVAILABLE, "the service is shutting down"))
+        _fail(self._pending, _shutting_down())
         self._pending = []
 
     async def run(self, tasks: Sequence[ScoringTask]) -> list[LabelScores]:
@@ -205,15 +214,11 @@ class BatchLane:
                 results = await self._engine.score(tasks, background=True)
         except asyncio.CancelledError:
             # The lane is closing: its callers hear why rather than wait.
-            for entry in batch:
-                if not entry.future.done():
-                    entry.future.set_exception(JudgeError(ErrorKind.UNAVAILABLE, "the service is shutting down"))
+            _fail(batch, _shutting_down())
             raise
         except Exception as exc:
             logger.error("a batch-lane pass of %d items failed", len(batch), exc_info=exc)
-            for entry in batch:
-                if not entry.future.done():
-                    entry.future.set_exception(error_for(exc))
+            _fail(batch, error_for(exc))
             return
         self._on_pass(len(batch))
         for entry, result in zip(batch, results, strict=True):
