@@ -6,10 +6,15 @@ starts one only while the queue holds no online work and none came within
 ``ONLINE_GAP_S`` (a client that gets its answer and asks again goes first), so an online
 request that arrives waits behind at most the one lane pass already running. The engine
 grants passes in arrival order (its fair lock), so no second lane pass can slip in ahead
-of it. Under online traffic that never pauses, the lane still runs one pass per
-``LANE_STARVE_S``, so batches progress. While online traffic is recent, lane passes shrink
-to ``busy_items`` items: on transformers a pass cannot be interrupted, so its size is what
-an online request may wait for.
+of it.
+
+While online traffic is recent (``RECENT_ONLINE_S``), lane passes shrink to ``busy_items``
+items and an eighth of the engine's budget (on transformers a pass cannot be interrupted,
+so its size is what an online request may wait for), and the lane rests after each pass
+so that it takes at most ``BUSY_SHARE`` of the engine's time: a client with pauses
+between its requests does not meet a lane pass at each one. Under online traffic that
+never pauses, the lane still runs a pass once its rest is over and it has deferred
+``LANE_STARVE_S``, so batches progress.
 
 An engine that schedules its own requests by priority (vLLM: ``engine.background_slots`` >
 0) orders the lane's work behind online work itself: the lane then keeps up to that many
@@ -29,6 +34,7 @@ from functools import partial
 
 from service.core.errors import ErrorKind, JudgeError, error_for
 from service.core.tasks import CritiqueRow, LabelScores, ScoringTask
+from service.scheduling.batch_cost import fits
 from service.scheduling.queue import BatchEngine
 from service.serving.runtime import Runtime
 
@@ -38,10 +44,17 @@ logger = logging.getLogger(__name__)
 RECENT_ONLINE_S = 2.0
 # How often the lane looks again while online work holds the engine.
 YIELD_POLL_S = 0.005
+# Lines that keep arriving (a chunk's lines, each prepared in turn) are gathered for a pass
+# until none came for this long or a full pass waits.
+GATHER_S = 0.02
 # After online work ends, the lane waits this long for more before it takes the engine.
 ONLINE_GAP_S = 0.05
-# The longest the lane defers to online work: then it runs one pass, online work or not.
+# The longest the lane defers to online work, its rest over: then it runs one pass, online work or not.
 LANE_STARVE_S = 1.0
+# The most of the engine's time the lane's passes take while online work is recent.
+BUSY_SHARE = 0.25
+# While online work is recent, a lane pass costs at most this part of the engine's budget.
+BUSY_BUDGET_PART = 8
 
 
 @dataclass(eq=False)
@@ -84,6 +97,9 @@ class BatchLane:
         self._pending: list[_Entry] = []
         self._wake = asyncio.Event()
         self._online_seen = float("-inf")
+        self._arrived = float("-inf")
+        # While online work is recent, the lane starts no pass before this (its share's rest).
+        self._rest_until = float("-inf")
         self._task: asyncio.Task[None] | None = None
         # Engines that schedule background work themselves: the lane's passes in the engine.
         self._slots = engine.background_slots
@@ -115,6 +131,7 @@ class BatchLane:
         loop = asyncio.get_running_loop()
         entries = [_Entry(task, loop.create_future()) for task in tasks]
         self._pending.extend(entries)
+        self._arrived = time.monotonic()
         self._on_depth(len(self._pending))
         self._wake.set()
         try:
@@ -129,13 +146,20 @@ class BatchLane:
             return True
         return False
 
+    def _online_recent(self) -> bool:
+        return time.monotonic() - self._online_seen < RECENT_ONLINE_S
+
     async def _await_turn(self) -> None:
-        """Until no online work waits and none came within ``ONLINE_GAP_S``, or the lane has
-        deferred for ``LANE_STARVE_S``."""
+        """Until the lane's rest is over (while online work is recent), and then until no
+        online work waits and none came within ``ONLINE_GAP_S``, or the lane has deferred
+        for ``LANE_STARVE_S``."""
         deferred_since = time.monotonic()
         while True:
             busy = self._online_busy()
             now = time.monotonic()
+            if now < self._rest_until and self._online_recent():
+                await asyncio.sleep(YIELD_POLL_S)
+                continue
             if now - deferred_since >= LANE_STARVE_S:
                 return
             if not busy and now - self._online_seen >= ONLINE_GAP_S:
@@ -147,8 +171,7 @@ class BatchLane:
         or ``busy_items`` while online work is recent."""
         while True:
             self._online_busy()
-            recent = time.monotonic() - self._online_seen < RECENT_ONLINE_S
-            if self._in_engine < (min(self.busy_items, self._slots) if recent else self._slots):
+            if self._in_engine < (min(self.busy_items, self._slots) if self._online_recent() else self._slots):
                 return
             self._pass_ended.clear()
             with contextlib.suppress(TimeoutError):
@@ -157,6 +180,8 @@ class BatchLane:
     async def _loop(self) -> None:
         while True:
             await self._wake.wait()
+            while len(self._pending) < self.max_batch_size and time.monotonic() - self._arrived < GATHER_S:
+                await asyncio.sleep(GATHER_S)
             if self._slots:
                 await self._await_slot()
             else:
@@ -182,12 +207,16 @@ class BatchLane:
 
     def _take(self) -> list[_Entry]:
         """The oldest live item and its nearest by length among the next items, of its kind
-        (critique or not), within the engine's budget and the pass size now allowed."""
+        (critique or not), within the engine's budgets and the pass size now allowed (the
+        oldest item runs even where it alone is over the smaller budget)."""
         self._pending = [e for e in self._pending if not e.future.done()]
         if not self._pending:
             return []
-        recent = time.monotonic() - self._online_seen < RECENT_ONLINE_S
-        size = min(self.busy_items, self.max_batch_size) if recent else self.max_batch_size
+        budget = self._engine.batch_budget
+        size = self.max_batch_size
+        if self._online_recent():
+            size = min(self.busy_items, size)
+            budget = max(1, budget // BUSY_BUDGET_PART)
         head = self._pending[0]
         kind = head.task.critique is not None
         window = [e for e in self._pending[: 4 * self.max_batch_size] if (e.task.critique is not None) == kind]
@@ -196,8 +225,12 @@ class BatchLane:
         for entry in window:
             if len(batch) >= size:
                 break
-            if entry is head or self._engine.batch_cost([e.task for e in (*batch, entry)]) > self._engine.batch_budget:
+            if entry is head:
                 continue
+            # Nearest first: the first that does not fit ends the pass, as in the queue (each
+            # try prices the whole pass, on the prefix cache's plan).
+            if not fits(self._engine, [e.task for e in (*batch, entry)], budget):
+                break
             batch.append(entry)
         chosen = {id(e) for e in batch}
         self._pending = [e for e in self._pending if id(e) not in chosen]
@@ -205,6 +238,7 @@ class BatchLane:
 
     async def _run(self, batch: list[_Entry]) -> None:
         tasks = [e.task for e in batch]
+        started = time.monotonic()
         try:
             if batch[0].task.critique is not None:
                 # No deadline inside a batch: the worker gives a line up when its window ends.
@@ -220,6 +254,9 @@ class BatchLane:
             logger.error("a batch-lane pass of %d items failed", len(batch), exc_info=exc)
             _fail(batch, error_for(exc))
             return
+        finally:
+            ended = time.monotonic()
+            self._rest_until = ended + (ended - started) * (1 / BUSY_SHARE - 1)
         self._on_pass(len(batch))
         for entry, result in zip(batch, results, strict=True):
             if entry.future.done():

@@ -38,10 +38,12 @@ class BatchEngine(Protocol):
     ) -> Sequence[LabelScores | None]: ...
 
 
-def fits(engine: BatchEngine, batch: Sequence[ScoringTask]) -> bool:
-    """Whether ``batch`` is within the engine's compute budget and its memory budget."""
+def fits(engine: BatchEngine, batch: Sequence[ScoringTask], budget: int | None = None) -> bool:
+    """Whether ``batch`` is within the engine's compute budget (or ``budget``, a smaller
+    one) and its memory budget."""
     cost = engine.batch_cost(batch)
-    return cost <= engine.batch_budget and engine.batch_memory(batch, cost) <= engine.batch_memory_budget
+    within = cost <= (engine.batch_budget if budget is None else budget)
+    return within and engine.batch_memory(batch, cost) <= engine.batch_memory_budget
 
 
 def padded_tokens(tasks: Sequence[ScoringTask]) -> int:

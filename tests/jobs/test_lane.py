@@ -1,5 +1,6 @@
 """The batch lane on a real transformers engine with a tiny seeded model: it yields the
-engine to online work, and its passes shrink while online work is recent."""
+engine to online work, its passes shrink while online work is recent, and it rests
+between them so that it takes at most its share of the engine."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import asyncio
 import time
 
 import pytest
+import torch
 
 from service.core.tasks import ScoringTask
 from service.engines.transformers.engine import TransformersEngine
-from service.jobs.lane import LANE_STARVE_S, BatchLane
+from service.jobs.lane import BUSY_SHARE, LANE_STARVE_S, BatchLane
 from service.observability.metrics import Metrics
 from service.scheduling.queue import BatchQueue
 from tests.conftest import tiny_llama
@@ -28,40 +30,65 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> TransformersEngine:
     return engine
 
 
+@pytest.fixture(scope="module")
+def slower_engine(tmp_path_factory: pytest.TempPathFactory) -> TransformersEngine:
+    """A wider random model whose passes over a few hundred tokens take tens of ms on CPU."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=384, intermediate_size=1024, num_hidden_layers=4,
+        num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=512,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("wider")
+    LlamaForCausalLM(config).save_pretrained(str(path))
+    engine = TransformersEngine(path, "wider", pad_token_id=0, device="cpu")
+    asyncio.run(engine.start())
+    return engine
+
+
 class Logged:
-    """The real engine, with every pass it ran logged: (online?, items), in start order."""
+    """The real engine, with every pass it ran logged: (online?, items), in start order, and
+    each pass's (online?, started, ended) in ``timed``."""
 
     def __init__(self, engine: TransformersEngine) -> None:
         self.engine = engine
         self.passes: list[tuple[bool, int]] = []
+        self.timed: list[tuple[bool, float, float]] = []
 
     def __getattr__(self, name: str):
         # Everything else (batch cost, memory, budgets) is the real engine's.
         return getattr(self.engine, name)
 
     async def score(self, batch, **kwargs):
-        self.passes.append((batch[0].token_ids[0] == ONLINE_TOKEN, len(batch)))
-        return await self.engine.score(batch, **kwargs)
+        online = batch[0].token_ids[0] == ONLINE_TOKEN
+        self.passes.append((online, len(batch)))
+        started = time.monotonic()
+        try:
+            return await self.engine.score(batch, **kwargs)
+        finally:
+            self.timed.append((online, started, time.monotonic()))
 
     async def critique(self, batch, rows, **kwargs):
         return await self.engine.critique(batch, rows, **kwargs)
 
 
-def task(n: int, first: int = 1) -> ScoringTask:
-    return ScoringTask(token_ids=(first, *((n + i) % 60 + 1 for i in range(24))), label_ids=(1, 2, 3))
+def task(n: int, first: int = 1, length: int = 24) -> ScoringTask:
+    # Tokens that differ from the second on, so that no pass reuses another's prefix.
+    return ScoringTask(token_ids=(first, *((n + i * (n % 7 + 1)) % 60 + 1 for i in range(length))), label_ids=(1, 2, 3))
 
 
 async def lane_under_way(
-    engine: TransformersEngine, lines: int
+    engine: TransformersEngine, lines: int, length: int = 24, busy_items: int = 2
 ) -> tuple[Logged, BatchQueue, BatchLane, asyncio.Future[list]]:
-    """A queue and a lane on the logged engine, the lane given ``lines`` tasks and its first
-    pass started."""
+    """A queue and a lane on the logged engine, the lane given ``lines`` tasks of ``length``
+    tokens and its first pass started."""
     logged = Logged(engine)
     queue = BatchQueue(logged, Metrics(), max_queue=64, max_batch_size=8, max_wait_s=0.0)
     queue.start()
-    lane = BatchLane(logged, lambda: queue.depth, max_batch_size=8, busy_items=2)
+    lane = BatchLane(logged, lambda: queue.depth, max_batch_size=8, busy_items=busy_items)
     lane.start()
-    batch_work = asyncio.ensure_future(lane.run([task(n) for n in range(lines)]))
+    batch_work = asyncio.ensure_future(lane.run([task(n, length=length) for n in range(lines)]))
     while not logged.passes:
         await asyncio.sleep(0.001)
     return logged, queue, lane, batch_work
@@ -135,3 +162,39 @@ def test_back_to_back_online_requests_go_first_and_the_lane_still_progresses(eng
     assert lane_runs and max(lane_runs) <= 2
     # The lane defers, but not forever: one pass per LANE_STARVE_S, give or take one.
     assert 1 <= len(lane_runs) <= took / LANE_STARVE_S + 1
+
+
+def test_lane_passes_shrink_to_a_part_of_the_budget_and_rest_while_online_work_pauses(
+    slower_engine: TransformersEngine,
+) -> None:
+    """A client that pauses between its requests (longer than the lane's gap): lane passes of
+    300-token lines then hold one line (an eighth of the 2,048-token budget, where the item
+    cap would allow 8), and the lane rests after each, so it takes at most its share of the
+    engine and most online requests meet no lane pass."""
+
+    async def scenario() -> tuple[Logged, float, float]:
+        logged, queue, lane, batch_work = await lane_under_way(slower_engine, lines=300, length=300, busy_items=8)
+        await queue.run([task(0, ONLINE_TOKEN)], time.monotonic() + 60)
+        started = time.monotonic()
+        for n in range(40):
+            await queue.run([task(n, ONLINE_TOKEN)], time.monotonic() + 60)
+            await asyncio.sleep(0.08)
+        ended = time.monotonic()
+        batch_work.cancel()
+        await lane.close()
+        await queue.close(0)
+        return logged, started, ended
+
+    logged, started, ended = asyncio.run(scenario())
+    assert slower_engine.batch_budget == 2048
+    during = [(online, a, b) for online, a, b in logged.timed if started <= a and b <= ended]
+    first_online = next(i for i, (online, _) in enumerate(logged.passes) if online)
+    assert max(n for online, n in logged.passes[:first_online] if not online) > 1  # idle: full passes
+    assert all(n == 1 for online, n in logged.passes[first_online + 1 :] if not online)
+    lane_passes = [(a, b) for online, a, b in during if not online]
+    assert lane_passes  # the lane still progresses
+    assert sum(b - a for a, b in lane_passes) / (ended - started) <= BUSY_SHARE + 0.05
+    # An online request that came while a lane pass ran waited for it.
+    online_calls = [a for online, a, _ in during if online]
+    waited = sum(any(la <= a < lb for la, lb in lane_passes) for a in online_calls)
+    assert waited <= len(online_calls) / 2
