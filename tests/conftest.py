@@ -61,20 +61,23 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         build.kill()
 
 
-def tiny_llama(path: Path, vocab: int = 64, head_scale: float = 1.0) -> Path:
+def tiny_llama(path: Path, vocab: int = 64, head_scale: float = 1.0, **sizes: int) -> Path:
     """A tiny random-weight Llama saved at ``path`` (seeded; ``head_scale`` sharpens its
-    distributions so that errors show)."""
+    distributions so that errors show; ``sizes`` override its config's, for a wider one)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
+        **{
+            "vocab_size": vocab,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 256,
+            **sizes,
+        }
     )
     model = LlamaForCausalLM(config)
     with torch.no_grad():

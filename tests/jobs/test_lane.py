@@ -8,7 +8,6 @@ import asyncio
 import time
 
 import pytest
-import torch
 
 from service.core.tasks import ScoringTask
 from service.engines.transformers.engine import TransformersEngine
@@ -33,15 +32,10 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> TransformersEngine:
 @pytest.fixture(scope="module")
 def slower_engine(tmp_path_factory: pytest.TempPathFactory) -> TransformersEngine:
     """A wider random model whose passes over a few hundred tokens take tens of ms on CPU."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=384, intermediate_size=1024, num_hidden_layers=4,
-        num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=512,
+    path = tiny_llama(
+        tmp_path_factory.mktemp("wider"), VOCAB, hidden_size=384, intermediate_size=1024,
+        num_hidden_layers=4, num_attention_heads=6, max_position_embeddings=512,
     )  # fmt: skip
-    path = tmp_path_factory.mktemp("wider")
-    LlamaForCausalLM(config).save_pretrained(str(path))
     engine = TransformersEngine(path, "wider", pad_token_id=0, device="cpu")
     asyncio.run(engine.start())
     return engine
