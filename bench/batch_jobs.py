@@ -161,10 +161,12 @@ def median_ratio(top: list[float], bottom: list[float]) -> tuple[float, list[flo
     return ratio(np.arange(len(a)), np.arange(len(b))), list(bounds)
 
 
-def latency_beside(
-    url: str, idle_probes: list[dict[str, Any]], probes: list[dict[str, Any]], background: int, folder: Path
-) -> dict[str, Any]:
-    source = batch_file(items_for(background, POOL - len(idle_probes) - len(probes)), folder / "background.jsonl")
+def latency_beside(url: str, count: int, background: int, folder: Path) -> dict[str, Any]:
+    """``count`` probes idle and ``count`` others beside the batch: alternate items of the
+    pool's last ``2 * count``, which the batch, repeating the items before them, never holds."""
+    pool = items_for(POOL)
+    idle_probes, probes = pool[-2 * count :: 2], pool[-2 * count + 1 :: 2]
+    source = batch_file(items_for(background, POOL - 2 * count), folder / "background.jsonl")
     with httpx.Client(base_url=url, timeout=600) as http, JudgeClient(url, timeout=600) as judge:
         idle = probe(http, idle_probes)
         batch = judge.create_batch(judge.upload_batch_file(source).id)
@@ -244,8 +246,7 @@ def main() -> None:
         settings = {"engine": "transformers", "jobs_chunk_items": args.chunk_items, "jobs_lease_s": args.lease_s}
         with process_server(folder / "server.log", data_dir=folder / "data", **settings) as (_, url):
             speed = throughput(url, items_for(args.items), args.repeats, folder)
-            probes = items_for(POOL)[-2 * args.probes :]
-            latency = latency_beside(url, probes[0::2], probes[1::2], args.background_items, folder)
+            latency = latency_beside(url, args.probes, args.background_items, folder)
         recovered = recovery(args.recovery_items, {**settings, "data_dir": folder / "recovery-data"}, folder)
     report = {"quick": args.quick, "throughput": speed, "latency": latency, "recovery": recovered}
     figures.write(args.out, report)
