@@ -86,6 +86,28 @@ def tiny_llama(path: Path, vocab: int = 64, head_scale: float = 1.0, **sizes: in
     return path
 
 
+def scheduler_for(
+    engine: Any,
+    metrics: Any = None,
+    *,
+    budget: int | None = None,
+    memory_budget: int = 1 << 62,
+    **options: Any,
+) -> Any:
+    """A scheduler on ``engine`` (a started transformers engine, or a wrapper of one), as the
+    runtime builds it for an engine of one pass at a time: ``budget`` and ``memory_budget``
+    are its pass budgets (default: the engine's own compute budget, memory unbounded)."""
+    from service.observability.metrics import Metrics
+    from service.scheduling.passes import PassLimits
+    from service.scheduling.scheduler import Scheduler
+
+    limits = PassLimits(
+        budget or engine.pass_budget, memory_budget, inflight=1, critique_inflight=1, background_slots=0
+    )
+    settings = {"max_queue": 64, "max_batch_size": 8, "max_wait_s": 0.0, **options}
+    return Scheduler(engine, limits, metrics if metrics is not None else Metrics(), **settings)
+
+
 def trie_rule_logprobs(
     sequences: list[tuple[int, ...]], next_logprobs: Callable[[tuple[int, ...]], torch.Tensor]
 ) -> list[float]:

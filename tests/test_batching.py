@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import contextlib
 import time
 from collections.abc import Iterator
@@ -14,8 +15,8 @@ from service.core.errors import ErrorKind, JudgeError
 from service.core.tasks import ScoringTask
 from service.engines.transformers.engine import TransformersEngine
 from service.observability.metrics import Metrics
-from service.scheduling.queue import BatchQueue
-from tests.conftest import tiny_llama
+from service.scheduling.scheduler import Scheduler
+from tests.conftest import scheduler_for, tiny_llama
 
 VOCAB = 64
 
@@ -53,10 +54,7 @@ class Recording:
 
     def __init__(self, engine: TransformersEngine, budget: int | None = None, poison: int | None = None) -> None:
         self.engine = engine
-        self.batch_budget = budget or engine.batch_budget
-        self.batch_memory_budget = engine.batch_memory_budget
-        self.max_inflight_batches = engine.max_inflight_batches
-        self.max_inflight_critiques = engine.max_inflight_critiques
+        self.pass_budget = budget or engine.pass_budget
         self.poison = poison
         self.seen: list[list[int]] = []
 
@@ -68,17 +66,16 @@ class Recording:
     def batch_memory(self, batch, cost):
         return self.engine.batch_memory(batch, cost)
 
-    async def score(self, batch):
+    async def score(self, batch, **kwargs):
         self.seen.append([t.length for t in batch])
-        return await self.engine.score(batch)
+        return await self.engine.score(batch, **kwargs)
 
-    async def critique(self, batch, rows):
-        return await self.engine.critique(batch, rows)
+    async def critique(self, batch, rows, **kwargs):
+        return await self.engine.critique(batch, rows, **kwargs)
 
 
-def make_queue(engine, metrics: Metrics, **limits) -> BatchQueue:
-    options = {"max_queue": 64, "max_batch_size": 8, "max_wait_s": 0.0, **limits}
-    return BatchQueue(engine, metrics, **options)
+def make_queue(engine, metrics: Metrics, **limits) -> Scheduler:
+    return scheduler_for(engine, metrics, **limits)
 
 
 def later(seconds: float = 600) -> float:
@@ -225,8 +222,8 @@ def test_a_loop_that_ends_is_reported_and_refuses_work(engine: TransformersEngin
         queue = make_queue(engine, Metrics(), on_stopped=lambda: stopped.append(True))
         queue.start()
         waiting = queue.submit([task(5)], later()).futures
-        assert queue._loop_task is not None
-        queue._loop_task.cancel()
+        assert queue._plain.loop_task is not None
+        queue._plain.loop_task.cancel()
         with pytest.raises(JudgeError) as failed:
             await waiting[0]
         assert failed.value.kind is ErrorKind.UNAVAILABLE
@@ -438,16 +435,16 @@ def test_a_batch_that_fails_to_launch_fails_its_own_items_at_once(
     items fail now (not at their deadline, minutes away), and the loop goes on."""
     from service.scheduling.submission import Submission
 
-    real_start = Submission._start
+    real_start = Submission.start
     faults = [True]
 
-    def failing_start(self: Submission, metrics: Metrics) -> None:
+    def failing_start(self: Submission) -> None:
         if faults:
             faults.pop()
             raise RuntimeError("launch fault")
-        real_start(self, metrics)
+        real_start(self)
 
-    monkeypatch.setattr(Submission, "_start", failing_start)
+    monkeypatch.setattr(Submission, "start", failing_start)
 
     async def run() -> Metrics:
         metrics = Metrics()
@@ -473,7 +470,7 @@ def test_a_batch_cancelled_before_it_ran_fails_its_items_at_close(engine: Transf
     async def run() -> None:
         queue = make_queue(engine, Metrics())
         submission = queue.submit([task(4), task(6)], later(600))
-        assert queue._launch_next(queue._plain)  # the batch's task exists but has not run
+        assert queue._step(queue._plain) == -math.inf  # the pass's task exists but has not run
         await queue.close(0)
         for future in submission.futures:
             assert future.done()

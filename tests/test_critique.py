@@ -1,6 +1,6 @@
 """Critique mode on a tiny seeded model: the stopping rule, greedy generation against a
 plain loop written here, batched against one-by-one, rows given up mid-generation, and
-the queue's own lane for critiques."""
+the scheduler's own passes for critiques."""
 
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ from service.engines import critique
 from service.engines.transformers.engine import TransformersEngine
 from service.engines.transformers.generation import GenerationStopped
 from service.observability.metrics import Metrics
-from service.scheduling.queue import BatchQueue
-from tests.conftest import tiny_llama, trie_rule_logprobs
+from tests.conftest import scheduler_for, tiny_llama, trie_rule_logprobs
 
 VOCAB = 64
 EOS = 63
@@ -214,7 +213,7 @@ def test_a_request_given_up_leaves_the_generation_it_shares(
 
     async def run() -> tuple[Metrics, LabelScores, asyncio.Future[LabelScores]]:
         metrics = Metrics()
-        queue = BatchQueue(engine, metrics, max_queue=64, max_batch_size=8, max_wait_s=0.0)
+        queue = scheduler_for(engine, metrics)
         far = time.monotonic() + 120
         # Long enough for a slow machine's first step, short enough to wait out.
         left_deadline = far if how == "cancelled" else time.monotonic() + 6
@@ -237,7 +236,7 @@ def test_a_request_given_up_leaves_the_generation_it_shares(
                 await asyncio.sleep(left_deadline - time.monotonic())
             await asyncio.sleep(0)  # the futures' callbacks (they drop the row) run first
         (result,) = await kept.wait(far)
-        while queue.depth or queue._batches:
+        while queue.depth or queue._passes:
             await asyncio.sleep(0.01)
         await queue.close(0)
         return metrics, result, left.futures[0]
@@ -261,7 +260,7 @@ def test_a_request_given_up_leaves_the_generation_it_shares(
 
 def test_plain_items_overtake_a_running_critique(engine: TransformersEngine) -> None:
     async def run() -> list[str]:
-        queue = BatchQueue(engine, Metrics(), max_queue=64, max_batch_size=8, max_wait_s=0.0)
+        queue = scheduler_for(engine)
         queue.start()
         done: list[str] = []
         far = time.monotonic() + 120
@@ -283,13 +282,13 @@ def test_a_given_up_critique_stops_its_generation(engine: TransformersEngine) ->
     metrics = Metrics()
 
     async def run() -> None:
-        queue = BatchQueue(engine, metrics, max_queue=64, max_batch_size=8, max_wait_s=0.0)
+        queue = scheduler_for(engine, metrics)
         queue.start()
         submission = queue.submit([task((4, 5, 6), spec(200, "never"))], time.monotonic() + 120)
         await asyncio.sleep(0.05)
         submission.abandon("cancelled")
         started = time.monotonic()
-        while queue.depth or queue._batches:  # the generation's batch ends at its next step
+        while queue.depth or queue._passes:  # the generation's batch ends at its next step
             await asyncio.sleep(0.01)
             assert time.monotonic() - started < 5
         await queue.close(0)

@@ -150,7 +150,7 @@ def test_queue_full_gets_429_with_retry_after(small_server: RunningServer) -> No
         if response.status_code == 429:
             assert_error(response, 429, "queue_full")
             assert response.headers["Retry-After"].isdigit()
-    assert small_server.runtime.queue.depth == 0
+    assert small_server.runtime.scheduler.depth == 0
 
 
 def test_engine_failure_gives_generic_500_and_service_recovers(small_server: RunningServer) -> None:

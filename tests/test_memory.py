@@ -18,8 +18,8 @@ from service.engines.memory import PassMemory, batch_memory_budget
 from service.engines.transformers.engine import TransformersEngine
 from service.observability.metrics import Metrics
 from service.requests.work import WorkLimits
-from service.scheduling.queue import BatchQueue
-from tests.conftest import tiny_llama
+from service.scheduling.submission import Priority
+from tests.conftest import scheduler_for, tiny_llama
 
 VOCAB = 64
 
@@ -41,7 +41,7 @@ def with_budget(engine: TransformersEngine, budget: int) -> TransformersEngine:
     other.__dict__.update(engine.__dict__)
     other.prefix_cache = None
     other.prefix_reuse = False
-    other.batch_memory_budget = budget
+    other.limit_pass_memory(budget)
     return other
 
 
@@ -92,18 +92,17 @@ def test_batches_split_by_memory_and_score_as_one_by_one(engine: TransformersEng
     # A compute budget that takes all 12 in one batch, a memory budget that holds 4 rows.
     four = free.batch_memory(tasks[:4], free.batch_cost(tasks[:4]))
     tight = with_budget(engine, four)
-    tight.batch_budget = free.batch_cost(tasks)
     seen: list[int] = []
 
     async def run() -> list:
         scored = tight.score
 
-        async def recording(batch):  # type: ignore[no-untyped-def]
+        async def recording(batch, **kwargs):  # type: ignore[no-untyped-def]
             seen.append(len(batch))
-            return await scored(batch)
+            return await scored(batch, **kwargs)
 
         tight.score = recording  # type: ignore[method-assign]
-        queue = BatchQueue(tight, Metrics(), max_queue=64, max_batch_size=32, max_wait_s=0.0)
+        queue = scheduler_for(tight, budget=free.batch_cost(tasks), memory_budget=four, max_batch_size=32)
         queue.start()
         results = await queue.run(tasks, asyncio.get_running_loop().time() + 600)
         await queue.close(1)
@@ -118,14 +117,14 @@ def test_batches_split_by_memory_and_score_as_one_by_one(engine: TransformersEng
 
 def test_a_prompt_that_cannot_fit_alone_is_refused_before_any_work(engine: TransformersEngine) -> None:
     small = with_budget(engine, 1)
-    limits = WorkLimits(request_timeout_s=10, max_request_timeout_s=10, engine=small)
+    limits = WorkLimits(request_timeout_s=10, max_request_timeout_s=10, engine=small, memory_budget=1)
     task = ScoringTask(prompt(50), (1, 2))
     with pytest.raises(JudgeError) as refused:
         limits.check_memory([task])
     assert refused.value.kind is ErrorKind.INVALID_REQUEST
     assert "JUDGE_MAX_BATCH_MEMORY_MB" in refused.value.message
     assert refused.value.details["prompt_tokens"] == 50
-    limits = replace(limits, engine=with_budget(engine, small.batch_memory([task], small.batch_cost([task]))))
+    limits = replace(limits, memory_budget=small.batch_memory([task], small.batch_cost([task])))
     limits.check_memory([task])  # exactly its own size fits
 
 
@@ -137,20 +136,16 @@ def test_given_up_items_leave_their_lane_while_a_pass_runs(engine: TransformersE
 
         def __init__(self) -> None:
             self.open = gate()
-            for name in ("batch_budget", "batch_memory_budget", "max_inflight_batches", "max_inflight_critiques"):
-                setattr(self, name, getattr(engine, name))
+            self.pass_budget = engine.pass_budget
             self.batch_cost, self.batch_memory = engine.batch_cost, engine.batch_memory
 
-        async def score(self, batch):  # type: ignore[no-untyped-def]
+        async def score(self, batch, **kwargs):  # type: ignore[no-untyped-def]
             await self.open.wait()
-            return await engine.score(batch)
-
-        async def critique(self, batch, rows):  # type: ignore[no-untyped-def]
-            return await engine.critique(batch, rows)
+            return await engine.score(batch, **kwargs)
 
     async def run() -> tuple[int, Metrics]:
         held, metrics = Held(), Metrics()
-        queue = BatchQueue(held, metrics, max_queue=64, max_batch_size=1, max_wait_s=0.0)  # type: ignore[arg-type]
+        queue = scheduler_for(held, metrics, max_batch_size=1)
         queue.start()
         far = asyncio.get_running_loop().time() + 600
         running = queue.submit([ScoringTask(prompt(5), (1, 2))], far)
@@ -160,7 +155,7 @@ def test_given_up_items_leave_their_lane_while_a_pass_runs(engine: TransformersE
             queue.submit([ScoringTask(prompt(5, 2), (1, 2))] * 4, far).abandon("cancelled")
             await asyncio.sleep(0)
         await asyncio.sleep(0.05)
-        waiting = len(queue._plain.pending)
+        waiting = queue.batch_waiting + len(queue._plain.pending[Priority.ONLINE])
         held.open.set()
         await running.wait(far)
         await queue.close(1)

@@ -19,15 +19,14 @@ from tests.conftest import HANG_S, engine_settings, start_server
 pytestmark = pytest.mark.slow
 
 
-def test_a_dead_batch_loop_turns_health_and_readiness_503_and_exits_non_zero() -> None:
+def test_a_dead_scheduler_loop_turns_health_and_readiness_503_and_exits_non_zero() -> None:
     running = start_server()
     # The test stops the server itself once it has read the 503s: a server that exits at
     # once would refuse the connections this test reads them through.
     exit_requested = threading.Event()
     running.lifecycle.request_exit = exit_requested.set
     try:
-        queue = running.runtime.queue
-        loop_task = queue._loop_task
+        loop_task = running.runtime.scheduler._plain.loop_task
         # Kill the loop from outside, as an unforeseen fault would.
         loop_task.get_loop().call_soon_threadsafe(loop_task.cancel)
         deadline = time.monotonic() + HANG_S

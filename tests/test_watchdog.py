@@ -1,5 +1,6 @@
-"""A stuck engine is noticed: a pass that never returns, an engine process that stopped
-answering, a load that hangs. Faults are real: failpoints compiled into the real pass and
+"""A stuck engine is noticed: a pass that never returns (whether or not anyone still waits
+for it, online or batch work), an engine process that stopped answering, an idle engine
+that stopped, a load that hangs. Faults are real: failpoints compiled into the real pass and
 load (``service.engines.failpoints``), and SIGSTOP of vLLM's engine-core process."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import uvicorn
 from service.app import create_app
 from service.config import DEFAULT_MODEL, EXIT_MARGIN_S, Settings
 from service.engines.model_store import resolve_model
+from service.jobs.worker import POLL_S
 from service.scheduling.watchdog import CHECK_PERIOD_S, Watchdog, _Pass
 from tests.conftest import (
     ROOT,
@@ -33,7 +35,9 @@ from tests.conftest import (
     prompts_taken_in,
     tiny_llama,
     wait_admitted,
+    wait_until,
 )
+from tests.jobs.helpers import client_for, jsonl, score_line, submit
 
 # Stall limits small enough for a test: floor + multiple x predicted.
 FLOOR_S = 3.0
@@ -178,6 +182,32 @@ def stall_scenario(running: RunningServer, exit_requested: threading.Event, bloc
     assert running.lifecycle.exit_code == 1
 
 
+# A deadline short enough that every request gives up long before the stall limit.
+SHORT_DEADLINE_S = 2.0
+
+
+def given_up_scenario(running: RunningServer, exit_requested: threading.Event, block: Callable[[], None]) -> None:
+    """``block()`` stops the engine, and the only request gives up at its short deadline
+    (504): nobody waits any more, yet /health must turn 503 within the bound counted from
+    the deadline (the engine owes an answer from then on), and new requests get 503."""
+    url = running.url
+    body = {"items": [{"id": "a", "prompt": "Rate 1-5. Answer: fine. Score:"}], "timeout_s": SHORT_DEADLINE_S}
+    assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+    block()
+    sent = time.monotonic()
+    late = httpx.post(f"{url}/v1/score", json=body, timeout=120)
+    assert late.status_code == 504, late.text
+    tripped, health = health_turns_503(url, timeout=SHORT_DEADLINE_S + 240)
+    assert_unavailable(health)
+    details = health.json()["error"]["details"]
+    assert details["limit_s"] == pytest.approx(MULTIPLE * details["predicted_s"] + FLOOR_S, abs=0.01)
+    print(f"\n/health 503 {tripped - sent:.1f} s after the request was sent ({details})")
+    assert tripped - sent <= SHORT_DEADLINE_S + details["limit_s"] + SLACK_S, (tripped - sent, details)
+    assert_unavailable(httpx.post(f"{url}/v1/score", json=body, timeout=60))
+    assert exit_requested.wait(timeout=30)
+    assert running.lifecycle.exit_code == 1
+
+
 def test_a_pass_that_never_returns_is_noticed(tiny_judge: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     running, exit_requested = launch(
         engine="transformers", model=str(tiny_judge), stall_floor_s=FLOOR_S, stall_multiple=MULTIPLE
@@ -190,6 +220,74 @@ def test_a_pass_that_never_returns_is_noticed(tiny_judge: Path, monkeypatch: pyt
         monkeypatch.delenv("JUDGE_FAILPOINT_PASS_BLOCK", raising=False)
         running.stop()
     assert not running.thread.is_alive()
+
+
+def test_a_pass_whose_requests_gave_up_is_still_watched(tiny_judge: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    running, exit_requested = launch(
+        engine="transformers", model=str(tiny_judge), stall_floor_s=FLOOR_S, stall_multiple=MULTIPLE
+    )
+    try:
+        wait_ready(running)
+        given_up_scenario(running, exit_requested, lambda: monkeypatch.setenv("JUDGE_FAILPOINT_PASS_BLOCK", "1"))
+    finally:
+        monkeypatch.delenv("JUDGE_FAILPOINT_PASS_BLOCK", raising=False)
+        running.stop()
+    assert not running.thread.is_alive()
+
+
+def test_batch_work_alone_on_a_stopped_engine_is_noticed(
+    tiny_judge: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch lines run through the watched engine like online requests: with only batch work
+    and the engine's pass stopped, /health turns 503 within the bound, and the replica exits."""
+    running, exit_requested = launch(
+        engine="transformers",
+        model=str(tiny_judge),
+        stall_floor_s=FLOOR_S,
+        stall_multiple=MULTIPLE,
+        data_dir=tmp_path,
+    )
+    try:
+        wait_ready(running)
+        lines = [score_line(f"l{n}", f"Question {n}?", f"Answer {n}.") for n in range(4)]
+        monkeypatch.setenv("JUDGE_FAILPOINT_PASS_BLOCK", "1")
+        created = time.monotonic()
+        submit(client_for(running.url), jsonl(lines))
+        # The batch pass is one the watchdog watches (not merely its idle probe).
+        watched = running.runtime.watchdog.plain
+        wait_until(lambda: any(r.tokens > 1 for r in list(watched.running)), "no batch pass was watched", 60)
+        tripped, health = health_turns_503(running.url, timeout=120)
+        assert_unavailable(health)
+        details = health.json()["error"]["details"]
+        print(f"\n/health 503 {tripped - created:.1f} s after the batch was created ({details})")
+        # The bound, after the worker's claim (it looks at least every POLL_S).
+        assert tripped - created <= details["limit_s"] + SLACK_S + POLL_S, (tripped - created, details)
+        assert exit_requested.wait(timeout=30)
+        assert running.lifecycle.exit_code == 1
+    finally:
+        monkeypatch.delenv("JUDGE_FAILPOINT_PASS_BLOCK", raising=False)
+        running.stop()
+    assert not running.thread.is_alive()
+
+
+def test_an_idle_engine_that_stopped_is_noticed(tiny_judge: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nobody sends anything: the watchdog's own probe finds the stopped engine, after the
+    floor of idleness, within the bound."""
+    running, exit_requested = launch(
+        engine="transformers", model=str(tiny_judge), stall_floor_s=FLOOR_S, stall_multiple=MULTIPLE
+    )
+    try:
+        wait_ready(running)
+        monkeypatch.setenv("JUDGE_FAILPOINT_PASS_BLOCK", "1")
+        blocked = time.monotonic()
+        tripped, health = health_turns_503(running.url, timeout=120)
+        details = health.json()["error"]["details"]
+        # Idle for at most the floor, then the probe's own limit.
+        assert tripped - blocked <= FLOOR_S + details["limit_s"] + SLACK_S, (tripped - blocked, details)
+        assert exit_requested.wait(timeout=30)
+    finally:
+        monkeypatch.delenv("JUDGE_FAILPOINT_PASS_BLOCK", raising=False)
+        running.stop()
 
 
 def test_a_load_that_hangs_turns_health_503_at_its_deadline(tiny_judge: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -262,7 +360,7 @@ def one_vllm_server_at_a_time() -> Iterator[None]:
     yield
 
 
-def test_vllm_start_leaves_health_and_metrics_answering_and_a_stopped_engine_is_noticed(
+def test_vllm_start_leaves_health_and_metrics_answering_and_a_stopped_engine_is_noticed_after_requests_gave_up(
     one_vllm_server_at_a_time: None,
 ) -> None:
     running, exit_requested = launch(**VLLM_TEST_SETTINGS, stall_floor_s=FLOOR_S, stall_multiple=MULTIPLE)
@@ -294,7 +392,7 @@ def test_vllm_start_leaves_health_and_metrics_answering_and_a_stopped_engine_is_
             for core in cores:
                 core.send_signal(signal.SIGSTOP)
 
-        stall_scenario(running, exit_requested, stop_cores)
+        given_up_scenario(running, exit_requested, stop_cores)
     finally:
         for core in cores:
             if core.is_running():

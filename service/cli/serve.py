@@ -55,7 +55,7 @@ def serve(args: argparse.Namespace) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )
     runtime, lifecycle = app.state.runtime, app.state.lifecycle
-    server = DrainingServer(config, lifecycle, lambda: runtime.queue.depth if runtime.queue is not None else 0)
+    server = DrainingServer(config, lifecycle, lambda: runtime.scheduler.depth if runtime.scheduler is not None else 0)
     server.run()
     code = lifecycle.exit_code or (1 if lifecycle.failed else 0)
     if code:

@@ -1,55 +1,65 @@
-"""The engine boundary: the Engine protocol every engine implements.
+"""The engine boundary, in two parts: what an engine is (``EngineCapabilities``, fixed once
+it has started and returned by ``start``) and what it does (the ``Engine`` protocol's
+operations).
 
-The tasks and results it speaks are ``service.core.tasks``; its errors are in
-``service.core.errors``. Nothing here imports torch or vLLM, so the queue stays
-framework-free.
+How many passes run at once, how background work is held back and how much a pass may
+hold are the scheduler's policy (``service.scheduling.passes``), decided from the
+capabilities; the engine only states them. The tasks and results it speaks are
+``service.core.tasks``; its errors are in ``service.core.errors``. Nothing here imports
+torch or vLLM, so the scheduler stays framework-free.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from service.core.tasks import CritiqueRow, LabelScores, ScoringTask
 
 
-class Engine(Protocol):
-    """A loaded judge model that scores batches of tasks."""
+@dataclass(frozen=True, slots=True)
+class EngineCapabilities:
+    """What a started engine is."""
 
-    name: str
     max_model_len: int
     # Decoder layers; layer_logits has num_layers + 1 rows (embeddings first).
     num_layers: int
-    # Whether tasks may ask for per-layer label logits (LAGER), and if not, why.
-    supports_layers: bool
+    # Why tasks may not ask for per-layer label logits (LAGER) or hidden rows; None: they may.
     layers_unavailable: str | None
-    # The most cost (see batch_cost) one batch may carry.
-    batch_budget: int
-    # The most bytes (see batch_memory) one batch's passes may hold.
-    batch_memory_budget: int
-    # How many batches the queue may have running at once: 1 for an engine that runs one
-    # forward pass at a time, many for one that batches continuously by itself.
-    max_inflight_batches: int
-    # How many critique batches (generations) may run at once, apart from plain batches.
-    max_inflight_critiques: int
-    # How many background items (the batch lane's) the engine may hold at once, scheduling
-    # them itself behind online work; 0 for an engine that runs passes in the order it
-    # gets them (the lane then holds its passes back while online work runs).
-    background_slots: int
+    # The most cost (``Engine.batch_cost``'s unit: padded tokens, items...) one pass may carry.
+    pass_budget: int
+    # Whether the engine steps many requests itself (continuous batching: each item is a pass
+    # of its own, many at once, ordered by priority) rather than one forward pass at a time.
+    continuous: bool = False
+    # Continuous engines: the sequences one engine step holds at most.
+    sequence_slots: int = 0
+
+    @property
+    def supports_layers(self) -> bool:
+        return self.layers_unavailable is None
+
+
+class Engine(Protocol):
+    """A judge model that scores batches of tasks."""
+
+    async def start(self) -> EngineCapabilities:
+        """Load the model, warm it up, and say what it is."""
 
     def batch_cost(self, batch: Sequence[ScoringTask]) -> int:
-        """What running ``batch`` costs, in the unit of ``batch_budget`` (padded tokens, items...)."""
+        """What running ``batch`` costs, in the unit of ``pass_budget`` (padded tokens, items...)."""
 
     def batch_memory(self, batch: Sequence[ScoringTask], cost: int) -> int:
-        """Bytes ``batch``'s passes hold at their peak (``cost``: its ``batch_cost``), in the
-        unit of ``batch_memory_budget``; 0 for an engine that holds its cache itself."""
+        """Bytes ``batch``'s passes hold at their peak (``cost``: its ``batch_cost``); 0 for an
+        engine that holds its cache itself."""
 
-    async def start(self) -> None:
-        """Load the model and warm it up."""
+    def limit_pass_memory(self, budget: int) -> None:
+        """The bytes one pass may hold (the memory plan's, once the model is warm): an engine
+        that splits a pass's work by memory (label-trie nodes) plans within it."""
 
     async def score(self, batch: Sequence[ScoringTask], *, background: bool = False) -> Sequence[LabelScores]:
-        """Score a batch; one result per task, in order. ``background`` work (the batch
-        lane's) goes behind online work where the engine schedules its own requests."""
+        """Score a batch; one result per task, in order. ``background`` work (batch jobs')
+        goes behind online work where the engine schedules its own requests."""
 
     async def critique(
         self, batch: Sequence[ScoringTask], rows: Sequence[CritiqueRow], *, background: bool = False
@@ -59,6 +69,10 @@ class Engine(Protocol):
         signal: an engine that can drop one row of a running batch returns None for a row
         that was dropped or whose deadline passed (else it may ignore them). Cancelling the
         call stops the generation."""
+
+    async def probe(self) -> None:
+        """Answer a tiny pass that touches nothing cached or counted: the watchdog's check
+        that an engine nobody is waiting on still steps."""
 
     async def reset_prefix_cache(self) -> None:
         """Forget every cached prompt prefix (after the start-up calibration)."""

@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from service.core.errors import ErrorKind, error_body
 from service.http.errors import error_response
-from service.scheduling.queue import ClientGone
+from service.scheduling.scheduler import ClientGone
 from service.serving import CompareService, RankService, ScoreService
 from service.serving.lifecycle import Lifecycle
 from service.serving.runtime import Runtime

@@ -13,6 +13,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from service.core.errors import ErrorKind, JudgeError, error_body
 from service.requests.validation import invalid_request
 from service.serving import CompareService, RankService, ScoreService
+from service.serving.runner import Runner
 from service.serving.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -33,10 +34,15 @@ class Retry(Exception):
 
 
 class Answerer:
-    """Answers batch lines through the serving layer over ``runtime`` (the lane's view)."""
+    """Answers batch lines through the same services as the endpoints, on ``runner`` (the
+    runtime's batch runner)."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        score, compare, rank = ScoreService(runtime), CompareService(runtime), RankService(runtime)
+    def __init__(self, runtime: Runtime, runner: Runner) -> None:
+        score, compare, rank = (
+            ScoreService(runtime, runner),
+            CompareService(runtime, runner),
+            RankService(runtime, runner),
+        )
         self._serve: dict[str, Callable[..., Awaitable[BaseModel]]] = {
             "/v1/score": score.score,
             "/v1/compare": compare.compare,

@@ -77,8 +77,6 @@ class BatchService:
             concurrency=s.jobs_concurrency,
             retention_s=s.jobs_retention_hours * 3600,
             on_line=lambda status: metrics.batch_items.labels(outcome="completed" if status == 200 else "failed").inc(),
-            on_depth=metrics.batch_lane_depth.set,
-            on_pass=metrics.batch_lane_prompts.inc,
         )
         metrics.jobs.source = self._store.counts
         self._task = asyncio.create_task(self.worker.run(), name="jobs-worker")

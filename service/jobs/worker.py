@@ -1,6 +1,6 @@
 """The jobs worker: an asyncio task in every replica that leases chunks, answers their
-lines in the batch lane, writes each answer as it completes, and moves batches on
-(finalize, expire, cancel, purge).
+lines at the scheduler's batch priority (the runtime's ``batch`` runner), writes each
+answer as it completes, and moves batches on (finalize, expire, cancel, purge).
 
 A chunk's lease is renewed while it runs; when the renewal fails (the batch was
 cancelled or expired, or another worker took the chunk over after a stall), the chunk's
@@ -19,7 +19,6 @@ from collections.abc import Callable
 
 from service.core.errors import JudgeError
 from service.jobs.answers import Answerer, Retry
-from service.jobs.lane import BatchLane, LaneRuntime
 from service.jobs.store import Claim, Due, ItemRow, Store, new_id, now_s
 from service.serving.runtime import Runtime
 
@@ -43,8 +42,6 @@ class Worker:
         concurrency: int,
         retention_s: float,
         on_line: Callable[[int], None] = lambda _: None,
-        on_depth: Callable[[int], None] = lambda _: None,
-        on_pass: Callable[[int], None] = lambda _: None,
     ) -> None:
         self.store = store
         self.runtime = runtime
@@ -52,12 +49,9 @@ class Worker:
         self.concurrency = concurrency
         self.retention_s = retention_s
         self._on_line = on_line
-        self._on_depth = on_depth
-        self._on_pass = on_pass
         self.name = f"{socket.gethostname()}:{os.getpid()}:{new_id('')[:8]}"
         self.wake = asyncio.Event()
-        self.lane: BatchLane | None = None
-        self._answerer: Answerer | None = None
+        self._answerer = Answerer(runtime, runtime.batch)
         self._chunks: set[asyncio.Task[None]] = set()
         self._purged = float("-inf")
 
@@ -89,7 +83,7 @@ class Worker:
         if time.monotonic() - self._purged > PURGE_EVERY_S:
             self._purged = time.monotonic()
             await asyncio.to_thread(self.store.purge, now_s() - int(self.retention_s))
-        if not self._ensure_lane():
+        if not self.runtime.lifecycle.accepting:
             return
         while len(self._chunks) < self.concurrency:
             claim = await asyncio.to_thread(self.store.claim, self.name, self.lease_s)
@@ -104,25 +98,6 @@ class Worker:
         if not task.cancelled() and task.exception() is not None:
             logger.error("a batch chunk failed", exc_info=task.exception())
         self.wake.set()
-
-    def _ensure_lane(self) -> bool:
-        """The lane, once the runtime's engine and queue are up and accepting."""
-        runtime = self.runtime
-        if not runtime.lifecycle.accepting or runtime.engine is None or runtime.queue is None:
-            return False
-        if self.lane is None:
-            queue = runtime.queue
-            self.lane = BatchLane(
-                runtime.engine,
-                lambda: queue.depth,
-                max_batch_size=runtime.settings.max_batch_size,
-                busy_items=max(1, runtime.settings.max_batch_size // 8),
-                on_depth=self._on_depth,
-                on_pass=self._on_pass,
-            )
-            self.lane.start()
-            self._answerer = Answerer(LaneRuntime(runtime, self.lane))
-        return True
 
     async def _work(self, claim: Claim) -> None:
         lines = [asyncio.create_task(self._line(claim, item)) for item in claim.items]
@@ -147,7 +122,6 @@ class Worker:
                 return
 
     async def _line(self, claim: Claim, item: ItemRow) -> None:
-        assert self._answerer is not None
         try:
             status, body = await self._answerer.answer(claim.endpoint, item.body)
         except Retry:
@@ -156,9 +130,7 @@ class Worker:
             self._on_line(status)
 
     async def close(self) -> None:
-        """Give running chunks up (their lines stay pending for the next claim) and stop the lane."""
+        """Give running chunks up: their lines stay pending for the next claim."""
         for task in list(self._chunks):
             task.cancel()
         await asyncio.gather(*self._chunks, return_exceptions=True)
-        if self.lane is not None:
-            await self.lane.close()

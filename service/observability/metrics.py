@@ -185,16 +185,18 @@ class Metrics:
         r.register(self.prefix_cache)
         self.model_info = Info("judge_model", "The loaded judge model.", registry=r)
         self.ready = Gauge("judge_ready", "1 when the service accepts scoring requests.", registry=r)
-        # Batch jobs: work of the batch lane, never counted in the online gauges above.
+        # Batch jobs: work at the scheduler's batch priority, never counted in the online gauges above.
         self.jobs = JobsCollector()
         r.register(self.jobs)
         self.batch_items = Counter(
             "judge_batch_items", "Batch lines answered, by outcome (completed: 200).", ["outcome"], registry=r
         )
-        self.batch_lane_depth = Gauge("judge_batch_lane_depth", "Prompts waiting in the batch lane.", registry=r)
+        self.batch_lane_depth = Gauge(
+            "judge_batch_lane_depth", "Batch lines' prompts waiting for an engine pass.", registry=r
+        )
         self.batch_lane_prompts = Counter(
             "judge_batch_lane_prompts",
-            "Prompts the batch lane's engine passes scored, whether or not their answers were kept.",
+            "Prompts batch passes scored, whether or not their answers were kept.",
             registry=r,
         )
         for outcome in ("completed", "failed"):

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from service.core.errors import ErrorKind, JudgeError
-from service.engines.base import Engine
+from service.engines.base import EngineCapabilities
 from service.methods.lager import LayerWeights
 from service.methods.probe import Probe
 
@@ -38,7 +38,7 @@ class ReadoutSupport:
 
     @classmethod
     def of(
-        cls, engine_kind: str, engine: Engine, layer_weights: LayerWeights | None, probe: Probe | None
+        cls, engine_kind: str, engine: EngineCapabilities, layer_weights: LayerWeights | None, probe: Probe | None
     ) -> ReadoutSupport:
         return cls(
             engine_kind, engine.supports_layers, engine.layers_unavailable, engine.num_layers, layer_weights, probe

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from service.config import Settings
 from service.core.errors import ErrorKind, JudgeError
 from service.core.tasks import ScoringTask
-from service.scheduling.batch_cost import BatchEngine
+from service.engines.base import Engine
 
 
 @dataclass(frozen=True)
@@ -21,12 +21,17 @@ class WorkLimits:
     request_timeout_s: float
     max_request_timeout_s: float
     max_queue: int | None = None
-    # Read at each check: the engine's memory budget is set once the model is warm.
-    engine: BatchEngine | None = None
+    # The engine that prices a prompt, and what one pass may hold (the memory plan's).
+    engine: Engine | None = None
+    memory_budget: int = 1 << 62
 
     @classmethod
-    def from_settings(cls, settings: Settings, engine: BatchEngine | None = None) -> WorkLimits:
-        return cls(settings.request_timeout_s, settings.max_request_timeout_s, settings.max_queue, engine)
+    def from_settings(
+        cls, settings: Settings, engine: Engine | None = None, memory_budget: int = 1 << 62
+    ) -> WorkLimits:
+        return cls(
+            settings.request_timeout_s, settings.max_request_timeout_s, settings.max_queue, engine, memory_budget
+        )
 
     def deadline(self, timeout_s: float | None, arrived: float | None = None) -> float:
         """The ``time.monotonic()`` instant by which a request that reached the server at
@@ -48,7 +53,7 @@ class WorkLimits:
         label-trie nodes' smallest pass), or it could never run: 422 before any work."""
         if self.engine is None:
             return
-        budget = self.engine.batch_memory_budget
+        budget = self.memory_budget
         for index, task in enumerate(tasks):
             need = self.engine.batch_memory([task], self.engine.batch_cost([task]))
             if need > budget:

@@ -1,13 +1,16 @@
-"""One admitted request's items: their futures, and how the request waits or gives up.
+"""What the scheduler holds: one entry per task, of a priority, and one request's entries
+(``Submission``): their futures, and how the request waits or gives up.
 
-Every item has its own future, created before it is enqueued. ``Submission.wait`` returns
-every result in order, or gives every unresolved item up (client gone, deadline passed,
-the waiting task cancelled), so the queue never computes what nobody will read.
+Every entry has its own future, created before it is enqueued. ``Submission.wait`` returns
+every result in order, or gives every unresolved entry up (client gone, deadline passed,
+the waiting task cancelled), so the scheduler never computes what nobody will read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,32 +21,46 @@ from service.core.tasks import LabelScores, ScoringTask
 from service.observability.metrics import Metrics
 
 
+class Priority(enum.IntEnum):
+    """Online requests go first; batch jobs' lines run behind them (lower values first)."""
+
+    ONLINE = 0
+    BATCH = 1
+
+
 class ClientGone(Exception):
     """The client disconnected before its results were ready."""
 
 
 @dataclass(slots=True, eq=False)
-class _Entry:
+class Entry:
+    """One task in the scheduler, from its admission until its future is resolved."""
+
     task: ScoringTask
     future: asyncio.Future[LabelScores]
     deadline: float
     submission: Submission
+    priority: Priority = Priority.ONLINE
     enqueued: float = field(default_factory=time.monotonic)
-    # Why the request gave this item up ("cancelled", "deadline"), for the skip counter.
+    # Why the request gave this entry up ("cancelled", "deadline"), for the skip counter.
     abandoned: str | None = None
-    # Whether the item waits in its lane (not yet taken into a batch nor dropped from it).
+    # Whether the entry waits for a pass (not yet taken into one nor dropped).
     waiting: bool = False
 
 
 class Submission:
-    """The items of one admitted request: wait for them, or give them up."""
+    """The entries of one admitted request (or one batch line): wait for them, or give them up.
+    ``metrics``: the online request gauges it moves (None for batch work, which they never count)."""
 
-    def __init__(self) -> None:
-        self.entries: list[_Entry] = []
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.entries: list[Entry] = []
         self.started = False
         self._unresolved = 0
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.requests_waiting.inc()
 
-    def add(self, entry: _Entry) -> None:
+    def add(self, entry: Entry) -> None:
         self.entries.append(entry)
         self._unresolved += 1
 
@@ -52,7 +69,7 @@ class Submission:
         return [entry.future for entry in self.entries]
 
     def abandon(self, reason: str) -> None:
-        """Give up every item not yet resolved: queued ones are skipped (counted under
+        """Give up every entry not yet resolved: waiting ones are skipped (counted under
         ``reason``), running ones are aborted where the engine can abort them."""
         for entry in self.entries:
             if not entry.future.done():
@@ -61,19 +78,18 @@ class Submission:
 
     async def wait(self, deadline: float, disconnected: Callable[[], Awaitable[None]] | None = None) -> list[Any]:
         """Every result, in order; gives everything up on failure, disconnect, deadline or
-        cancellation of the waiting task itself."""
+        cancellation of the waiting task itself. An infinite ``deadline`` never passes."""
         gathered = asyncio.gather(*self.futures)
         # Its outcome is read below only on success; mark it retrieved for the other paths.
         gathered.add_done_callback(lambda f: f.cancelled() or f.exception())
         watcher = asyncio.ensure_future(disconnected()) if disconnected else None
         waiting: set[asyncio.Future[Any]] = {gathered} if watcher is None else {gathered, watcher}
+        timeout = None if math.isinf(deadline) else max(0.0, deadline - time.monotonic())
         try:
-            done, _ = await asyncio.wait(
-                waiting, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            # The request's task was cancelled (e.g. by the server's shutdown): nobody will
-            # read these results, so none may be computed.
+            # The request's task was cancelled (its client left, the server shuts down, a
+            # batch chunk lost its lease): nobody will read these results, so none may be computed.
             self.abandon("cancelled")
             raise
         finally:
@@ -90,13 +106,14 @@ class Submission:
         self.abandon("deadline")
         raise JudgeError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded")
 
-    def _entry_done(self, metrics: Metrics) -> None:
+    def entry_done(self) -> None:
         self._unresolved -= 1
-        if self._unresolved == 0:
-            (metrics.requests_running if self.started else metrics.requests_waiting).dec()
+        if self._unresolved == 0 and self._metrics is not None:
+            (self._metrics.requests_running if self.started else self._metrics.requests_waiting).dec()
 
-    def _start(self, metrics: Metrics) -> None:
+    def start(self) -> None:
         if not self.started and self._unresolved:
             self.started = True
-            metrics.requests_waiting.dec()
-            metrics.requests_running.inc()
+            if self._metrics is not None:
+                self._metrics.requests_waiting.dec()
+                self._metrics.requests_running.inc()

@@ -1,12 +1,18 @@
 """The watchdog: notices an engine that stopped making progress.
 
 Liveness flags cannot see a pass that never returns (a transformers pass stuck in its
-thread, a vLLM engine process that stopped answering). So every engine call the queue
-makes (a pass) goes through ``WatchedEngine``, which records when it began and the tokens
-it carries, and feeds its own copy of the admission model (``service.scheduling.admission``) with
-what completes. Every ``CHECK_PERIOD_S`` the watchdog compares, per lane (plain scores,
-critiques), the time since the lane last made progress (a pass ended, or its oldest
-running pass began, whichever is later) with its limit::
+thread, a vLLM engine process that stopped answering). So every engine call the scheduler
+makes (a pass, online or batch) goes through ``Watchdog.score`` or ``Watchdog.critique``,
+which record when it began and the tokens it carries, and feed the watchdog's own copy of
+the admission model (``service.scheduling.admission``) with what completes. A call counts
+as running until the engine answers it: a call whose request gave it up and which ended
+without the engine's answer (vLLM aborts it; a transformers pass is waited out in its
+thread) makes no progress, and the watchdog then sends the engine a tiny pass of its own
+(``Engine.probe``), which must be answered. An idle engine gets such a probe too, after
+``JUDGE_STALL_FLOOR_S`` without an answer, so a stopped engine is noticed whether or not
+anyone waits. Every ``CHECK_PERIOD_S`` the watchdog compares, per lane (plain scores,
+critiques), the time since the lane last made progress (an answered call ended, or its
+oldest running call began, whichever is later) with its limit::
 
     limit = JUDGE_STALL_MULTIPLE x predicted + JUDGE_STALL_FLOOR_S
     predicted = tokens running / measured rate + mean batch latency
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +37,7 @@ from typing import Any, TypeVar
 
 from service.core.errors import EngineDead
 from service.core.tasks import CritiqueRow, LabelScores, ScoringTask
+from service.engines.base import Engine
 from service.scheduling.admission import Throughput
 
 logger = logging.getLogger(__name__)
@@ -82,10 +90,12 @@ class _LaneWatch:
         self.running.add(record)
         self.throughput.batch_started(record.started)
 
-    def ended(self, record: _Pass, completed: int) -> None:
+    def ended(self, record: _Pass, completed: int, answered: bool = True) -> None:
+        """A call ended; only one the engine answered (a result or its own error) is progress."""
         now = time.monotonic()
         self.running.discard(record)
-        self.last_end = now
+        if answered:
+            self.last_end = now
         self.throughput.batch_finished(completed, record.started, now)
 
     def overdue(self, now: float, multiple: float, floor_s: float) -> Stall | None:
@@ -95,8 +105,9 @@ class _LaneWatch:
         since = max(oldest, self.last_end or oldest)
         predicted = self.throughput.completion_s(sum(record.tokens for record in self.running), 1.0)
         limits = [] if predicted is None else [multiple * predicted + floor_s]
-        # A generation stops each row at its deadline: never stalled before the latest.
-        deadlines = [record.deadline for record in self.running if record.deadline is not None]
+        # A generation stops each row at its deadline: never stalled before the latest (batch
+        # work's rows have none: their limit is the prediction's).
+        deadlines = [r.deadline for r in self.running if r.deadline is not None and math.isfinite(r.deadline)]
         if deadlines:
             limits.append(max(deadlines) - since + floor_s)
         if not limits:
@@ -118,6 +129,12 @@ class Watchdog:
         self.critiques = _LaneWatch("critiques")
         self._on_stall = on_stall
         self._stalled = asyncio.Event()
+        # A call ended without the engine's answer: a probe must be answered before the
+        # engine counts as stepping again.
+        self._unanswered = False
+        self._probing: asyncio.Task[None] | None = None
+        self._created = time.monotonic()
+        self._look = asyncio.Event()
 
     def check(self, now: float | None = None) -> Stall | None:
         """Look once; the first stall found is kept for good."""
@@ -141,10 +158,41 @@ class Watchdog:
         if self._on_stall is not None:
             self._on_stall(stall)
 
-    async def run(self) -> None:
-        """Look every ``CHECK_PERIOD_S`` until a stall is found."""
-        while self.check() is None:
-            await asyncio.sleep(CHECK_PERIOD_S)
+    async def run(self, engine: Engine) -> None:
+        """Look every ``CHECK_PERIOD_S`` (at once after an unanswered call) until a stall is
+        found, probing ``engine`` when it owes an answer or has been idle for the floor."""
+        try:
+            while self.check() is None:
+                if self._probe_due(time.monotonic()):
+                    self._unanswered = False
+                    self._probing = asyncio.create_task(self._probe(engine), name="watchdog-probe")
+                self._look.clear()
+                try:
+                    await asyncio.wait_for(self._look.wait(), CHECK_PERIOD_S)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            if self._probing is not None:
+                self._probing.cancel()
+
+    def _probe_due(self, now: float) -> bool:
+        if self._probing is not None and not self._probing.done():
+            return False
+        if self._unanswered:
+            return True
+        lanes = (self.plain, self.critiques)
+        if any(lane.running for lane in lanes):
+            return False
+        last = max((lane.last_end for lane in lanes if lane.last_end is not None), default=self._created)
+        return now - last >= self.floor_s
+
+    async def _probe(self, engine: Engine) -> None:
+        try:
+            await self.watch(self.plain, _Pass(time.monotonic(), 1, None), engine.probe, lambda _: 0)
+        except EngineDead:
+            pass  # the stall is declared and logged
+        except Exception as exc:  # the engine answered with an error: it steps, and says why elsewhere
+            logger.warning("the watchdog's probe failed: %s", exc)
 
     async def watch(
         self, lane: _LaneWatch, record: _Pass, call: Callable[[], Awaitable[_R]], completed: Callable[[_R], int]
@@ -158,12 +206,13 @@ class Watchdog:
         stalled = asyncio.ensure_future(self._stalled.wait())
         lane.began(record)
         done = 0
+        answered = False
         try:
             try:
                 await asyncio.wait({work, stalled}, return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:
-                # The engine may hold its slot until its pass really ends (a transformers
-                # pass in its thread): wait for that, but not past a stall.
+                # Given up: the call still runs until the engine lets it go (a transformers
+                # pass ends in its thread; vLLM aborts its requests), but not past a stall.
                 work.cancel()
                 await asyncio.wait({work, stalled}, return_when=asyncio.FIRST_COMPLETED)
                 raise
@@ -171,43 +220,32 @@ class Watchdog:
                 # vLLM aborts the call's engine requests; a pass stuck in its thread is left to it.
                 work.cancel()
                 raise EngineDead("the judge engine stalled")
+            answered = not work.cancelled()
             result = work.result()
             done = completed(result)
             return result
         finally:
             stalled.cancel()
-            lane.ended(record, done)
+            lane.ended(record, done, answered)
+            if not answered and self.stall is None:
+                # Whether the engine still steps is unknown until it answers something.
+                self._unanswered = True
+                self._look.set()
 
-
-class WatchedEngine:
-    """The engine as the queue sees it: every call is a pass the watchdog watches."""
-
-    def __init__(self, engine: Any, watchdog: Watchdog) -> None:
-        self._engine = engine
-        self._watchdog = watchdog
-        # Fixed once the engine has started, which is when the queue is built.
-        self.batch_budget: int = engine.batch_budget
-        self.max_inflight_batches: int = engine.max_inflight_batches
-        self.max_inflight_critiques: int = engine.max_inflight_critiques
-        self.background_slots: int = engine.background_slots
-
-    def __getattr__(self, name: str) -> Any:
-        # Anything else the queue may read of its engine comes from the engine itself.
-        return getattr(self._engine, name)
-
-    def batch_cost(self, batch: Sequence[ScoringTask]) -> int:
-        return int(self._engine.batch_cost(batch))
-
-    async def score(self, batch: Sequence[ScoringTask], *, background: bool = False) -> Sequence[LabelScores]:
+    async def score(
+        self, engine: Engine, batch: Sequence[ScoringTask], *, background: bool = False
+    ) -> Sequence[LabelScores]:
+        """``engine.score`` as a recorded pass of the plain lane."""
         record = _Pass(time.monotonic(), sum(task.work for task in batch), None)
         tokens = record.tokens
-        return await self._watchdog.watch(
-            self._watchdog.plain, record, lambda: self._engine.score(batch, background=background), lambda _: tokens
+        return await self.watch(
+            self.plain, record, lambda: engine.score(batch, background=background), lambda _: tokens
         )
 
     async def critique(
-        self, batch: Sequence[ScoringTask], rows: Sequence[CritiqueRow], *, background: bool = False
+        self, engine: Engine, batch: Sequence[ScoringTask], rows: Sequence[CritiqueRow], *, background: bool = False
     ) -> Sequence[LabelScores | None]:
+        """``engine.critique`` as a recorded pass of the critique lane."""
         deadline = max((row.deadline for row in rows), default=None)
         record = _Pass(time.monotonic(), sum(task.work for task in batch), deadline)
 
@@ -215,6 +253,6 @@ class WatchedEngine:
             return sum(task.work for task, result in zip(batch, results, strict=False) if result is not None)
 
         def call() -> Awaitable[Sequence[LabelScores | None]]:
-            return self._engine.critique(batch, rows, background=background)
+            return engine.critique(batch, rows, background=background)
 
-        return await self._watchdog.watch(self._watchdog.critiques, record, call, completed)
+        return await self.watch(self.critiques, record, call, completed)

@@ -18,6 +18,7 @@ from service.methods import pairwise, scoring
 from service.methods.pairwise import VERDICTS
 from service.requests.limits import Limits
 from service.requests.prompts import VERDICT_LABELS, Prompts
+from service.serving.runner import Runner
 from service.serving.runtime import Runtime
 from service.serving.score import Disconnected
 
@@ -25,8 +26,9 @@ ORDERS = ("ab", "ba")
 
 
 class CompareService:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, runner: Runner | None = None) -> None:
         self.runtime = runtime
+        self.runner: Runner = runner if runner is not None else runtime.online
 
     async def compare(
         self,
@@ -39,7 +41,7 @@ class CompareService:
         deadline = limits.work.deadline(timeout_s, arrived)
         chat_kwargs = limits.caps.chat_template_kwargs(request.chat_template_kwargs)
         tasks = await asyncio.to_thread(self._tasks, request, prompts, limits, chat_kwargs)
-        results = await self.runtime.run(tasks, deadline, disconnected)
+        results = await self.runner.run(tasks, deadline, disconnected)
         per_pair = 2 if request.swap else 1
         verdicts = [
             self._verdict(

@@ -15,13 +15,15 @@ from judge_client.rank import RankedCandidate, RankRequest, RankResponse
 from service.core.tasks import LabelScores, ScoringTask
 from service.methods import pairwise, ranking, scoring
 from service.requests.prompts import DEFAULT_RUBRIC, VERDICT_LABELS, Rubric
+from service.serving.runner import Runner
 from service.serving.runtime import Runtime
 from service.serving.score import Disconnected
 
 
 class RankService:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, runner: Runner | None = None) -> None:
         self.runtime = runtime
+        self.runner: Runner = runner if runner is not None else runtime.online
 
     async def rank(
         self,
@@ -37,13 +39,13 @@ class RankService:
             rubric = self._rubric(request)
             version = prompts.score_version(rubric)
             tasks = await asyncio.to_thread(self._pointwise_tasks, request, rubric)
-            results = await self.runtime.run(tasks, deadline, disconnected)
+            results = await self.runner.run(tasks, deadline, disconnected)
             ranked, comparisons = self._pointwise(request, results), 0
         else:
             version = prompts.pair_version(request.criteria)
             pairs = ranking.design(len(request.candidates))
             tasks = await asyncio.to_thread(self.pairwise_tasks, request, pairs)
-            results = await self.runtime.run(tasks, deadline, disconnected)
+            results = await self.runner.run(tasks, deadline, disconnected)
             # The fit and its bootstrap are CPU work: off the event loop.
             ranked = await asyncio.to_thread(self._pairwise, request, pairs, results)
             comparisons = len(pairs)

@@ -18,6 +18,7 @@ from service.methods.probe import Probe
 from service.requests.presets import PRESETS, Preset
 from service.requests.prompts import DEFAULT_RUBRIC, Prompts, Rubric, combined_version
 from service.requests.readouts import reads_per_layer
+from service.serving.runner import Runner
 from service.serving.runtime import Runtime
 
 ScoreRequest = RawScoreRequest | StructuredScoreRequest
@@ -115,8 +116,9 @@ class Readout:
 
 
 class ScoreService:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, runner: Runner | None = None) -> None:
         self.runtime = runtime
+        self.runner: Runner = runner if runner is not None else runtime.online
 
     async def score(
         self,
@@ -129,7 +131,7 @@ class ScoreService:
         deadline = limits.work.deadline(timeout_s, arrived)
         criteria = await asyncio.to_thread(self.criteria, request)
         tasks = await asyncio.to_thread(self.tasks, request, criteria)
-        results = await self.runtime.run(tasks, deadline, disconnected)
+        results = await self.runner.run(tasks, deadline, disconnected)
         items: Sequence[RawItem | StructuredItem] = request.items
         per_item = len(criteria)
         scores = [

@@ -60,7 +60,7 @@ def test_score_cli_splits_a_chunk_the_queue_refuses(tmp_path: Path, monkeypatch:
     source.write_text("".join(json.dumps(item) + "\n" for item in items))
     out = tmp_path / "out.jsonl"
     try:
-        queue = running.runtime.queue
+        queue = running.runtime.scheduler
         monkeypatch.setenv("JUDGE_FAILPOINT_PASS_BLOCK", "1")
         holding = threading.Thread(
             target=lambda: httpx.post(f"{running.url}/v1/score", json={"items": items[:4]}, timeout=HANG_S)

@@ -20,9 +20,15 @@ from service.core.labels import LabelTrie
 from service.core.tasks import ScoringTask
 from service.engines.transformers.engine import TransformersEngine
 from service.engines.transformers.prefix_cache import PASS_OVERHEAD_TOKENS, passes_by_rest
-from service.observability.metrics import Metrics
-from service.scheduling.queue import BatchQueue
-from tests.conftest import SHARED_DATA, Reference, RunningServer, metric_sum, tiny_llama, trie_rule_logprobs
+from tests.conftest import (
+    SHARED_DATA,
+    Reference,
+    RunningServer,
+    metric_sum,
+    scheduler_for,
+    tiny_llama,
+    trie_rule_logprobs,
+)
 
 VOCAB = 64
 LABELS = tuple(range(3, 40))
@@ -117,7 +123,7 @@ def test_concurrent_requests_through_the_queue_are_exact(model_dir: Path, model:
     tasks = [ScoringTask(p, LABELS, want_layers=True) for p in prompts]
 
     async def run() -> list:
-        queue = BatchQueue(engine, Metrics(), max_queue=64, max_batch_size=4, max_wait_s=0.0)
+        queue = scheduler_for(engine, max_batch_size=4)
         queue.start()
         deadline = asyncio.get_running_loop().time() + 60
         submissions = [queue.submit([task], deadline) for task in tasks]

@@ -239,12 +239,12 @@ def test_batch_lines_on_vllm_equal_the_synchronous_answers(vllm_server: RunningS
 
 
 def test_background_requests_go_behind_online_ones(vllm_server: RunningServer) -> None:
-    """vLLM schedules the batch lane's requests after online ones. Nine prompts of 600
+    """vLLM schedules batch work's requests after online ones. Nine prompts of 600
     tokens, in 1024-token steps, finish under two per step: an online request sent after
     eight background ones finishes among the first four, where arrival order (vLLM's
     default policy) would finish it last."""
     engine = vllm_server.runtime.engine
-    assert engine.background_slots >= 1
+    assert vllm_server.runtime.scheduler.limits.background_slots >= 1
     rng = random.Random(11)
 
     def long_task() -> ScoringTask:
@@ -263,7 +263,7 @@ def test_background_requests_go_behind_online_ones(vllm_server: RunningServer) -
         await asyncio.gather(*behind)
         return finished
 
-    loop = vllm_server.runtime.queue._loop_task.get_loop()
+    loop = vllm_server.runtime.scheduler._plain.loop_task.get_loop()
     finished = asyncio.run_coroutine_threadsafe(finishing_order(), loop).result(HANG_S)
     assert len(finished) == 9
     assert finished.index("online") <= 3, finished

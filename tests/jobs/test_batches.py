@@ -22,7 +22,10 @@ from tests.jobs.helpers import QUESTIONS, assert_close, client_for, jsonl, lines
 @pytest.fixture(scope="module")
 def jobs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     data = tmp_path_factory.mktemp("jobs-data")
-    running = start_server(engine="transformers", data_dir=Path(data), api_keys="key-a,key-b", jobs_chunk_items=2)
+    # One pass may hold 48 MiB: the test questions fit; a 1,700-token prompt does not.
+    running = start_server(
+        engine="transformers", data_dir=Path(data), api_keys="key-a,key-b", jobs_chunk_items=2, max_batch_memory_mb=48
+    )
     yield running
     running.stop()
 
@@ -70,12 +73,14 @@ def test_refused_bodies_go_to_the_error_file_as_the_endpoint_answers(jobs_server
         "empty": {"items": []},
         "labels": {"items": [{"id": "x", "prompt": "hi"}], "labels": ["a", "a"]},
         "method": {"items": [{"id": "x", "prompt": "hi"}], "method": "nope"},
+        # Over what one pass may hold: 422 before any work, as a batch line too.
+        "memory": {"items": [{"id": "x", "instruction": "word " * 1700, "response": "Yes."}]},
     }
     lines = [score_line("good", *QUESTIONS[0])]
     lines += [{"custom_id": k, "method": "POST", "url": "/v1/score", "body": b} for k, b in bad_bodies.items()]
     done = wait_for(client, submit(client, jsonl(lines)).id)
     assert done.status == "completed"
-    assert done.request_counts is not None and (done.request_counts.completed, done.request_counts.failed) == (1, 3)
+    assert done.request_counts is not None and (done.request_counts.completed, done.request_counts.failed) == (1, 4)
     assert [o["custom_id"] for o in lines_of(client, done.output_file_id)] == ["good"]
     errors = {e["custom_id"]: e["response"] for e in lines_of(client, done.error_file_id)}
     assert set(errors) == set(bad_bodies)
@@ -84,6 +89,7 @@ def test_refused_bodies_go_to_the_error_file_as_the_endpoint_answers(jobs_server
             sync = http.post("/v1/score", json=body)
             assert sync.status_code >= 400
             assert errors[custom_id] == {"status_code": sync.status_code, "body": sync.json()}
+    assert "JUDGE_MAX_BATCH_MEMORY_MB" in errors["memory"]["body"]["error"]["message"]
 
 
 def test_lines_that_are_not_requests_fail_the_batch_with_their_line_numbers(jobs_server: RunningServer) -> None:

@@ -1,20 +1,20 @@
-"""The batch lane on a real transformers engine with a tiny seeded model: it yields the
-engine to online work, its passes shrink while online work is recent, and it rests
-between them so that it takes at most its share of the engine."""
+"""The scheduler's batch priority on a real transformers engine with a tiny seeded model:
+batch work yields the engine to online work, its passes shrink while online work is
+recent, and it rests between them so that it takes at most its share of the engine."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import pytest
 
 from service.core.tasks import ScoringTask
 from service.engines.transformers.engine import TransformersEngine
-from service.jobs.lane import BUSY_SHARE, LANE_STARVE_S, BatchLane
-from service.observability.metrics import Metrics
-from service.scheduling.queue import BatchQueue
-from tests.conftest import tiny_llama
+from service.scheduling.background import BUSY_SHARE, RECENT_ONLINE_S, STARVE_S
+from service.scheduling.scheduler import Priority, Scheduler
+from tests.conftest import scheduler_for, tiny_llama
 
 VOCAB = 64
 ONLINE_TOKEN = 63  # the first token of online tasks, so the log tells them apart
@@ -73,24 +73,25 @@ def task(n: int, first: int = 1, length: int = 24) -> ScoringTask:
 
 
 async def lane_under_way(
-    engine: TransformersEngine, lines: int, length: int = 24, busy_items: int = 2
-) -> tuple[Logged, BatchQueue, BatchLane, asyncio.Future[list]]:
-    """A queue and a lane on the logged engine, the lane given ``lines`` tasks of ``length``
-    tokens and its first pass started."""
+    engine: TransformersEngine, lines: int, length: int = 24, max_batch_size: int = 8
+) -> tuple[Logged, Scheduler, asyncio.Future[list]]:
+    """A scheduler on the logged engine, given ``lines`` batch tasks of ``length`` tokens and
+    its first batch pass started."""
     logged = Logged(engine)
-    queue = BatchQueue(logged, Metrics(), max_queue=64, max_batch_size=8, max_wait_s=0.0)
+    # A warm engine: a cold first pass (and the rest after it) would outlast online work's recency.
+    await engine.score([task(n, length=length) for n in range(max_batch_size)])
+    queue = scheduler_for(logged, max_batch_size=max_batch_size)
     queue.start()
-    lane = BatchLane(logged, lambda: queue.depth, max_batch_size=8, busy_items=busy_items)
-    lane.start()
-    batch_work = asyncio.ensure_future(lane.run([task(n, length=length) for n in range(lines)]))
+    lines_in = [task(n, length=length) for n in range(lines)]
+    batch_work = asyncio.ensure_future(queue.run(lines_in, math.inf, None, Priority.BATCH))
     while not logged.passes:
         await asyncio.sleep(0.001)
-    return logged, queue, lane, batch_work
+    return logged, queue, batch_work
 
 
 def test_online_work_waits_behind_at_most_one_lane_pass_and_lane_passes_shrink(engine: TransformersEngine) -> None:
     async def scenario() -> Logged:
-        logged, queue, lane, batch_work = await lane_under_way(engine, lines=64)
+        logged, queue, batch_work = await lane_under_way(engine, lines=64)
         lane_passes_before = len(logged.passes)
         online = await queue.run([task(n, ONLINE_TOKEN) for n in range(3)], time.monotonic() + 60)
         assert len(online) == 3
@@ -99,28 +100,29 @@ def test_online_work_waits_behind_at_most_one_lane_pass_and_lane_passes_shrink(e
         assert first_online - lane_passes_before <= 1
         results = await batch_work
         assert len(results) == 64
-        await lane.close()
         await queue.close(0)
         return logged
 
     logged = asyncio.run(scenario())
-    first_online = next(i for i, (is_online, _) in enumerate(logged.passes) if is_online)
-    before = [n for is_online, n in logged.passes[:first_online] if not is_online]
-    after = [n for is_online, n in logged.passes[first_online + 1 :] if not is_online]
+    # Passes run one at a time: their start order is their end order.
+    passes = [(online, n, started) for (online, n), (_, started, _) in zip(logged.passes, logged.timed, strict=True)]
+    first_online = next(i for i, (is_online, _, _) in enumerate(passes) if is_online)
+    online_ended = logged.timed[first_online][2]
+    before = [n for is_online, n, _ in passes[:first_online] if not is_online]
+    after = [
+        n for is_online, n, at in passes[first_online + 1 :] if not is_online and at < online_ended + RECENT_ONLINE_S
+    ]
     assert before and max(before) > 2  # an idle engine: full lane passes
-    assert after and max(after) <= 2  # online work recent: small lane passes
+    assert after and max(after) <= 1  # online work recent: small lane passes (an eighth of 8 items)
 
 
 def test_lane_results_equal_the_queue_results(engine: TransformersEngine) -> None:
     async def scenario() -> tuple[list, list]:
-        queue = BatchQueue(engine, Metrics(), max_queue=64, max_batch_size=8, max_wait_s=0.0)
+        queue = scheduler_for(engine)
         queue.start()
-        lane = BatchLane(engine, lambda: queue.depth, max_batch_size=8, busy_items=2)
-        lane.start()
         tasks = [task(n) for n in range(12)]
-        from_lane = await lane.run(tasks)
+        from_lane = await queue.run(tasks, math.inf, None, Priority.BATCH)
         from_queue = [(await queue.run([t], time.monotonic() + 60))[0] for t in tasks]
-        await lane.close()
         await queue.close(0)
         return from_lane, from_queue
 
@@ -132,17 +134,16 @@ def test_lane_results_equal_the_queue_results(engine: TransformersEngine) -> Non
 def test_back_to_back_online_requests_go_first_and_the_lane_still_progresses(engine: TransformersEngine) -> None:
     """A client that sends its next request as soon as it has an answer: between its requests
     the lane runs at most one pass (it yields to work that came within the gap), and the lane
-    is not starved: it runs about one pass per LANE_STARVE_S."""
+    is not starved: it runs about one pass per STARVE_S."""
 
     async def scenario() -> tuple[Logged, float, int]:
-        logged, queue, lane, batch_work = await lane_under_way(engine, lines=400)
+        logged, queue, batch_work = await lane_under_way(engine, lines=400)
         started = time.monotonic()
         first = len(logged.passes)
-        while time.monotonic() - started < 3 * LANE_STARVE_S:
+        while time.monotonic() - started < 3 * STARVE_S:
             await queue.run([task(0, ONLINE_TOKEN)], time.monotonic() + 60)
         took = time.monotonic() - started
         batch_work.cancel()
-        await lane.close()
         await queue.close(0)
         return logged, took, first
 
@@ -154,8 +155,8 @@ def test_back_to_back_online_requests_go_first_and_the_lane_still_progresses(eng
     # Never two lane passes between online requests, and those few are small ones.
     assert all(window[i][0] or window[i + 1][0] for i in range(len(window) - 1))
     assert lane_runs and max(lane_runs) <= 2
-    # The lane defers, but not forever: one pass per LANE_STARVE_S, give or take one.
-    assert 1 <= len(lane_runs) <= took / LANE_STARVE_S + 1
+    # The lane defers, but not forever: one pass per STARVE_S, give or take one.
+    assert 1 <= len(lane_runs) <= took / STARVE_S + 1
 
 
 def test_lane_passes_shrink_to_a_part_of_the_budget_and_rest_while_online_work_pauses(
@@ -163,11 +164,11 @@ def test_lane_passes_shrink_to_a_part_of_the_budget_and_rest_while_online_work_p
 ) -> None:
     """A client that pauses between its requests (longer than the lane's gap): lane passes of
     300-token lines then hold one line (an eighth of the 2,048-token budget, where the item
-    cap would allow 8), and the lane rests after each, so it takes at most its share of the
+    cap, an eighth of 64, would allow 8), and the lane rests after each, so it takes at most its share of the
     engine and most online requests meet no lane pass."""
 
     async def scenario() -> tuple[Logged, float, float]:
-        logged, queue, lane, batch_work = await lane_under_way(slower_engine, lines=300, length=300, busy_items=8)
+        logged, queue, batch_work = await lane_under_way(slower_engine, lines=300, length=300, max_batch_size=64)
         await queue.run([task(0, ONLINE_TOKEN)], time.monotonic() + 60)
         started = time.monotonic()
         for n in range(40):
@@ -175,12 +176,11 @@ def test_lane_passes_shrink_to_a_part_of_the_budget_and_rest_while_online_work_p
             await asyncio.sleep(0.08)
         ended = time.monotonic()
         batch_work.cancel()
-        await lane.close()
         await queue.close(0)
         return logged, started, ended
 
     logged, started, ended = asyncio.run(scenario())
-    assert slower_engine.batch_budget == 2048
+    assert slower_engine.pass_budget == 2048
     during = [(online, a, b) for online, a, b in logged.timed if started <= a and b <= ended]
     first_online = next(i for i, (online, _) in enumerate(logged.passes) if online)
     assert max(n for online, n in logged.passes[:first_online] if not online) > 1  # idle: full passes

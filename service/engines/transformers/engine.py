@@ -21,6 +21,8 @@ from transformers.utils import logging as hf_logging
 from service.core.errors import EngineError
 from service.core.tasks import CritiqueRow, LabelScores, ScoringTask, common_prefix
 from service.engines import critique, failpoints
+from service.engines.base import EngineCapabilities
+from service.engines.device import torch_device
 from service.engines.heads import LabelHead, check_head, load_causal_lm
 from service.engines.memory import PassMemory
 from service.engines.transformers import probes
@@ -36,12 +38,6 @@ logger = logging.getLogger(__name__)
 _Results = TypeVar("_Results", list[LabelScores], list[LabelScores | None])
 
 
-def _pick_device(device: str) -> torch.device:
-    if device != "auto":
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _hidden_rows(states: list[torch.Tensor], row: int, layers: tuple[int, ...]) -> tuple[tuple[float, ...], ...] | None:
     """The scoring-position hidden state of ``row`` at each of ``layers``, in float64."""
     if not layers:
@@ -50,14 +46,8 @@ def _hidden_rows(states: list[torch.Tensor], row: int, layers: tuple[int, ...]) 
 
 
 class TransformersEngine:
-    """Scores label tokens with a Hugging Face causal LM."""
-
-    # One model, one forward pass at a time.
-    max_inflight_batches = 1
-    # One generation at a time, beside the scoring batches (steps and passes take turns).
-    max_inflight_critiques = 1
-    # No scheduler of its own: the batch lane holds its passes back while online work runs.
-    background_slots = 0
+    """Scores label tokens with a Hugging Face causal LM, one forward pass at a time (a
+    generation's steps and the scoring passes take turns)."""
 
     def __init__(
         self,
@@ -75,7 +65,7 @@ class TransformersEngine:
     ) -> None:
         self.name = name
         self.model_dir = model_dir
-        self.device = _pick_device(device)
+        self.device = torch_device(device)
         # fp32 on CPU; bf16 on GPU where fp32 would waste memory bandwidth.
         default = torch.float32 if self.device.type == "cpu" else torch.bfloat16
         self.dtype = default if dtype == "auto" else getattr(torch, dtype)
@@ -98,11 +88,11 @@ class TransformersEngine:
         )
         # On CPU, padded batches beyond ~2k tokens run slower per item (measured in
         # bench/overhead.py: 16k-token batches gave 0.85 items/s, 2k-token ones 1.46).
-        self.batch_budget = max_batch_tokens or (2048 if self.device.type == "cpu" else 16384)
+        self.pass_budget = max_batch_tokens or (2048 if self.device.type == "cpu" else 16384)
         # What a batch's passes hold (from the model's config, once loaded), and the most one
-        # batch may hold: the runtime sets it from the memory limit once the model is warm.
+        # pass may hold: the memory plan's, once the model is warm (``limit_pass_memory``).
         self.pass_memory: PassMemory | None = None
-        self.batch_memory_budget = 1 << 62
+        self.pass_memory_budget = 1 << 62
         # Prompt tokens not recomputed thanks to a shared prefix (for metrics and benchmarks).
         self.prefix_tokens_reused = 0
         self.head: LabelHead | None = None
@@ -152,8 +142,29 @@ class TransformersEngine:
             return max(held, self.pass_memory.prompts(rows, width + extra, rows * (width + extra)))
         return held + self.pass_memory.nodes(1, width, extra)
 
-    async def start(self) -> None:
+    async def start(self) -> EngineCapabilities:
         await asyncio.to_thread(self._load)
+        return EngineCapabilities(
+            max_model_len=self.max_model_len,
+            num_layers=self.num_layers,
+            layers_unavailable=self.layers_unavailable,
+            pass_budget=self.pass_budget,
+        )
+
+    def limit_pass_memory(self, budget: int) -> None:
+        self.pass_memory_budget = budget
+
+    async def probe(self) -> None:
+        """One token through the model, in its turn: no prefix cache, no counters."""
+        await self._in_thread(self._probe)
+
+    def _probe(self) -> list[LabelScores]:
+        if self.model is None:
+            raise EngineError("model not loaded")
+        with self._lock, torch.inference_mode():
+            failpoints.block("PASS_BLOCK")
+            self.model(input_ids=torch.tensor([[self.pad_token_id]], device=self.device))
+        return []
 
     def _load(self) -> None:
         hf_logging.disable_progress_bar()
@@ -195,7 +206,7 @@ class TransformersEngine:
         self.head = self.layout = self.generator = self.passes = None
 
     # ``background`` changes nothing here: a pass runs whole, in the order passes come, so
-    # the batch lane decides when its passes start (``service.jobs.lane``).
+    # the scheduler decides when background passes start (``service.scheduling.background``).
     async def score(self, batch: Sequence[ScoringTask], *, background: bool = False) -> list[LabelScores]:
         return await self._in_thread(lambda: self._forward(batch))
 
@@ -314,7 +325,7 @@ class TransformersEngine:
         of ``width`` columns, within the batch memory budget (at least one)."""
         if self.pass_memory is None or not extra:
             return 1 << 30
-        room = self.batch_memory_budget - self.pass_memory.prompts(rows, width, 0)
+        room = self.pass_memory_budget - self.pass_memory.prompts(rows, width, 0)
         return max(1, room // self.pass_memory.nodes(1, width, extra))
 
     def _replayed_continuations(self, batch: Sequence[ScoringTask]) -> dict[int, list[list[float]]]:

@@ -11,10 +11,11 @@ position of the requests that ask (LAGER, ``return_layers``), in the same forwar
 The model stays compiled; only the engine steps that hold such a request run eagerly,
 since hooks do not run inside compiled graphs.
 
-The engine schedules by priority: online requests at ``ONLINE_PRIORITY``, the batch lane's
+The engine schedules by priority: online requests at ``ONLINE_PRIORITY``, batch work's
 at ``BACKGROUND_PRIORITY``. vLLM takes waiting requests in priority order and, short of KV
 cache, preempts the lowest first; it never preempts for a sequence slot, so background
-work holds at most half of them (``background_slots``) and online requests always find one.
+work holds at most half of them (the scheduler's policy, ``service.scheduling.passes``) and
+online requests always find one.
 
 Only architectures whose vLLM scores are verified against transformers are served
 (``vllm_families``); at start the worker also proves that vLLM's head equals the
@@ -31,11 +32,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from service.config import Settings
 from service.core.errors import EngineDead, EngineError, UnsupportedModel
 from service.core.tasks import CritiqueRow, LabelScores, ScoringTask, common_prefix
 from service.engines import critique
-from service.engines.factory import gpu_present
+from service.engines.base import EngineCapabilities
+from service.engines.device import gpu_present
 from service.engines.vllm.families import check_architecture
 from service.engines.vllm.layers import EXTRA_ARGS_KEY, HIDDEN_ARGS_KEY
 
@@ -69,28 +70,42 @@ def prefix_leaders(batch: Sequence[ScoringTask]) -> list[int | None]:
 class VllmEngine:
     """Scores label tokens with vLLM's asynchronous engine."""
 
-    # vLLM schedules its own steps: the queue sends every item as its own batch, so each
-    # can be aborted alone, and lets many run at once.
-    batch_budget = 1
-    # vLLM holds its KV cache in blocks of its own, within its own memory settings: a batch
-    # holds nothing the queue must count.
-    batch_memory_budget = 1 << 62
-
-    def __init__(self, model_dir: Path, name: str, settings: Settings, tokenizer: Any = None) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        name: str,
+        *,
+        tokenizer: Any = None,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.9,
+        tensor_parallel_size: int = 1,
+        max_num_seqs: int | None = None,
+        max_num_batched_tokens: int | None = None,
+        prefix_reuse: bool = True,
+        block_size: int | None = None,
+        capture_layers: bool = True,
+        cpu_kvcache_space_gb: float = 4.0,
+        cpu_reserved_cores: int = 0,
+    ) -> None:
         self.name = name
         self.model_dir = model_dir
-        self.settings = settings
-        self.max_model_len = 0
+        self.dtype = dtype
+        self.max_model_len = max_model_len
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.tensor_parallel_size = tensor_parallel_size
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.prefix_reuse = prefix_reuse
+        self.block_size = block_size
+        self.capture_layers = capture_layers
+        self.cpu_kvcache_space_gb = cpu_kvcache_space_gb
+        self.cpu_reserved_cores = cpu_reserved_cores
         self.num_layers = 0
         self._engine: Any = None
         self._dead = False
         self._ids = itertools.count()
         self.supports_layers = False
-        self.max_inflight_batches = settings.max_queue
-        # Generations are engine requests too; vLLM steps them beside the scoring requests.
-        self.max_inflight_critiques = settings.max_queue
-        # Set from the engine's sequence slots at start.
-        self.background_slots = 0
         self.tokenizer = tokenizer
         self._stop_ids: frozenset[int] = frozenset()
         self.layers_unavailable: str | None = "JUDGE_VLLM_LAYERS=false"
@@ -105,31 +120,30 @@ class VllmEngine:
     def engine_args(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
 
-        s = self.settings
         on_gpu = gpu_present()
         if not on_gpu:
             # vLLM's CPU backend sizes its KV cache from this variable, not from memory utilisation.
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{s.cpu_kvcache_space_gb:g}")
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self.cpu_kvcache_space_gb:g}")
             # vLLM keeps a core per worker out of the model's threads by default: half of a 2-core host.
-            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(s.cpu_reserved_cores))
-        dtype = s.dtype if s.dtype != "auto" else ("auto" if on_gpu else "float32")
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(self.cpu_reserved_cores))
+        dtype = self.dtype if self.dtype != "auto" else ("auto" if on_gpu else "float32")
         options: dict[str, Any] = dict(
             model=str(self.model_dir),
             tokenizer=str(self.model_dir),
             dtype=dtype,
-            max_model_len=s.max_model_len,
-            gpu_memory_utilization=s.gpu_memory_utilization,
-            tensor_parallel_size=s.tensor_parallel_size,
-            max_num_seqs=s.max_num_seqs,
-            max_num_batched_tokens=s.max_num_batched_tokens,
-            enable_prefix_caching=s.prefix_reuse,
+            max_model_len=self.max_model_len,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            tensor_parallel_size=self.tensor_parallel_size,
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            enable_prefix_caching=self.prefix_reuse,
             # Label sets are up to 32 tokens; allow that many requested log-probabilities.
             max_logprobs=64,
             disable_log_stats=False,
-            # Batch-lane requests go behind online ones (see the module's docstring).
+            # Batch work's requests go behind online ones (see the module's docstring).
             scheduling_policy="priority",
         )
-        block_size = s.vllm_block_size or (None if on_gpu else CPU_BLOCK_SIZE)
+        block_size = self.block_size or (None if on_gpu else CPU_BLOCK_SIZE)
         if block_size is not None:
             options["block_size"] = block_size
         # The worker extension proves the head at start; with layers on, it also captures them.
@@ -142,21 +156,19 @@ class VllmEngine:
 
         return AsyncLLM.from_engine_args(self.engine_args())
 
-    async def start(self) -> None:
+    async def start(self) -> EngineCapabilities:
         # Importing vLLM and starting its engine core (processes, model load, compilation)
         # take minutes and block: off the event loop, so /health and /metrics answer meanwhile.
         self._engine = await asyncio.to_thread(self._launch)
         config = self._engine.model_config
-        self.max_model_len = int(config.max_model_len)
         self.num_layers = int(config.hf_text_config.num_hidden_layers)
-        self.background_slots = max(1, int(self._engine.vllm_config.scheduler_config.max_num_seqs) // 2)
         try:
             problems = [p for p in await self._engine.collective_rpc("judge_check_head") if p]
             if problems:
                 raise UnsupportedModel(
                     f"{problems[0]}: vLLM would serve scores that differ from the model's own forward pass"
                 )
-            if self.settings.vllm_layers:
+            if self.capture_layers:
                 await self._install_layer_capture()
         except UnsupportedModel:
             await self.close()
@@ -166,6 +178,20 @@ class VllmEngine:
 
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
         self._stop_ids = critique.stop_token_ids(self.tokenizer, self.model_dir)
+        await self.probe()
+        return EngineCapabilities(
+            max_model_len=int(config.max_model_len),
+            num_layers=self.num_layers,
+            layers_unavailable=self.layers_unavailable,
+            # vLLM schedules its own steps: every item is a pass of its own, so each can be
+            # aborted alone. Its KV cache is its own, within its own memory settings.
+            pass_budget=1,
+            continuous=True,
+            sequence_slots=int(self._engine.vllm_config.scheduler_config.max_num_seqs),
+        )
+
+    async def probe(self) -> None:
+        """One 8-token request, online: shorter than a KV-cache block, so it caches nothing."""
         await self._score_one(ScoringTask(token_ids=(0,) * 8, label_ids=(0,)))
 
     async def _install_layer_capture(self) -> None:
@@ -198,8 +224,11 @@ class VllmEngine:
     def batch_memory(self, batch: Sequence[ScoringTask], cost: int) -> int:
         return 0
 
+    def limit_pass_memory(self, budget: int) -> None:
+        """Nothing to plan: vLLM holds its KV cache in blocks of its own."""
+
     async def reset_prefix_cache(self) -> None:
-        if self._engine is not None and self.settings.prefix_reuse:
+        if self._engine is not None and self.prefix_reuse:
             await self._engine.reset_prefix_cache()
 
     async def score(self, batch: Sequence[ScoringTask], *, background: bool = False) -> list[LabelScores]:
@@ -207,7 +236,7 @@ class VllmEngine:
         of ``PREFIX_FIRST_TOKENS`` or more wait for the first of them to finish. Requests
         scheduled in one engine step would each compute the prefix: vLLM's prefix cache
         serves only blocks already computed."""
-        leaders = prefix_leaders(batch) if self.settings.prefix_reuse else [None] * len(batch)
+        leaders = prefix_leaders(batch) if self.prefix_reuse else [None] * len(batch)
         finished = {lead: asyncio.Event() for lead in leaders if lead is not None}
         priority = BACKGROUND_PRIORITY if background else ONLINE_PRIORITY
 
