@@ -6,7 +6,7 @@ cannot be interrupted, so batch passes are held back while online work waits or 
 until none came within ``ONLINE_GAP_S`` (a client that gets its answer and asks again goes
 first). While online work is recent (``RECENT_ONLINE_S``), batch passes shrink to
 ``busy_items`` items and an eighth of the engine's budget (their size is what an online
-request may wait for), and after each one the scheduler rests long enough that batch work
+request may wait for), and after each such pass the scheduler rests long enough that batch work
 takes at most ``BUSY_SHARE`` of the engine: a client with pauses between its requests does
 not meet a batch pass at each one. Under online traffic that never pauses, a batch pass
 still runs once the rest is over and batch work has waited ``STARVE_S``, so batches move.
@@ -107,6 +107,9 @@ class Background:
     def pass_started(self) -> None:
         self.deferred_since = None
 
-    def pass_ended(self, started: float, ended: float) -> None:
-        """Rest ``1 / BUSY_SHARE - 1`` times the pass's length (read while online work is recent)."""
-        self.rest_until = ended + (ended - started) * (1 / BUSY_SHARE - 1)
+    def pass_ended(self, started: float, ended: float, busy: bool) -> None:
+        """After a pass that began while online work was recent (``busy``), rest ``1 /
+        BUSY_SHARE - 1`` times its length: the share is of the time online work is recent.
+        A pass that began on an idle engine took nothing from online work."""
+        if busy:
+            self.rest_until = ended + (ended - started) * (1 / BUSY_SHARE - 1)

@@ -388,6 +388,7 @@ class Scheduler:
     async def _run_pass(self, kind: _Kind, priority: Priority, entries: list[Entry]) -> None:
         started = time.monotonic()
         online = priority is Priority.ONLINE
+        busy = self.background.recent(started)
         if online:
             kind.throughput.batch_started(started)
         tasks = [entry.task for entry in entries]
@@ -442,7 +443,7 @@ class Scheduler:
                 if rate is not None and kind is self._plain:
                     self._metrics.throughput.set(rate)
             else:
-                self.background.pass_ended(started, ended)
+                self.background.pass_ended(started, ended, busy)
 
     async def _call(
         self, kind: _Kind, tasks: list[ScoringTask], rows: list[CritiqueRow], background: bool
