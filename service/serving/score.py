@@ -13,8 +13,7 @@ from judge_client.score_results import CalibratedScore, CriterionScore, ItemScor
 
 from service.core.tasks import CritiqueOutcome, LabelScores, ScoringTask
 from service.methods import review, scoring
-from service.methods.lager import LayerWeights
-from service.methods.probe import Probe
+from service.methods.readout import METHODS, Readout
 from service.requests.presets import PRESETS, Preset
 from service.requests.prompts import DEFAULT_RUBRIC, Prompts, Rubric, combined_version
 from service.requests.readouts import reads_per_layer
@@ -55,33 +54,6 @@ def read_labels(request: ScoreRequest) -> list[str]:
     return [prefix + label for label in request.label_set]
 
 
-def method_distribution(
-    method: str,
-    labels: Sequence[str],
-    values: Sequence[float] | None,
-    result: LabelScores,
-    layer_norm: bool,
-    weights: LayerWeights | None,
-    probe: Probe | None = None,
-    hidden: Sequence[Sequence[float]] | None = None,
-) -> scoring.Distribution:
-    """The distribution a method forms from one engine result (``hidden``: the probe's rows)."""
-    if method == "lager":
-        layers = result.layer_logits_normed if layer_norm else result.layer_logits
-        assert layers is not None
-        return scoring.distribution(labels, scoring.lager_logits(layers), values)
-    if method == "lager_weighted":
-        assert weights is not None
-        # Weights apply to the layer variant they were fitted on.
-        fitted = result.layer_logits_normed if weights.layer_norm else result.layer_logits
-        assert fitted is not None
-        return scoring.distribution(labels, scoring.lager_logits(fitted, weights.weights), values)
-    if method == "probe":
-        assert probe is not None and hidden is not None
-        return scoring.distribution(labels, probe.logits(hidden), values)
-    return scoring.from_logprobs(labels, result.logprobs, values)
-
-
 @dataclass(frozen=True)
 class Criterion:
     """One prompt per item: a rubric (or a raw prompt's labels) and its version."""
@@ -93,7 +65,7 @@ class Criterion:
 
 
 @dataclass(frozen=True)
-class Readout:
+class Reading:
     """One criterion of one item, read out: the method's distribution and what follows."""
 
     dist: scoring.Distribution
@@ -191,9 +163,10 @@ class ScoreService:
         critique = limits.critique(*spec, per_layer) if spec is not None else None
         want_layers = limits.readouts.wants_layers(request.method, request.return_layers)
         hidden = limits.readouts.hidden_layers(request.method, request.hidden_layers)
-        if request.method == "probe":
-            for criterion in criteria:
-                limits.readouts.check_probe_fits(self.runtime.model_name, request.label_set, criterion.prompt_version)
+        for criterion in criteria:
+            limits.readouts.check_fitted_for(
+                request.method, self.runtime.model_name, request.label_set, criterion.prompt_version
+            )
         limits.caps.check_count(len(request.items), "items")
         limits.work.check_prompts(len(request.items) * len(criteria))
         trie = limits.tokens.label_trie(read_labels(request), want_layers)
@@ -225,19 +198,14 @@ class ScoreService:
         """Whether LAGER reads the layers through the final norm: the request's choice, else the server's."""
         return self.runtime.settings.lager_layer_norm if request.layer_norm is None else request.layer_norm
 
-    def _readout(self, request: ScoreRequest, criterion: Criterion, task: ScoringTask, result: LabelScores) -> Readout:
+    def _readout(self, request: ScoreRequest, criterion: Criterion, task: ScoringTask, result: LabelScores) -> Reading:
         runtime = self.runtime
         assets = runtime.assets
         labels = request.label_set
         values = scoring.label_values(labels, request.label_values)
         layer_norm = self._layer_norm(request)
-        probe_rows = None
-        if request.method == "probe" and assets.probe is not None and result.hidden is not None:
-            rows = dict(zip(task.hidden_layers, result.hidden, strict=True))
-            probe_rows = [rows[layer] for layer in assets.probe.layers]
-        dist = method_distribution(
-            request.method, labels, values, result, layer_norm, assets.layer_weights, assets.probe, probe_rows
-        )
+        readout = Readout.of(result, task.hidden_layers)
+        dist = METHODS[request.method].distribution(readout, labels, values, assets.fitted, layer_norm)
         final_mass = scoring.from_logprobs(labels, result.logprobs, values).label_mass
         calibrated = None
         note: str | None = "the server has no calibration (JUDGE_CALIBRATION_FILE)"
@@ -246,7 +214,7 @@ class ScoreService:
             if note is None:
                 calibrated = scoring.from_probs(labels, assets.calibration.apply(dist.probs), values)
         reasons = review.reasons(dist.confidence, final_mass, calibrated.probs if calibrated else None, assets.review)
-        return Readout(dist, final_mass, task.length, calibrated, note, reasons, result.critique)
+        return Reading(dist, final_mass, task.length, calibrated, note, reasons, result.critique)
 
     def _item_score(
         self,
@@ -262,7 +230,7 @@ class ScoreService:
         (readout,), (task,), (result,) = readouts, tasks, results
         labels = request.label_set
         layer_norm = self._layer_norm(request)
-        layers = result.layer_logits_normed if layer_norm else result.layer_logits
+        layers = Readout.of(result, task.hidden_layers).layer_logits(layer_norm)
         per_layer = None
         if request.return_layers and layers is not None:
             per_layer = [dict(zip(labels, scoring.softmax(row), strict=True)) for row in layers]
@@ -292,7 +260,7 @@ class ScoreService:
         )
 
     def _aggregate(
-        self, item_id: str, request: ScoreRequest, criteria: Sequence[Criterion], readouts: Sequence[Readout]
+        self, item_id: str, request: ScoreRequest, criteria: Sequence[Criterion], readouts: Sequence[Reading]
     ) -> ItemScore:
         """Several criteria: each as a one-rubric request would return it, and their
         weighted mixture at the top level."""
