@@ -113,12 +113,12 @@ async def timed_batches(runtime: Any, request: dict[str, Any], batch_size: int) 
     ``batch_size`` and the engine's ``batch_budget`` (the engine's best case, as in
     bench/overhead.py), after emptying the prefix cache: figures.run's figures, plus each
     item's prompt tokens and the batches formed."""
-    from service.serving import ScoreService
+    from service.requests.score import prepare_score
 
     engine = runtime.engine
     # Emptied first: batches are formed on what the cache holds, as the queue forms them.
     await engine.reset_prefix_cache()
-    tasks = ScoreService(runtime).tasks(score_request(request))
+    tasks = prepare_score(score_request(request), *runtime.require_ready(), runtime.model_name).tasks
     named = sorted(zip([item["id"] for item in request["items"]], tasks, strict=True), key=lambda p: p[1].length)
     batches: list[list[Any]] = [[]]
     for pair in named:
@@ -244,13 +244,16 @@ def layers_prefix(
 
 
 async def _prefix(runtime: Any, repeats: int) -> dict[str, Any]:
-    from service.serving import ScoreService
+    from service.requests.score import prepare_score
 
-    engine, service, rng = runtime.engine, ScoreService(runtime), random.Random(0)
+    engine, rng = runtime.engine, random.Random(0)
+    prompts, limits = runtime.require_ready()
     calls: dict[int, list[float]] = {}
     reused = computed = 0
     for n in (1, 16):
-        batches = [service.tasks(prefix.request(n, rng)) for _ in range(repeats + 1)]
+        batches = [
+            prepare_score(prefix.request(n, rng), prompts, limits, runtime.model_name).tasks for _ in range(repeats + 1)
+        ]
         await engine.score(batches[0])
         calls[n] = []
         for tasks in batches[1:]:

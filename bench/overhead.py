@@ -38,7 +38,7 @@ from service.cli.judge import open_runtime  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.core.tasks import ScoringTask  # noqa: E402
 from service.offline import intervals  # noqa: E402
-from service.serving import ScoreService  # noqa: E402
+from service.requests.score import prepare_score  # noqa: E402
 
 DATA_DIR = ROOT.parent / "shared" / "data"
 
@@ -74,7 +74,7 @@ async def engine_direct(items: list[dict], batch_size: int, engine_kind: str) ->
 
 async def _engine_direct(runtime, items: list[dict], batch_size: int) -> dict:
     engine = runtime.engine
-    tasks = ScoreService(runtime).tasks(score_request({"items": items}))
+    tasks = prepare_score(score_request({"items": items}), *runtime.require_ready(), runtime.model_name).tasks
     named = [(item["id"], task) for item, task in zip(items, tasks, strict=True)]
     latencies: list[float] = []
     sent: dict[str, float] = {}

@@ -13,6 +13,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from service.core.errors import ErrorKind, JudgeError, error_body
 from service.requests.validation import invalid_request
 from service.serving import CompareService, RankService, ScoreService
+from service.serving.runner import Runner
 from service.serving.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -33,14 +34,14 @@ class Retry(Exception):
 
 
 class Answerer:
-    """Answers batch lines through the serving layer over ``runtime`` (the lane's view)."""
+    """Answers batch lines through the serving layer over ``runtime``, their tasks run on
+    ``runner`` (the batch lane)."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        score, compare, rank = ScoreService(runtime), CompareService(runtime), RankService(runtime)
+    def __init__(self, runtime: Runtime, runner: Runner) -> None:
         self._serve: dict[str, Callable[..., Awaitable[BaseModel]]] = {
-            "/v1/score": score.score,
-            "/v1/compare": compare.compare,
-            "/v1/rank": rank.rank,
+            "/v1/score": ScoreService(runtime, runner).serve,
+            "/v1/compare": CompareService(runtime, runner).serve,
+            "/v1/rank": RankService(runtime, runner).serve,
         }
 
     async def answer(self, endpoint: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -121,7 +121,7 @@ class Worker:
                 on_pass=self._on_pass,
             )
             self.lane.start()
-            self._answerer = Answerer(LaneRuntime(runtime, self.lane))
+            self._answerer = Answerer(runtime, LaneRuntime(runtime, self.lane))
         return True
 
     async def _work(self, claim: Claim) -> None:
