@@ -79,6 +79,8 @@ Form = Callable[[Readout, Sequence[str], Sequence[float] | None, Fitted, bool], 
 
 @dataclass(frozen=True)
 class Method:
+    """One row of the table: a method, what it needs, and how it forms its distribution."""
+
     name: str
     needs: Needs
     form: Form
