@@ -63,8 +63,8 @@ from judge_client import JudgeClient  # noqa: E402
 from bench import charts, figures  # noqa: E402
 from bench.overhead import load_items  # noqa: E402
 from service.cli.score_file import register, score_file  # noqa: E402
-from service.jobs.lane import RECENT_ONLINE_S  # noqa: E402
 from service.offline import intervals  # noqa: E402
+from service.scheduling.background import RECENT_ONLINE_S  # noqa: E402
 from tests.conftest import metric_sum, process_server  # noqa: E402
 
 POOL = 1572  # distinct items bench/overhead.py's data holds

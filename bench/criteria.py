@@ -65,16 +65,16 @@ async def measure(engine: str, rows: list[dict], counts: list[int]) -> dict[str,
     settings = in_process_settings(engine=engine, max_items=len(rows), cpu_kvcache_space_gb=2)
     times: dict[str, dict[int, list[float]]] = {}
     async with open_runtime(settings) as runtime:
-        service = ScoreService(runtime)
+        service = ScoreService(runtime, runtime.online)
         # Warm-up, not timed.
-        await service.score(score_request(request(rows[:2], 2, "default", "warm")), None, None)
+        await service.serve(score_request(request(rows[:2], 2, "default", "warm")), None, None)
         for template in ("default", "rubric_last"):
             for k in counts:
                 per_item = []
                 for row in rows:
                     payload = score_request(request([row], k, template, f"{template}-{k}"))
                     started = time.perf_counter()
-                    await service.score(payload, None, None)
+                    await service.serve(payload, None, None)
                     per_item.append(time.perf_counter() - started)
                 times.setdefault(template, {})[k] = per_item
                 print(f"{template:<12} K={k}: {1000 * float(np.mean(per_item)):7.0f} ms/item", flush=True)

@@ -44,10 +44,10 @@ from service.config import Settings  # noqa: E402
 from service.core.tasks import CritiqueRow, ScoringTask  # noqa: E402
 from service.engines import critique  # noqa: E402
 from service.offline import intervals  # noqa: E402
-from service.serving import ScoreService  # noqa: E402
+from service.requests.score import prepare_score  # noqa: E402
 
 
-def tasks(service: ScoreService, items: list[dict], tag: str, max_tokens: int, marker: str) -> list[ScoringTask]:
+def tasks(runtime: Any, items: list[dict], tag: str, max_tokens: int, marker: str) -> list[ScoringTask]:
     fresh = [
         {"id": str(i), "instruction": f"[{tag}] {item['instruction'][:400]}", "response": item["response"][:400]}
         for i, item in enumerate(items)
@@ -55,7 +55,7 @@ def tasks(service: ScoreService, items: list[dict], tag: str, max_tokens: int, m
     request = StructuredScoreRequest.model_validate(
         {"items": fresh, "critique": {"max_tokens": max_tokens, "marker": marker}}
     )
-    return service.tasks(request)
+    return prepare_score(request, *runtime.require_ready(), runtime.model_name).tasks
 
 
 async def one_request(engine: Any, task: ScoringTask, request_id: str) -> tuple[tuple[float, ...], bool]:
@@ -114,18 +114,18 @@ async def measure(args: argparse.Namespace) -> dict:
     settings = Settings(engine="vllm", max_items=args.items, cpu_kvcache_space_gb=2)
     rows: list[dict] = []
     async with open_runtime(settings) as runtime:
-        engine, service = runtime.engine, ScoreService(runtime)
-        warm = tasks(service, items, "warm", args.max_tokens, args.marker)
+        engine = runtime.engine
+        warm = tasks(runtime, items, "warm", args.max_tokens, args.marker)
         await engine.critique(warm, [CritiqueRow(math.inf) for _ in warm])
         worst = 0.0
         for round_no in range(args.rounds):
             timed: dict[str, tuple[float, list]] = {}
             order = ("stop-and-read", "one-request") if round_no % 2 == 0 else ("one-request", "stop-and-read")
             for route in order:
-                batch = tasks(service, items, f"{route}-{round_no}", args.max_tokens, args.marker)
+                batch = tasks(runtime, items, f"{route}-{round_no}", args.max_tokens, args.marker)
                 timed[route] = await run_round(engine, batch, route, round_no)
             # The same prompts under both routes give the same reads (different tags: re-read both).
-            check = tasks(service, items, f"check-{round_no}", args.max_tokens, args.marker)
+            check = tasks(runtime, items, f"check-{round_no}", args.max_tokens, args.marker)
             _, a = await run_round(engine, check, "stop-and-read", round_no)
             _, b = await run_round(engine, check, "one-request", 1000 + round_no)
             for (la, fa), (lb, fb) in zip(a, b, strict=True):

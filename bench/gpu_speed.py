@@ -5,7 +5,7 @@ transformers engine in its default dtype (bf16 on a GPU):
 - ``throughput``: the engine in-process on ~1,000-token prompts, in length-sorted batches
   within the service's own limits: items/s, prompt tokens/s and model FLOP/s over the peak;
 - ``batch_tokens``: the same with the batch budget (``JUDGE_MAX_BATCH_TOKENS``, which
-  sets the engine's ``batch_budget``) swept;
+  the pass budget) swept;
 - ``layers_prefix``: LAGER and ``return_layers`` against plain scoring on the same items
   (paired), and 16 responses under one rubric against one (the prefix cache);
 - ``overhead``: the real server process under 64 concurrent clients against the
@@ -108,24 +108,25 @@ def items(count: int, tiny: bool) -> list[dict[str, str]]:
     return out
 
 
-async def timed_batches(runtime: Any, request: dict[str, Any], batch_size: int) -> dict[str, Any]:
+async def timed_batches(
+    runtime: Any, request: dict[str, Any], batch_size: int, budget: int | None = None
+) -> dict[str, Any]:
     """The request's tasks through the engine in-process, in length-sorted batches within
-    ``batch_size`` and the engine's ``batch_budget`` (the engine's best case, as in
+    ``batch_size`` and ``budget`` (default: the engine's pass budget; the engine's best case, as in
     bench/overhead.py), after emptying the prefix cache: figures.run's figures, plus each
     item's prompt tokens and the batches formed."""
-    from service.serving import ScoreService
+    from service.requests.score import prepare_score
 
     engine = runtime.engine
+    budget = budget or runtime.capabilities.pass_budget
     # Emptied first: batches are formed on what the cache holds, as the queue forms them.
     await engine.reset_prefix_cache()
-    tasks = ScoreService(runtime).tasks(score_request(request))
+    tasks = prepare_score(score_request(request), *runtime.require_ready(), runtime.model_name).tasks
     named = sorted(zip([item["id"] for item in request["items"]], tasks, strict=True), key=lambda p: p[1].length)
     batches: list[list[Any]] = [[]]
     for pair in named:
         batch = batches[-1]
-        if batch and (
-            len(batch) >= batch_size or engine.batch_cost([t for _, t in batch] + [pair[1]]) > engine.batch_budget
-        ):
+        if batch and (len(batch) >= batch_size or engine.batch_cost([t for _, t in batch] + [pair[1]]) > budget):
             batches.append([])
         batches[-1].append(pair)
     sent, done, latencies = {}, {}, []
@@ -165,7 +166,7 @@ def throughput(stage: Stage, report: dict[str, Any], judge: InProcess, prompts: 
     section = {
         "items": len(prompts),
         "mean_prompt_tokens": sum(row["prompt_tokens"]) / len(prompts),
-        "max_batch_tokens": runtime.engine.batch_budget,
+        "max_batch_tokens": runtime.capabilities.pass_budget,
         "max_batch_size": runtime.settings.max_batch_size,
         "dtype": str(runtime.engine.dtype).removeprefix("torch."),
         "items_per_s": row["items_per_s"],
@@ -188,29 +189,24 @@ def batch_tokens(
 ) -> None:
     """Stage 4: items/s at each batch budget; the batch size is no limit here (the most
     prompts fit the largest budget), so the budget alone forms the batches."""
-    engine = judge.runtime.engine
-    default = engine.batch_budget
+    default = judge.runtime.capabilities.pass_budget
     rows = []
     report["batch_tokens"] = {"items": len(prompts), "default": default, "rows": rows}
-    try:
-        for budget in budgets:
-            if not stage.allows(f"JUDGE_MAX_BATCH_TOKENS={budget}", 1.5 * max((r["seconds"] for r in rows), default=0)):
-                continue
-            engine.batch_budget = budget
-            t0 = time.perf_counter()
-            row = judge.run(timed_batches(judge.runtime, {"items": prompts}, len(prompts)))
-            rows.append(
-                {
-                    "max_batch_tokens": budget,
-                    "items_per_s": row["items_per_s"],
-                    "items_per_s_ci": row["items_per_s_ci"],
-                    "batches": row["batches"],
-                    "seconds": time.perf_counter() - t0,
-                }
-            )
-            print(f"[batch_tokens] {budget}: {fmt(row['items_per_s'], row['items_per_s_ci'], 2)} items/s", flush=True)
-    finally:
-        engine.batch_budget = default
+    for budget in budgets:
+        if not stage.allows(f"JUDGE_MAX_BATCH_TOKENS={budget}", 1.5 * max((r["seconds"] for r in rows), default=0)):
+            continue
+        t0 = time.perf_counter()
+        row = judge.run(timed_batches(judge.runtime, {"items": prompts}, len(prompts), budget))
+        rows.append(
+            {
+                "max_batch_tokens": budget,
+                "items_per_s": row["items_per_s"],
+                "items_per_s_ci": row["items_per_s_ci"],
+                "batches": row["batches"],
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        print(f"[batch_tokens] {budget}: {fmt(row['items_per_s'], row['items_per_s_ci'], 2)} items/s", flush=True)
     if rows:
         report["batch_tokens"]["best"] = max(rows, key=lambda r: r["items_per_s"])["max_batch_tokens"]
 
@@ -244,13 +240,16 @@ def layers_prefix(
 
 
 async def _prefix(runtime: Any, repeats: int) -> dict[str, Any]:
-    from service.serving import ScoreService
+    from service.requests.score import prepare_score
 
-    engine, service, rng = runtime.engine, ScoreService(runtime), random.Random(0)
+    engine, rng = runtime.engine, random.Random(0)
+    prompts, limits = runtime.require_ready()
     calls: dict[int, list[float]] = {}
     reused = computed = 0
     for n in (1, 16):
-        batches = [service.tasks(prefix.request(n, rng)) for _ in range(repeats + 1)]
+        batches = [
+            prepare_score(prefix.request(n, rng), prompts, limits, runtime.model_name).tasks for _ in range(repeats + 1)
+        ]
         await engine.score(batches[0])
         calls[n] = []
         for tasks in batches[1:]:

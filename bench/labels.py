@@ -44,7 +44,7 @@ async def measure(engine: str, count: int, rounds: int, chunk: int) -> dict:
     # whole from the second round on, and the bench would time label reads on cached prompts.
     settings = in_process_settings(engine=engine, max_items=chunk, prefix_cache_mb=0)
     async with open_runtime(settings) as runtime:
-        service = ScoreService(runtime)
+        service = ScoreService(runtime, runtime.online)
         assert runtime.prompts is not None
         prompts = [runtime.prompts.score(i["instruction"], i["response"], None, DEFAULT_RUBRIC) for i in items]
         raw = [{"id": str(i), "prompt": p} for i, p in enumerate(prompts)]
@@ -57,7 +57,7 @@ async def measure(engine: str, count: int, rounds: int, chunk: int) -> dict:
                 for start in range(0, len(raw), chunk):
                     request = score_request({"items": raw[start : start + chunk], "labels": labels})
                     started = time.perf_counter()
-                    await service.score(request, 3600, None)
+                    await service.serve(request, 3600, None)
                     seconds[name][-1].append(time.perf_counter() - started)
     seconds = {name: times[1:] for name, times in seconds.items()}
     sizes = [len(raw[start : start + chunk]) for start in range(0, len(raw), chunk)] * rounds

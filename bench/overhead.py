@@ -38,7 +38,7 @@ from service.cli.judge import open_runtime  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.core.tasks import ScoringTask  # noqa: E402
 from service.offline import intervals  # noqa: E402
-from service.serving import ScoreService  # noqa: E402
+from service.requests.score import prepare_score  # noqa: E402
 
 DATA_DIR = ROOT.parent / "shared" / "data"
 
@@ -74,13 +74,13 @@ async def engine_direct(items: list[dict], batch_size: int, engine_kind: str) ->
 
 async def _engine_direct(runtime, items: list[dict], batch_size: int) -> dict:
     engine = runtime.engine
-    tasks = ScoreService(runtime).tasks(score_request({"items": items}))
+    tasks = prepare_score(score_request({"items": items}), *runtime.require_ready(), runtime.model_name).tasks
     named = [(item["id"], task) for item, task in zip(items, tasks, strict=True)]
     latencies: list[float] = []
     sent: dict[str, float] = {}
     done: dict[str, float] = {}
     started = time.perf_counter()
-    if engine.max_inflight_batches > 1:
+    if runtime.capabilities.continuous:
 
         async def one(name: str, task: ScoringTask) -> None:
             t0 = time.perf_counter()
@@ -92,7 +92,7 @@ async def _engine_direct(runtime, items: list[dict], batch_size: int) -> dict:
         await asyncio.gather(*(one(name, task) for name, task in named))
     else:
         # Length-sorted batches under the service's own limits: the engine's best case.
-        budget = engine.batch_budget
+        budget = runtime.capabilities.pass_budget
         batches: list[list[tuple[str, ScoringTask]]] = [[]]
         for name, task in sorted(named, key=lambda pair: pair[1].length):
             if batches[-1] and (len(batches[-1]) >= batch_size or (len(batches[-1]) + 1) * task.length > budget):

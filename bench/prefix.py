@@ -32,7 +32,7 @@ from bench import charts, figures  # noqa: E402
 from service.cli.judge import open_runtime  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.offline import intervals  # noqa: E402
-from service.serving import ScoreService  # noqa: E402
+from service.requests.score import prepare_score  # noqa: E402
 
 WORDS = "the answer is clear correct helpful complete concise relevant accurate kind polite".split()
 
@@ -62,10 +62,13 @@ async def measure(engine_kind: str, reuse: bool, sizes: list[int], repeats: int)
     rng = random.Random(0)
     rows = []
     async with open_runtime(settings) as runtime:
-        engine, service = runtime.engine, ScoreService(runtime)
+        engine = runtime.engine
+        prompts, limits = runtime.require_ready()
         for n in sizes:
             # A fresh rubric for every call: vLLM's cache must not carry over between calls.
-            batches = [service.tasks(request(n, rng)) for _ in range(repeats + 1)]
+            batches = [
+                prepare_score(request(n, rng), prompts, limits, runtime.model_name).tasks for _ in range(repeats + 1)
+            ]
             await engine.score(batches[0])
             per_item = []
             for tasks in batches[1:]:

@@ -33,9 +33,9 @@ from judge_client.protocol import RankRequest  # noqa: E402
 
 from bench import charts, figures  # noqa: E402
 from service.cli.judge import in_process_settings, open_runtime  # noqa: E402
-from service.methods import ranking  # noqa: E402
+from service.methods import pairwise, ranking  # noqa: E402
 from service.offline import intervals  # noqa: E402
-from service.serving import RankService  # noqa: E402
+from service.requests.rank import pairwise_tasks  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "pandalm_pairs.jsonl"
 SHUFFLES = 5
@@ -65,7 +65,7 @@ async def judge_all_pairs(sets: list[tuple[str, list[str]]]) -> list[list[float]
     """P(first wins) for every pair of every set, from the rank service's own pairwise path."""
     out = []
     async with open_runtime(in_process_settings(max_items=64)) as runtime:
-        service = RankService(runtime)
+        prompts, limits = runtime.require_ready()
         for number, (instruction, candidates) in enumerate(sets):
             request = RankRequest.model_validate(
                 {
@@ -75,9 +75,9 @@ async def judge_all_pairs(sets: list[tuple[str, list[str]]]) -> list[list[float]
             )
             pairs = ranking.all_pairs(len(candidates))
             started = time.perf_counter()
-            tasks = await asyncio.to_thread(service.pairwise_tasks, request, pairs)
-            results = await runtime.run(tasks, time.monotonic() + 7200, None)
-            out.append(service.first_wins(results))
+            tasks = await asyncio.to_thread(pairwise_tasks, request, pairs, prompts, limits)
+            results = await runtime.online.run(tasks, time.monotonic() + 7200, None)
+            out.append(pairwise.first_wins([r.logprobs for r in results]))
             print(
                 f"set {number + 1}/{len(sets)}: {len(pairs)} pairs in {time.perf_counter() - started:.0f} s", flush=True
             )

@@ -68,9 +68,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.lifecycle = lifecycle
-    app.state.score_service = ScoreService(runtime)
-    app.state.compare_service = CompareService(runtime)
-    app.state.rank_service = RankService(runtime)
+    # The runtime runs online tasks itself: through its queue, with admission.
+    app.state.score_service = ScoreService(runtime, runtime.online)
+    app.state.compare_service = CompareService(runtime, runtime.online)
+    app.state.rank_service = RankService(runtime, runtime.online)
     app.state.batch_service = batches
     app.state.api_keys = api_keys
     if not app.state.api_keys.enabled:

@@ -12,7 +12,7 @@ from service.config import Settings
 from service.engines.model_store import resolve_model
 from service.requests.presets import MT_BENCH, PROMETHEUS
 from service.requests.prompts import DEFAULT_RUBRIC, REASONING_CLOSE, Prompts, Rubric
-from service.serving.score import read_labels
+from service.requests.score import read_labels
 
 RUBRIC = Rubric("Is the answer factually correct?", (("1", "Wrong."), ("2", "Partly right."), ("3", "Right.")))
 

@@ -25,6 +25,7 @@ from service.methods import calibration, review, scoring
 from service.methods.calibration import Calibration
 from service.methods.lager import LayerWeights
 from service.methods.probe import Probe
+from service.methods.readout import METHODS, Fitted
 from service.offline import evaluation, intervals
 
 
@@ -63,7 +64,8 @@ def extra_methods(
     """The calibrated ``final`` distribution and the probe's, for every item."""
     final = np.asarray([scoring.from_logprobs(labels, s.final_logprobs, values).probs for s in scored])
     out = {"final, calibrated": [scoring.from_probs(labels, row, values) for row in cal.apply_many(final)]}
-    out["probe"] = [scoring.distribution(labels, probe.logits(s.hidden or ()), values) for s in scored]
+    fitted = Fitted(probe=probe)
+    out["probe"] = [METHODS["probe"].distribution(s.readout, labels, values, fitted) for s in scored]
     return out
 
 

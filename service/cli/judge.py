@@ -131,17 +131,17 @@ async def _local(settings: Settings) -> AsyncIterator[JudgeHandle]:
     from service.serving import CompareService, ScoreService
 
     async with open_runtime(settings) as runtime:
-        scorer, comparer = ScoreService(runtime), CompareService(runtime)
+        scorer, comparer = ScoreService(runtime, runtime.online), CompareService(runtime, runtime.online)
 
         async def score(request: ScoreRequest) -> ScoreResponse:
             try:
-                return await scorer.score(request, None, None)
+                return await scorer.serve(request, None, None)
             except JudgeError as exc:
                 raise JudgeFailed(exc.kind.status, exc.message) from exc
 
         async def compare(request: CompareRequest) -> CompareResponse:
             try:
-                return await comparer.compare(request, None, None)
+                return await comparer.serve(request, None, None)
             except JudgeError as exc:
                 raise JudgeFailed(exc.kind.status, exc.message) from exc
 

@@ -129,7 +129,7 @@ async def score(
     x_request_timeout: RequestTimeout = None,
 ) -> Response | ScoreResponse:
     """Score each item: the judge's distribution over the labels and scores derived from it."""
-    return await _answer(service.score, body, request, x_request_timeout)
+    return await _answer(service.serve, body, request, x_request_timeout)
 
 
 @router.post("/v1/compare", response_model=CompareResponse, responses=SCORE_ERRORS, dependencies=[Depends(_authorized)])
@@ -140,7 +140,7 @@ async def compare(
     x_request_timeout: RequestTimeout = None,
 ) -> Response | CompareResponse:
     """Judge pairs of responses: an order-averaged five-way verdict distribution per pair."""
-    return await _answer(service.compare, body, request, x_request_timeout)
+    return await _answer(service.serve, body, request, x_request_timeout)
 
 
 @router.post("/v1/rank", response_model=RankResponse, responses=SCORE_ERRORS, dependencies=[Depends(_authorized)])
@@ -151,7 +151,7 @@ async def rank(
     x_request_timeout: RequestTimeout = None,
 ) -> Response | RankResponse:
     """Rank candidate responses to one instruction, best first."""
-    return await _answer(service.rank, body, request, x_request_timeout)
+    return await _answer(service.serve, body, request, x_request_timeout)
 
 
 @router.get("/health", response_model=HealthResponse, responses={503: _error_doc(ErrorKind.UNAVAILABLE, "Dead.")})

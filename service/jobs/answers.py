@@ -38,15 +38,10 @@ class Answerer:
     runtime's batch runner)."""
 
     def __init__(self, runtime: Runtime, runner: Runner) -> None:
-        score, compare, rank = (
-            ScoreService(runtime, runner),
-            CompareService(runtime, runner),
-            RankService(runtime, runner),
-        )
         self._serve: dict[str, Callable[..., Awaitable[BaseModel]]] = {
-            "/v1/score": score.score,
-            "/v1/compare": compare.compare,
-            "/v1/rank": rank.rank,
+            "/v1/score": ScoreService(runtime, runner).serve,
+            "/v1/compare": CompareService(runtime, runner).serve,
+            "/v1/rank": RankService(runtime, runner).serve,
         }
 
     async def answer(self, endpoint: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:

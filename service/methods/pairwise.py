@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from service.methods.scoring import softmax
+
 VERDICTS = ("A>>B", "A>B", "A=B", "B>A", "B>>A")
 
 
@@ -38,3 +40,16 @@ def summarise(probs: Sequence[float]) -> tuple[float, float, float, str]:
     """(p_a_wins, p_tie, p_b_wins, the most probable verdict) of a five-way distribution."""
     verdict = VERDICTS[max(range(5), key=lambda i: (probs[i], -i))]
     return probs[0] + probs[1], probs[2], probs[3] + probs[4], verdict
+
+
+def first_wins(logprobs: Sequence[Sequence[float]]) -> list[float]:
+    """Per pair, from its two verdicts' label log-probabilities (its first candidate shown
+    first, then second), the probability that its first candidate wins, from the
+    order-averaged verdict; a tie is half a win for each side."""
+    out = []
+    for k in range(len(logprobs) // 2):
+        ab = in_ab_terms(softmax(logprobs[2 * k]), "ab")
+        ba = in_ab_terms(softmax(logprobs[2 * k + 1]), "ba")
+        p_a, p_tie, _, _ = summarise([(x + y) / 2 for x, y in zip(ab, ba, strict=True)])
+        out.append(p_a + p_tie / 2)
+    return out

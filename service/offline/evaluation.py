@@ -19,6 +19,8 @@ import numpy as np
 from judge_client.protocol import ItemScore, RawScoreRequest, ScoreResponse, StructuredScoreRequest, score_request
 
 from service.methods import scoring
+from service.methods.lager import LayerWeights
+from service.methods.readout import METHODS, Fitted, Readout
 from service.offline import intervals
 
 Scorer = Callable[[RawScoreRequest | StructuredScoreRequest], Awaitable[ScoreResponse]]
@@ -41,7 +43,7 @@ class Labelled:
 @dataclass(frozen=True)
 class Scored:
     """The judge's view of one item: final log-probs, both per-layer matrices, and the
-    hidden rows asked for (in the order asked)."""
+    hidden rows of ``hidden_layers`` (in that order)."""
 
     item: Labelled
     final_logprobs: tuple[float, ...]
@@ -49,6 +51,13 @@ class Scored:
     layers_normed: tuple[tuple[float, ...], ...]
     prompt_version: str = ""
     hidden: tuple[tuple[float, ...], ...] | None = None
+    hidden_layers: tuple[int, ...] = ()
+
+    @property
+    def readout(self) -> Readout:
+        """What the methods read, as serving reads it from an engine's result."""
+        hidden = dict(zip(self.hidden_layers, self.hidden or (), strict=True))
+        return Readout(self.final_logprobs, self.layers, self.layers_normed, hidden)
 
 
 def read_dataset(path: Path) -> list[Labelled]:
@@ -152,6 +161,7 @@ def _scored(
         layers_normed=_log_rows(normed.layers or [], labels),
         prompt_version=version,
         hidden=hidden,
+        hidden_layers=tuple(hidden_layers or ()),
     )
 
 
@@ -194,21 +204,20 @@ def calibration_error(
 
 
 def method_distributions(
-    scored: Sequence[Scored], labels: Sequence[str], values: Sequence[float], weights: Any | None
+    scored: Sequence[Scored], labels: Sequence[str], values: Sequence[float], weights: LayerWeights | None
 ) -> dict[str, list[scoring.Distribution]]:
-    """Every method's label distribution for every item: ``final``, ``lager`` in both
-    layer-norm variants and, given weights, ``lager_weighted``."""
-    out = {"final": [scoring.from_logprobs(labels, s.final_logprobs, values) for s in scored]}
-    for norm_name, attr in (("", "layers"), (" (layer_norm)", "layers_normed")):
+    """Every method's label distribution for every item, by the method table: ``final``,
+    ``lager`` in both layer-norm variants and, given weights, ``lager_weighted`` (in the
+    variant they were fitted on)."""
+    readouts = [s.readout for s in scored]
+    out = {"final": [METHODS["final"].distribution(r, labels, values) for r in readouts]}
+    for norm_name, normed in (("", False), (" (layer_norm)", True)):
         out["lager" + norm_name] = [
-            scoring.distribution(labels, scoring.lager_logits(getattr(s, attr)), values) for s in scored
+            METHODS["lager"].distribution(r, labels, values, layer_norm=normed) for r in readouts
         ]
     if weights is not None:
-        attr = "layers_normed" if weights.layer_norm else "layers"
-        out["lager_weighted"] = [
-            scoring.distribution(labels, scoring.lager_logits(getattr(s, attr), weights.weights), values)
-            for s in scored
-        ]
+        fitted = Fitted(layer_weights=weights)
+        out["lager_weighted"] = [METHODS["lager_weighted"].distribution(r, labels, values, fitted) for r in readouts]
     return out
 
 
@@ -230,7 +239,7 @@ def method_rows(
     scored: Sequence[Scored],
     labels: Sequence[str],
     values: Sequence[float],
-    weights: Any | None,
+    weights: LayerWeights | None,
     extra: dict[str, list[scoring.Distribution]] | None = None,
     samples: int = intervals.SAMPLES,
 ) -> dict[str, dict[str, Any]]:

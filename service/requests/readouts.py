@@ -1,7 +1,8 @@
-"""What a score request reads besides the final distribution, decided in one place: the
-layers' label logits (LAGER's methods, ``return_layers``), and anything per layer at all
-(those, the probe's hidden rows, ``hidden_layers``); and whether this judge can serve it
-(``ReadoutSupport``: the engine's per-layer capture, the layer weights, the probe)."""
+"""What a score request reads besides the final distribution: the layers' label logits
+(what its method needs, by the method table ``service.methods.readout``, or
+``return_layers``), and anything per layer at all (those, its method's hidden rows,
+``hidden_layers``); and whether this judge can serve it (``ReadoutSupport``: the engine's
+per-layer capture, the layer weights, the probe)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,23 @@ from service.core.errors import ErrorKind, JudgeError
 from service.engines.base import EngineCapabilities
 from service.methods.lager import LayerWeights
 from service.methods.probe import Probe
+from service.methods.readout import METHODS, Asset, Fitted
+
+# What a method's missing asset is, and the setting that gives a server one.
+_MISSING: dict[Asset, str] = {
+    "layer_weights": "layer weights; the server has none (JUDGE_LAYER_WEIGHTS_FILE)",
+    "probe": "a probe; the server has none (JUDGE_PROBE_FILE)",
+}
 
 
 def reads_layer_logits(method: str, return_layers: bool) -> bool:
     """Whether the request needs every layer's label logits."""
-    return method not in ("final", "probe") or return_layers
+    return METHODS[method].needs.layer_logits or return_layers
 
 
 def reads_per_layer(method: str, return_layers: bool, hidden_layers: Sequence[int] | None = None) -> bool:
     """Whether the request reads anything per layer: label logits or hidden rows."""
-    return reads_layer_logits(method, return_layers) or method == "probe" or bool(hidden_layers)
+    return reads_layer_logits(method, return_layers) or METHODS[method].needs.hidden or bool(hidden_layers)
 
 
 @dataclass(frozen=True)
@@ -44,20 +52,18 @@ class ReadoutSupport:
             engine_kind, engine.supports_layers, engine.layers_unavailable, engine.num_layers, layer_weights, probe
         )
 
+    @property
+    def fitted(self) -> Fitted:
+        return Fitted(self.layer_weights, self.probe)
+
     def _unavailable(self) -> str:
         return f" ({self.layers_unavailable})" if self.layers_unavailable else ""
 
     def wants_layers(self, method: str, return_layers: bool) -> bool:
         """Whether a score request needs per-layer logits; refuses what this judge cannot serve."""
-        if method == "lager_weighted" and self.layer_weights is None:
-            raise JudgeError(
-                ErrorKind.INVALID_REQUEST,
-                "method 'lager_weighted' needs layer weights; the server has none (JUDGE_LAYER_WEIGHTS_FILE)",
-            )
-        if method == "probe" and self.probe is None:
-            raise JudgeError(
-                ErrorKind.INVALID_REQUEST, "method 'probe' needs a probe; the server has none (JUDGE_PROBE_FILE)"
-            )
+        asset = METHODS[method].needs.asset
+        if asset is not None and not self.fitted.has(asset):
+            raise JudgeError(ErrorKind.INVALID_REQUEST, f"method {method!r} needs {_MISSING[asset]}")
         if reads_per_layer(method, return_layers) and not self.supports_layers:
             raise JudgeError(
                 ErrorKind.INVALID_REQUEST,
@@ -67,7 +73,7 @@ class ReadoutSupport:
         return reads_layer_logits(method, return_layers)
 
     def hidden_layers(self, method: str, requested: Sequence[int] | None) -> tuple[int, ...]:
-        """The hidden-state entries a score request reads: those it asks for, then the probe's."""
+        """The hidden-state entries a score request reads: those it asks for, then its method's."""
         wanted = list(requested or ())
         for layer in wanted:
             if layer > self.num_layers:
@@ -76,8 +82,7 @@ class ReadoutSupport:
                     f"hidden layer {layer} is out of range; this model has entries 0..{self.num_layers}",
                     {"hidden_layer": layer, "max_hidden_layer": self.num_layers},
                 )
-        if method == "probe" and self.probe is not None:
-            wanted += [layer for layer in self.probe.layers if layer not in wanted]
+        wanted += [layer for layer in METHODS[method].hidden_layers(self.fitted) if layer not in wanted]
         if wanted and not self.supports_layers:
             raise JudgeError(
                 ErrorKind.INVALID_REQUEST,
@@ -86,8 +91,10 @@ class ReadoutSupport:
             )
         return tuple(wanted)
 
-    def check_probe_fits(self, model: str, labels: Sequence[str], prompt_version: str) -> None:
-        """A probe serves only the setup it was fitted for."""
+    def check_fitted_for(self, method: str, model: str, labels: Sequence[str], prompt_version: str) -> None:
+        """A method's probe serves only the setup it was fitted for."""
+        if METHODS[method].needs.asset != "probe":
+            return
         assert self.probe is not None
         reason = self.probe.mismatch(model, labels, prompt_version)
         if reason is not None:

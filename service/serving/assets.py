@@ -10,6 +10,7 @@ from service.config import Settings
 from service.methods.calibration import Calibration
 from service.methods.lager import LayerWeights
 from service.methods.probe import Probe
+from service.methods.readout import Fitted
 from service.methods.review import ReviewThresholds
 
 
@@ -36,6 +37,11 @@ class ReadoutAssets:
             ),
         )
         return cls(layer_weights, calibration, probe, review)
+
+    @property
+    def fitted(self) -> Fitted:
+        """What the methods read with: the layer weights and the probe."""
+        return Fitted(self.layer_weights, self.probe)
 
     def check(self, settings: Settings, num_layers: int) -> None:
         """At startup: the layer weights and the probe must fit the loaded model."""

@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from service.config import Settings
 from service.core.errors import ErrorKind, JudgeError
-from service.core.tasks import LabelScores, ScoringTask
+from service.core.tasks import ScoringTask
 from service.engines import failpoints
 from service.engines.base import Engine, EngineCapabilities
 from service.engines.factory import build_engine, choose_engine
@@ -37,7 +36,7 @@ from service.scheduling.scheduler import Scheduler
 from service.scheduling.watchdog import Watchdog
 from service.serving.assets import ReadoutAssets
 from service.serving.lifecycle import Lifecycle
-from service.serving.runner import BatchRunner, Disconnected, OnlineRunner
+from service.serving.runner import BatchRunner, OnlineRunner
 
 logger = logging.getLogger(__name__)
 
@@ -209,10 +208,6 @@ class Runtime:
         if self.scheduler is None or self.limits is None or not self.lifecycle.accepting:
             raise JudgeError(ErrorKind.UNAVAILABLE, "the judge is not ready")
         return self.scheduler, self.limits.work
-
-    async def run(self, tasks: Sequence[ScoringTask], deadline: float, disconnected: Disconnected) -> list[LabelScores]:
-        """Online work, until every service takes its runner (``online``)."""
-        return await self.online.run(tasks, deadline, disconnected)
 
     async def shutdown(self) -> None:
         self.lifecycle.begin_drain()
