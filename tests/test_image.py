@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import image as image_build
 from tests.conftest import HANG_S, free_port, process_server, prompts_taken_in, wait_admitted, wait_until
+from tests.support import image as image_build
 from tests.test_deploy import by_kind, render
 from tests.test_docs import score_samples
 

@@ -21,7 +21,8 @@ from service.app import create_app
 from service.config import Settings
 from service.requests.presets import MT_BENCH_CRITERIA, PROMETHEUS
 from service.requests.prompts import DEFAULT_CRITERIA, DEFAULT_SCORE_DESCRIPTIONS
-from tests.browser import (
+from tests.conftest import ROOT, RunningServer, start_server
+from tests.support.browser import (
     assert_only_local,
     assert_same,
     assert_score_shown,
@@ -39,7 +40,6 @@ from tests.browser import (
     type_into,
     wait_for,
 )
-from tests.conftest import ROOT, RunningServer, start_server
 
 PAGES = ["/docs", "/redoc", "/playground"]
 PLAYGROUND_FILES = ["index.html", "playground.js", "batches.js", "playground.css"]

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.browser import assert_only_local, fill, open_playground, start_chromium, wait_for
 from tests.conftest import RunningServer, start_server
-from tests.jobs.helpers import client_for, jsonl, score_line
+from tests.support.batches import client_for, jsonl, score_line
+from tests.support.browser import assert_only_local, fill, open_playground, start_chromium, wait_for
 
 pytestmark = pytest.mark.slow
 KEY = "batch-page-key"

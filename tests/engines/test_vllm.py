@@ -29,7 +29,7 @@ from tests.conftest import (
     tolerance,
     wait_admitted,
 )
-from tests.jobs.helpers import QUESTIONS, assert_close, client_for, jsonl, lines_of, score_line, submit, wait_for
+from tests.support.batches import QUESTIONS, assert_close, client_for, jsonl, lines_of, score_line, submit, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import pytest
 from judge_client import AsyncJudgeClient, Batch, FileObject, JudgeClient, JudgeError
 
 from tests.conftest import ROOT, RunningServer, metric_sum, start_server, tolerance
-from tests.jobs.helpers import QUESTIONS, assert_close, client_for, jsonl, lines_of, score_line, submit, wait_for
+from tests.support.batches import QUESTIONS, assert_close, client_for, jsonl, lines_of, score_line, submit, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import process_server
-from tests.jobs.helpers import assert_each_line_once, client_for, jsonl, score_line, submit, wait_for, wait_progress
+from tests.support.batches import assert_each_line_once, client_for, jsonl, score_line, submit, wait_for, wait_progress
 
 pytestmark = pytest.mark.slow
 

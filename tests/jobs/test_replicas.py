@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from tests.conftest import HANG_S, ROOT, free_port, metric_sum, process_server
-from tests.jobs.helpers import (
+from tests.support.batches import (
     QUESTIONS,
     assert_close,
     assert_each_line_once,
@@ -32,7 +32,7 @@ from tests.jobs.helpers import (
     wait_for,
     wait_progress,
 )
-from tests.postgres import PASSWORD, PostgresServer
+from tests.support.postgres import PASSWORD, PostgresServer
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ from service.jobs.sql import SqlStore
 from service.jobs.sqlite import SQLiteStore
 from service.jobs.store import BatchRecord, Claim, Due, FileRecord, ItemRow, new_id, now_s
 from tests.conftest import free_port
-from tests.postgres import PASSWORD, PostgresServer
+from tests.support.postgres import PASSWORD, PostgresServer
 
 Opener = Callable[[], SqlStore]
 

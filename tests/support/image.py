@@ -1,6 +1,6 @@
 """Build the CPU image the way an air-gapped cluster does, for the image test.
 
-``python -m tests.image`` makes the wheelhouse (``make wheelhouse``), a Debian bookworm base
+``python -m tests.support.image`` makes the wheelhouse (``make wheelhouse``), a Debian bookworm base
 image with Python 3.11 from Debian's packages (``debootstrap``, then ``docker import``: for
 machines that cannot pull; everyone else builds on the official image), and then the CPU
 target from that wheelhouse with no package index. The test session starts it in the
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "judge-test/python:3.11-bookworm"
 IMAGE = "judge-service:cpu-test"
 # The build's log and its result; the test reads both.
@@ -89,7 +89,7 @@ def start_in_background() -> subprocess.Popen:
     """The build as a niced child process writing to ``LOG``."""
     log = LOG.open("w")
     nice = ["nice", "-n", "19"] if shutil.which("nice") else []
-    return subprocess.Popen([*nice, sys.executable, "-m", "tests.image"], cwd=ROOT, stdout=log, stderr=log)
+    return subprocess.Popen([*nice, sys.executable, "-m", "tests.support.image"], cwd=ROOT, stdout=log, stderr=log)
 
 
 if __name__ == "__main__":
