@@ -20,9 +20,9 @@ import httpx
 import pytest
 
 from tests.conftest import HANG_S, free_port, process_server, prompts_taken_in, wait_admitted, wait_until
+from tests.e2e.test_deploy import by_kind, render
+from tests.e2e.test_docs import score_samples
 from tests.support import image as image_build
-from tests.test_deploy import by_kind, render
-from tests.test_docs import score_samples
 
 pytestmark = [pytest.mark.slow, pytest.mark.image]
 

@@ -179,7 +179,7 @@ def test_hidden_layer_out_of_range(readout_server: RunningServer) -> None:
 
 
 def test_readme_probe_example(readout_server: RunningServer) -> None:
-    from tests.test_docs import curl_calls, entries
+    from tests.e2e.test_docs import curl_calls, entries
 
     examples = [(path, body) for path, body in curl_calls() if body.get("method") == "probe"]
     assert examples

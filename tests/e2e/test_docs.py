@@ -17,7 +17,7 @@ import pytest
 from service.app import create_app
 from service.config import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 # The README first, then every page of the site.
 PAGES = {"README.md": README} | {

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.app import create_app
 from service.config import EXIT_MARGIN_S, Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 K8S_VERSION = "1.37.0"
 CRD_KINDS = {"ServiceMonitor", "HTTPRoute", "ScaledObject"}
