@@ -1,9 +1,9 @@
-"""API keys: missing, wrong and right keys on a real server; the comparison itself."""
+"""API keys: missing, wrong and right keys on a real server, and a server that will not
+start on a key file that holds none."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import os
 import subprocess
@@ -14,8 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.core.errors import JudgeError
-from service.http.auth import ApiKeys, KeysFileError
 from tests.conftest import ROOT, RunningServer, free_port, start_server
 
 ITEM = {"items": [{"id": "a", "prompt": "Score:"}]}
@@ -79,58 +77,8 @@ def test_probes_stay_open_and_metrics_can_be_protected(keyed_server: RunningServ
         assert client.get("/metrics", headers={"Authorization": "Bearer key-two"}).status_code == 200
 
 
-def test_keys_are_hashed_and_compared_against_every_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    keys = ApiKeys(["alpha", "beta", "gamma"])
-    assert "alpha" not in repr(vars(keys))
-    calls = []
-    real = hmac.compare_digest
-
-    def counting(a: bytes, b: bytes) -> bool:
-        calls.append(1)
-        return real(a, b)
-
-    monkeypatch.setattr(hmac, "compare_digest", counting)
-    keys.check("Bearer alpha")  # matches the first key, yet every key is compared
-    assert len(calls) == 3
-    with pytest.raises(JudgeError):
-        keys.check("Bearer delta")
-    assert len(calls) == 6
-
-
 def test_no_keys_means_open(client) -> None:
     assert client.post("/v1/score", json=ITEM).status_code == 200
-
-
-def test_indented_comments_in_the_key_file_are_not_keys(tmp_path: Path) -> None:
-    keys_file = tmp_path / "keys"
-    keys_file.write_text("  # old-key\nreal-key\n\t# tabbed\n")
-    keys = ApiKeys.from_settings(None, keys_file)
-    keys.check("Bearer real-key")
-    for comment in ("# old-key", "#", "# tabbed"):
-        with pytest.raises(JudgeError):
-            keys.check(f"Bearer {comment}")
-
-
-@pytest.mark.parametrize("content", ["", "\n\n", "# only a comment\n   # and another\n"])
-def test_a_key_file_without_keys_fails_closed(tmp_path: Path, content: str) -> None:
-    keys_file = tmp_path / "keys"
-    keys_file.write_text(content)
-    with pytest.raises(KeysFileError, match="holds no key"):
-        ApiKeys.from_settings(None, keys_file)
-    # Inline keys do not make an empty file acceptable: the file is broken either way.
-    with pytest.raises(KeysFileError):
-        ApiKeys.from_settings("inline-key", keys_file)
-
-
-def test_an_unreadable_key_file_fails_closed(tmp_path: Path) -> None:
-    with pytest.raises(KeysFileError, match="cannot be read"):
-        ApiKeys.from_settings(None, tmp_path / "missing")
-    with pytest.raises(KeysFileError, match="cannot be read"):
-        ApiKeys.from_settings(None, tmp_path)  # a directory
-    binary = tmp_path / "binary"
-    binary.write_bytes(b"\xff\xfe\x00key")
-    with pytest.raises(KeysFileError, match="cannot be read"):
-        ApiKeys.from_settings(None, binary)
 
 
 def test_the_server_refuses_to_start_on_an_empty_key_file(tmp_path: Path) -> None:
