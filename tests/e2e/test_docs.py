@@ -64,7 +64,7 @@ def test_docs_curl_examples_work(client) -> None:
     assert {path for path, _ in calls} == {"/v1/score", "/v1/compare", "/v1/rank"} and len(calls) >= 7
     for path, body in calls:
         if body.get("method") == "probe":
-            # Needs a probe file: tests/serving/test_readouts.py runs it on a server with one.
+            # Needs a probe file: tests/e2e/test_readouts.py runs it on a server with one.
             continue
         response = client.post(path, json=body)
         assert response.status_code == 200, (path, body, response.text)

@@ -46,7 +46,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def open_server() -> Iterator[RunningServer]:
     # No prefix cache: the page's request and the test's own must run the same passes, so
     # the page can be held to the API's answer digit for digit (the cache's other shapes
-    # move float32 sums by about 1e-7; tests/engines/test_prefix_cache.py holds it exact).
+    # move float32 sums by about 1e-7; tests/unit/engines/transformers/test_prefix_cache.py holds it exact).
     running = start_server(engine="transformers", prefix_cache_mb=0)
     yield running
     running.stop()

@@ -180,7 +180,7 @@ def shown_curl(driver: Any, key: str | None = None) -> tuple[str, dict[str, str]
 
 
 def save_screenshot(driver: Any, name: str) -> None:
-    """The docs' pictures, when asked for: `PLAYGROUND_SCREENSHOTS=docs pytest tests/test_pages.py`."""
+    """The docs' pictures, when asked for: `PLAYGROUND_SCREENSHOTS=docs pytest tests/e2e/test_pages_in_browser.py`."""
     if folder := os.environ.get("PLAYGROUND_SCREENSHOTS"):
         driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(str(Path(folder) / name))

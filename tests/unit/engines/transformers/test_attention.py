@@ -3,7 +3,7 @@ copies of the key/value heads.
 
 The reference is transformers' ``sdpa_attention_forward`` itself, on the same inputs; the
 engine-level check (served scores against the model's own forward pass, for every family)
-is tests/test_architectures.py.
+is tests/unit/engines/test_architectures.py.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The reference is a deep copy of the model left on torch's own path; the packed m
 give its logits within float32 summation-order rounding, keep each plain weight for family
 code that reads it and leave a tied weight alone; the engine must serve the same label
 log-probabilities with packing on and off (each checked against the model's own float64
-forward in tests/test_architectures.py).
+forward in tests/unit/engines/test_architectures.py).
 """
 
 from __future__ import annotations
