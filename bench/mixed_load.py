@@ -5,7 +5,7 @@ pod runs it (its memory limit passed in), for a fixed time.
 
 Good clients send single-item score requests (Topical-Chat items) with a 10 s deadline, one
 after another; a 429 is retried after its Retry-After, as the bundled client does. Hostile
-clients cycle through the hostile-input corpus of ``tests/test_hostile.py`` (malformed bodies,
+clients cycle through the hostile-input corpus of ``tests/e2e/test_hostile.py`` (malformed bodies,
 huge numbers, unknown fields) and the requests that once asked for gigabytes (32 labels of
 many tokens each on a 300-token prompt; 32 short responses to one 1,700-token instruction),
 with the same deadline. Reports: answers by status for each kind of client, 5xx and hangs
@@ -34,8 +34,8 @@ from bench import figures  # noqa: E402
 from bench.overhead import load_items  # noqa: E402
 from service.offline.intervals import fmt  # noqa: E402
 from tests.conftest import process_server  # noqa: E402
-from tests.test_hostile import CORPUS  # noqa: E402
-from tests.test_memory_process import hostile_labels, peak_mb, pod_memory_limit_mb, words  # noqa: E402
+from tests.e2e.test_hostile import CORPUS  # noqa: E402
+from tests.e2e.test_memory_process import hostile_labels, peak_mb, pod_memory_limit_mb, words  # noqa: E402
 
 DEADLINE_S = 10.0
 # A request with no answer this long after its deadline counts as a hang.

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -28,8 +28,11 @@ from service.app import create_app
 from service.config import Settings
 from service.engines.model_store import embedded_gguf_path
 
+if TYPE_CHECKING:
+    from tests.support.postgres import PostgresServer
 
-@pytest.hookimpl(trylast=True)
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test on a real server (the session's, or a module's ``*_server`` fixture) is
     slow, whether or not its module says so. The image tests go last: their build runs
@@ -43,7 +46,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the image build in the background when image tests are selected and it can run."""
-    from tests import image as image_build
+    from tests.support import image as image_build
 
     if any(item.get_closest_marker("image") for item in session.items) and image_build.unavailable() is None:
         build = image_build.start_in_background()
@@ -54,7 +57,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """A build the session started does not outlive it."""
-    from tests import image as image_build
+    from tests.support import image as image_build
 
     build = session.config.stash.get(image_build.BUILD, None)
     if build is not None and build.poll() is None:
@@ -366,6 +369,15 @@ class Reference:
 @pytest.fixture(scope="session")
 def reference() -> Reference:
     return Reference()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """The jobs tests' PostgreSQL: one real cluster for the session, a fresh database per use."""
+    from tests.support.postgres import running_postgres
+
+    with running_postgres() as server:
+        yield server
 
 
 @torch.inference_mode()
