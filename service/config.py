@@ -133,13 +133,18 @@ class Settings(BaseSettings):
         10.0,
         ge=1,
         description=(
-            "Watchdog: a lane (plain scores, critiques) that makes no progress for this many times its "
+            "Watchdog: plain scores or critiques that make no progress for this many times their "
             "predicted time plus stall_floor_s marks the engine stalled: /health turns 503, every waiting "
             "request gets 503, and the process exits with status 1."
         ),
     )
     stall_floor_s: float = Field(
-        30.0, gt=0, description="Watchdog: seconds added to every stall limit, so short passes are never judged."
+        30.0,
+        gt=0,
+        description=(
+            "Watchdog: seconds added to every stall limit, so short passes are never judged; an engine that "
+            "answered nothing for this long is sent a tiny probe pass."
+        ),
     )
     layer_weights_file: Path | None = Field(
         None, description="JSON layer weights for method 'lager_weighted' (from fit-layers)."

@@ -7,7 +7,7 @@ Unsetting the variable lets the thread go on, so a test can clean up after itsel
 
 | failpoint | where |
 |---|---|
-| ``PASS_BLOCK`` | the transformers engine's forward pass, inside the model lock |
+| ``PASS_BLOCK`` | the transformers engine's forward pass and its probe, inside the model lock |
 | ``LOAD_BLOCK`` | the model load, in the load thread (both engines) |
 """
 
