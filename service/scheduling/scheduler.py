@@ -31,16 +31,17 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 
-from service.core.errors import ErrorKind, JudgeError, error_for
-from service.core.tasks import CritiqueRow, LabelScores, ScoringTask
+from service.core.errors import ErrorKind, JudgeError
+from service.core.tasks import LabelScores, ScoringTask
 from service.engines.base import Engine
 from service.observability.metrics import Metrics
-from service.scheduling.admission import Throughput, overloaded, queue_full
+from service.scheduling.admission import overloaded, queue_full
 from service.scheduling.background import Background
-from service.scheduling.passes import PassLimits, fits, nearest_by_length, padded_tokens
+from service.scheduling.execution import Execution, fail
+from service.scheduling.kinds import Kind
+from service.scheduling.passes import PassLimits, fits
 from service.scheduling.submission import ClientGone, Entry, Priority, Submission
 from service.scheduling.watchdog import Watchdog
 
@@ -55,27 +56,6 @@ BATCH_WINDOW = 4
 _LAUNCHED = -math.inf
 # Defaults of a watchdog the caller did not give (one that is never run never trips).
 _WATCHDOG_MULTIPLE, _WATCHDOG_FLOOR_S = 10.0, 30.0
-
-
-@dataclass(slots=True, eq=False)
-class _Kind:
-    """One kind of pass (plain scores or critiques): its waiting entries by priority, its
-    running passes by priority, and its own limit of passes at once."""
-
-    name: str
-    critiques: bool
-    inflight: int
-    pending: dict[Priority, list[Entry]] = field(default_factory=lambda: {p: [] for p in Priority})
-    running: dict[Priority, int] = field(default_factory=lambda: dict.fromkeys(Priority, 0))
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    loop_task: asyncio.Task[None] | None = None
-    # Admission predicts each kind from its own online work and rate: kinds run side by side,
-    # and a generation's tokens come far slower than a prompt's.
-    throughput: Throughput = field(default_factory=Throughput)
-    # Online tokens admitted and not yet resolved: prompts, and each critique's most it may add.
-    work: int = 0
-    # Online entries wait for more to arrive (``max_wait_s``) until this instant.
-    gather_until: float | None = None
 
 
 class Scheduler:
@@ -105,8 +85,9 @@ class Scheduler:
         # The longest deadline a request may have: no Retry-After asks a client to wait longer.
         self.max_retry_after_s = max_retry_after_s
         self.background = Background(limits, max_batch_size)
-        self._plain = _Kind("scores", False, limits.inflight)
-        self._critiques = _Kind("critiques", True, limits.critique_inflight)
+        self._execution = Execution(engine, self._watchdog, metrics, self.background, self._skip)
+        self._plain = Kind("scores", critiques=False, inflight=limits.inflight)
+        self._critiques = Kind("critiques", critiques=True, inflight=limits.critique_inflight)
         self._kinds = (self._plain, self._critiques)
         # Plain scores' online throughput: the rate exported, and what the runtime's calibration seeds.
         self.throughput = self._plain.throughput
@@ -154,7 +135,7 @@ class Scheduler:
                 waiting, entries[:] = list(entries), []
                 for entry in waiting:
                     entry.waiting = False
-                _fail(waiting, error)
+                fail(waiting, error)
         self._batch_gauge()
 
     async def run(
@@ -209,7 +190,7 @@ class Scheduler:
                     self._metrics.admission_refusals.inc()
                     raise late
 
-    def _kind_of(self, task: ScoringTask) -> _Kind:
+    def _kind_of(self, task: ScoringTask) -> Kind:
         return self._critiques if task.critique is not None else self._plain
 
     def _on_done(self, entry: Entry, _: asyncio.Future[LabelScores]) -> None:
@@ -237,7 +218,7 @@ class Scheduler:
         for kind in self._kinds:
             kind.wake.set()
 
-    async def _loop(self, kind: _Kind) -> None:
+    async def _loop(self, kind: Kind) -> None:
         while True:
             kind.wake.clear()
             try:
@@ -247,7 +228,8 @@ class Scheduler:
                 # (so the loop always makes progress) and go on.
                 logger.exception("the scheduler failed to form a pass")
                 self._metrics.queue_faults.inc()
-                self._fail_oldest(kind)
+                if (oldest := kind.pop_oldest()) is not None:
+                    fail([oldest], JudgeError(ErrorKind.INTERNAL, "internal error"))
                 continue
             if wake_at == _LAUNCHED:
                 continue
@@ -257,11 +239,11 @@ class Scheduler:
             except asyncio.TimeoutError:
                 pass
 
-    def _step(self, kind: _Kind) -> float | None:
+    def _step(self, kind: Kind) -> float | None:
         """Launch one pass if one may start now (``_LAUNCHED``); else the instant to look
         again (None: only when something happens)."""
         now = time.monotonic()
-        self._drop_stale(kind, now)
+        kind.drop_stale(now, self._skip)
         online, batch = kind.pending[Priority.ONLINE], kind.pending[Priority.BATCH]
         online_busy = self._depth > 0
         if online_busy:
@@ -272,7 +254,7 @@ class Scheduler:
             if wait is None:
                 return self._launch(kind, Priority.BATCH, now)
             waits.append(wait)
-        if online and self._free(kind, Priority.ONLINE):
+        if online and kind.free(Priority.ONLINE, self.limits.continuous):
             if self.max_wait_s > 0 and len(online) < self.max_batch_size:
                 if kind.gather_until is None:
                     kind.gather_until = now + self.max_wait_s
@@ -281,7 +263,7 @@ class Scheduler:
             return self._launch(kind, Priority.ONLINE, now)
         return min((w for w in waits if not math.isinf(w)), default=None)
 
-    def _batch_turn(self, kind: _Kind, now: float, online_busy: bool, waiting: int) -> float | None:
+    def _batch_turn(self, kind: Kind, now: float, online_busy: bool, waiting: int) -> float | None:
         """None when a batch pass of ``kind`` may start now; else when to look again (inf:
         when a pass ends)."""
         gathered = self.background.gathered(now, waiting)
@@ -290,19 +272,11 @@ class Scheduler:
         if self.limits.continuous:
             # The engine orders online work first itself: batch work only keeps to its slots.
             return None if self._background_items < self.background.slots(now) else math.inf
-        if not self._free(kind, Priority.BATCH) or self._background_passes:
+        if not kind.free(Priority.BATCH, self.limits.continuous) or self._background_passes:
             return math.inf
         return self.background.turn(now, online_busy)
 
-    def _free(self, kind: _Kind, priority: Priority) -> bool:
-        """Whether a pass of ``priority`` has a slot: on an engine of one pass at a time, the
-        kind's passes of both priorities share its slot; a continuous engine keeps batch work
-        to its background slots (``_batch_turn``) apart from online passes."""
-        if self.limits.continuous:
-            return kind.running[priority] < kind.inflight
-        return sum(kind.running.values()) < kind.inflight
-
-    def _launch(self, kind: _Kind, priority: Priority, now: float) -> float:
+    def _launch(self, kind: Kind, priority: Priority, now: float) -> float:
         entries = self._take(kind, priority, now)
         try:
             for entry in entries:
@@ -312,7 +286,7 @@ class Scheduler:
             # The entries left their queue and will never run: they fail now, not at their deadlines.
             logger.exception("a pass of %d entries failed to launch", len(entries))
             self._metrics.queue_faults.inc()
-            _fail(entries, JudgeError(ErrorKind.INTERNAL, "internal error"))
+            fail(entries, JudgeError(ErrorKind.INTERNAL, "internal error"))
             return _LAUNCHED
         kind.running[priority] += 1
         if priority is Priority.ONLINE:
@@ -326,50 +300,27 @@ class Scheduler:
         job.add_done_callback(partial(self._pass_ended, kind, priority, len(entries)))
         return _LAUNCHED
 
-    def _pass_ended(self, kind: _Kind, priority: Priority, items: int, job: asyncio.Task[None]) -> None:
+    def _pass_ended(self, kind: Kind, priority: Priority, items: int, job: asyncio.Task[None]) -> None:
         entries = self._passes.pop(job, [])
         if job.cancelled():
-            _fail(entries, _shutting_down())
+            fail(entries, _shutting_down())
         kind.running[priority] -= 1
         if priority is Priority.BATCH:
             self._background_items -= items
             self._background_passes -= 1
         self._wake_all()
 
-    def _take(self, kind: _Kind, priority: Priority, now: float) -> list[Entry]:
-        """The oldest entry of ``priority`` and its nearest by length among the oldest (a
-        pass's worth online, so a newer item overtakes an older one by at most a pass and
-        completion stays close to arrival order, which is what admission predicts), within
-        budget: the engine's, or a batch pass's shape now."""
-        pending = kind.pending[priority]
+    def _take(self, kind: Kind, priority: Priority, now: float) -> list[Entry]:
+        """A pass of ``priority``: online, the oldest entry and its nearest by length among a
+        pass's worth of the oldest (so a newer item overtakes an older one by at most a pass,
+        and completion stays close to arrival order, which is what admission predicts), within
+        the engine's budget; batch, among a wider window, within a batch pass's shape now."""
         if priority is Priority.ONLINE:
-            head, size, budget = pending[: self.max_batch_size], self.max_batch_size, None
+            head, size, budget = self.max_batch_size, self.max_batch_size, None
         else:
             shape = self.background.shape(now)
-            head, size, budget = pending[: BATCH_WINDOW * self.max_batch_size], shape.size, shape.budget
-        entries = nearest_by_length(head, size, lambda tasks: fits(self._engine, self.limits, tasks, budget))
-        chosen = {id(e) for e in entries}
-        for entry in entries:
-            entry.waiting = False
-        pending[:] = [e for e in pending if id(e) not in chosen]
-        return entries
-
-    def _drop_stale(self, kind: _Kind, now: float) -> None:
-        for entries in kind.pending.values():
-            stale = [e for e in entries if e.future.done() or e.deadline <= now]
-            if stale:
-                entries[:] = [e for e in entries if not (e.future.done() or e.deadline <= now)]
-                for entry in stale:
-                    entry.waiting = False
-                    self._skip(entry)
-
-    def _fail_oldest(self, kind: _Kind) -> None:
-        live = [e for entries in kind.pending.values() for e in entries if not e.future.done()]
-        if live:
-            oldest = min(live, key=lambda e: e.enqueued)
-            kind.pending[oldest.priority].remove(oldest)
-            oldest.waiting = False
-            _fail([oldest], JudgeError(ErrorKind.INTERNAL, "internal error"))
+            head, size, budget = BATCH_WINDOW * self.max_batch_size, shape.size, shape.budget
+        return kind.take(priority, head, size, lambda tasks: fits(self._engine, self.limits, tasks, budget))
 
     def _skip(self, entry: Entry) -> None:
         """Count an online entry given up before its result: by its request (counted under
@@ -385,92 +336,11 @@ class Scheduler:
     def _batch_gauge(self) -> None:
         self._metrics.batch_lane_depth.set(self.batch_waiting)
 
-    async def _run_pass(self, kind: _Kind, priority: Priority, entries: list[Entry]) -> None:
-        started = time.monotonic()
+    async def _run_pass(self, kind: Kind, priority: Priority, entries: list[Entry]) -> None:
+        # Online passes feed the kind's admission rate; plain scores' is the rate exported.
         online = priority is Priority.ONLINE
-        busy = self.background.recent(started)
-        if online:
-            kind.throughput.batch_started(started)
-        tasks = [entry.task for entry in entries]
-        rows = [CritiqueRow(entry.deadline) for entry in entries]
-        job = asyncio.current_task()
-        finished = False
-
-        def given_up(row: CritiqueRow, _: asyncio.Future[LabelScores]) -> None:
-            # The entry's row leaves a running generation before its next step (transformers).
-            # When every entry of the pass has been given up, stop waiting for it (vLLM aborts
-            # the engine requests; a transformers pass runs out in its thread, unread).
-            row.drop()
-            if not finished and job is not None and all(e.future.done() for e in entries):
-                job.cancel()
-
-        for entry, row in zip(entries, rows, strict=True):
-            entry.future.add_done_callback(partial(given_up, row))
-        completed = 0
-        try:
-            if online:
-                for entry in entries:
-                    self._metrics.queue_wait.observe(started - entry.enqueued)
-                self._metrics.batch_size.observe(len(entries))
-                self._metrics.batch_tokens.observe(padded_tokens(tasks))
-            results = await self._call(kind, tasks, rows, background=not online)
-            if len(results) != len(entries):
-                raise RuntimeError(f"engine returned {len(results)} results for {len(entries)} items")
-        except BaseException as exc:
-            finished = True
-            # The tokens its generation had produced (what a transformers engine reports).
-            self._metrics.generated_tokens.inc(sum(row.tokens for row in rows))
-            if not isinstance(exc, asyncio.CancelledError):
-                logger.error("a %s pass of %d items failed", priority.name.lower(), len(entries), exc_info=exc)
-                self._metrics.batch_failures.inc()
-            if kind.critiques:
-                # Critiques given up during their generation, whatever then ended the pass.
-                for entry in entries:
-                    if entry.future.done():
-                        self._skip(entry)
-            _fail(entries, error_for(exc))
-            if not isinstance(exc, Exception):
-                raise
-        else:
-            finished = True
-            completed = self._resolve(entries, rows, results)
-        finally:
-            ended = time.monotonic()
-            if online:
-                self._metrics.inference_duration.observe(ended - started)
-                kind.throughput.batch_finished(completed, started, ended)
-                rate = kind.throughput.tokens_per_s
-                if rate is not None and kind is self._plain:
-                    self._metrics.throughput.set(rate)
-            else:
-                self.background.pass_ended(started, ended, busy)
-
-    async def _call(
-        self, kind: _Kind, tasks: list[ScoringTask], rows: list[CritiqueRow], background: bool
-    ) -> Sequence[LabelScores | None]:
-        if kind.critiques:
-            return await self._watchdog.critique(self._engine, tasks, rows, background=background)
-        return await self._watchdog.score(self._engine, tasks, background=background)
-
-    def _resolve(self, entries: list[Entry], rows: list[CritiqueRow], results: Sequence[LabelScores | None]) -> int:
-        """Hand each entry its result; an entry whose row the engine dropped (None) is counted
-        as skipped, with the tokens generated for it. Returns the online tokens completed."""
-        completed = 0
-        for entry, row, result in zip(entries, rows, results, strict=True):
-            online = entry.priority is Priority.ONLINE
-            if result is None:
-                self._metrics.generated_tokens.inc(row.tokens)
-                self._skip(entry)
-                continue
-            if online:
-                completed += entry.task.work
-                if result.critique is not None:
-                    self._metrics.critiqued(result.critique.tokens)
-            if not entry.future.done():
-                entry.future.set_result(result)
-        if entries and entries[0].priority is Priority.BATCH:
-            self._metrics.batch_lane_prompts.inc(len(entries))
-        return completed
+        rate = kind.throughput if online else None
+        await self._execution.run(entries, kind.critiques, rate, export_rate=online and kind is self._plain)
 
     async def close(self, grace_s: float) -> None:
         """Stop admitting, let admitted online work finish within ``grace_s``, fail the rest
@@ -490,9 +360,3 @@ class Scheduler:
 
 def _shutting_down() -> JudgeError:
     return JudgeError(ErrorKind.UNAVAILABLE, "the service is shutting down")
-
-
-def _fail(entries: Sequence[Entry], error: JudgeError) -> None:
-    for entry in entries:
-        if not entry.future.done():
-            entry.future.set_exception(error)

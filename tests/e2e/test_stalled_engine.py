@@ -5,6 +5,7 @@ load (``service.engines.failpoints``), and SIGSTOP of vLLM's engine-core process
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -170,13 +171,18 @@ def given_up_scenario(running: RunningServer, exit_requested: threading.Event, b
     assert running.lifecycle.exit_code == 1
 
 
-def test_a_pass_that_never_returns_is_noticed(tiny_judge: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@contextlib.contextmanager
+def tiny_server(
+    tiny_judge: Path, monkeypatch: pytest.MonkeyPatch, **overrides: object
+) -> Iterator[tuple[RunningServer, threading.Event, Callable[[], None]]]:
+    """A ready server on the tiny judge with the test's stall limits, and what stops its
+    engine's passes (the failpoint); after it, the blocked passes end and the server stops."""
     running, exit_requested = launch(
-        engine="transformers", model=str(tiny_judge), stall_floor_s=FLOOR_S, stall_multiple=MULTIPLE
+        engine="transformers", model=str(tiny_judge), stall_floor_s=FLOOR_S, stall_multiple=MULTIPLE, **overrides
     )
     try:
         wait_ready(running)
-        stall_scenario(running, exit_requested, lambda: monkeypatch.setenv("JUDGE_FAILPOINT_PASS_BLOCK", "1"))
+        yield running, exit_requested, lambda: monkeypatch.setenv("JUDGE_FAILPOINT_PASS_BLOCK", "1")
     finally:
         # Let the blocked pass end, so its thread does not outlive the test.
         monkeypatch.delenv("JUDGE_FAILPOINT_PASS_BLOCK", raising=False)
@@ -184,17 +190,14 @@ def test_a_pass_that_never_returns_is_noticed(tiny_judge: Path, monkeypatch: pyt
     assert not running.thread.is_alive()
 
 
+def test_a_pass_that_never_returns_is_noticed(tiny_judge: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with tiny_server(tiny_judge, monkeypatch) as (running, exit_requested, block):
+        stall_scenario(running, exit_requested, block)
+
+
 def test_a_pass_whose_requests_gave_up_is_still_watched(tiny_judge: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    running, exit_requested = launch(
-        engine="transformers", model=str(tiny_judge), stall_floor_s=FLOOR_S, stall_multiple=MULTIPLE
-    )
-    try:
-        wait_ready(running)
-        given_up_scenario(running, exit_requested, lambda: monkeypatch.setenv("JUDGE_FAILPOINT_PASS_BLOCK", "1"))
-    finally:
-        monkeypatch.delenv("JUDGE_FAILPOINT_PASS_BLOCK", raising=False)
-        running.stop()
-    assert not running.thread.is_alive()
+    with tiny_server(tiny_judge, monkeypatch) as (running, exit_requested, block):
+        given_up_scenario(running, exit_requested, block)
 
 
 def test_batch_work_alone_on_a_stopped_engine_is_noticed(
@@ -202,17 +205,9 @@ def test_batch_work_alone_on_a_stopped_engine_is_noticed(
 ) -> None:
     """Batch lines run through the watched engine like online requests: with only batch work
     and the engine's pass stopped, /health turns 503 within the bound, and the replica exits."""
-    running, exit_requested = launch(
-        engine="transformers",
-        model=str(tiny_judge),
-        stall_floor_s=FLOOR_S,
-        stall_multiple=MULTIPLE,
-        data_dir=tmp_path,
-    )
-    try:
-        wait_ready(running)
+    with tiny_server(tiny_judge, monkeypatch, data_dir=tmp_path) as (running, exit_requested, block):
         lines = [score_line(f"l{n}", f"Question {n}?", f"Answer {n}.") for n in range(4)]
-        monkeypatch.setenv("JUDGE_FAILPOINT_PASS_BLOCK", "1")
+        block()
         created = time.monotonic()
         submit(client_for(running.url), jsonl(lines))
         # The batch pass is one the watchdog watches (not merely its idle probe).
@@ -226,30 +221,19 @@ def test_batch_work_alone_on_a_stopped_engine_is_noticed(
         assert tripped - created <= details["limit_s"] + SLACK_S + POLL_S, (tripped - created, details)
         assert exit_requested.wait(timeout=30)
         assert running.lifecycle.exit_code == 1
-    finally:
-        monkeypatch.delenv("JUDGE_FAILPOINT_PASS_BLOCK", raising=False)
-        running.stop()
-    assert not running.thread.is_alive()
 
 
 def test_an_idle_engine_that_stopped_is_noticed(tiny_judge: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Nobody sends anything: the watchdog's own probe finds the stopped engine, after the
     floor of idleness, within the bound."""
-    running, exit_requested = launch(
-        engine="transformers", model=str(tiny_judge), stall_floor_s=FLOOR_S, stall_multiple=MULTIPLE
-    )
-    try:
-        wait_ready(running)
-        monkeypatch.setenv("JUDGE_FAILPOINT_PASS_BLOCK", "1")
+    with tiny_server(tiny_judge, monkeypatch) as (running, exit_requested, block):
+        block()
         blocked = time.monotonic()
         tripped, health = health_turns_503(running.url, timeout=120)
         details = health.json()["error"]["details"]
         # Idle for at most the floor, then the probe's own limit.
         assert tripped - blocked <= FLOOR_S + details["limit_s"] + SLACK_S, (tripped - blocked, details)
         assert exit_requested.wait(timeout=30)
-    finally:
-        monkeypatch.delenv("JUDGE_FAILPOINT_PASS_BLOCK", raising=False)
-        running.stop()
 
 
 def test_a_load_that_hangs_turns_health_503_at_its_deadline(tiny_judge: Path, monkeypatch: pytest.MonkeyPatch) -> None:
