@@ -13,7 +13,7 @@ Items are ``bench/overhead.py``'s (Topical-Chat turns, then PandaLM responses), 
    concurrency, run in this process so interpreter start-up is not timed), with the engine
    otherwise idle; after one untimed round of each (kernels built for new batch shapes on
    first use), ``--repeats`` of each, interleaved (batch, command, batch, ...), each after
-   a pause longer than the lane's window for recent online work (the command's requests
+   a pause longer than the scheduler's window for recent online work (the command's requests
    are online work, and would shrink the next batch's first passes). The ratio
    is batch items/s over command items/s, mean(command wall) / mean(batch wall), with an
    interval over repeats. Target: at least 0.95.
@@ -107,7 +107,7 @@ def run_command(url: str, items: list[dict[str, Any]], folder: Path) -> float:
 
 
 def settle() -> None:
-    """Idle until the batch lane no longer counts the last run's requests as recent online
+    """Idle until the scheduler no longer counts the last run's requests as recent online
     work: the engine is otherwise idle for each side timed."""
     time.sleep(RECENT_ONLINE_S + 0.5)
 
