@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from service.requests.prompts import Prompts, Rubric
-from tests.conftest import Reference, RunningServer, tolerance, trie_rule_logprobs
+from tests.conftest import Reference, RunningServer, memoized, tolerance, trie_rule_logprobs
 
 pytestmark = pytest.mark.slow
 
@@ -19,6 +19,7 @@ WORDS = [" excellent", " good", " mediocre", " abysmal", " nope"]  # mediocre, a
 NESTED = ["1", "12", "123", "2"]  # one label is a prefix of another
 
 
+@memoized
 @torch.inference_mode()
 def reference_label_logprobs(reference: Reference, prompt: str, labels: list[str]) -> list[float]:
     """log P(l) by the label-trie rule, from one full forward pass per label prefix."""
