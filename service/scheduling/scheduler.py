@@ -245,6 +245,8 @@ class Scheduler:
         now = time.monotonic()
         kind.drop_stale(now, self._skip)
         online, batch = kind.pending[Priority.ONLINE], kind.pending[Priority.BATCH]
+        if not online:
+            kind.gather_until = None  # a gathering whose entries were all given up ends with them
         online_busy = self._depth > 0
         if online_busy:
             self.background.online(now)
